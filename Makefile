@@ -1,0 +1,26 @@
+# Two entry points a fresh machine needs: `make quickstart` and `make test`.
+# Both create .venv and install the package (with test extras) on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: quickstart test benchmark clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/python -m tf_dpu.train --flagfile=flags/quickstart.flags
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+benchmark: $(STAMP)
+	$(BIN)/python -m benchmarks --quick --out=benchmarks/results/quick.json
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

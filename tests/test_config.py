@@ -1,0 +1,44 @@
+import pytest
+
+from tf_dpu.config import RunConfig
+from tf_dpu.errors import ConfigError
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"update_ratio": 0.0}, "update_ratio must be in (0, 1]"),
+    ({"update_ratio": 1.5}, "update_ratio must be in (0, 1]"),
+    ({"update_ratio": float("nan")}, "update_ratio"),
+    ({"method": "magic"}, "--method='magic' is not one of"),
+    ({"model": "resnet21"}, "--model='resnet21'"),
+    ({"rounds": 0}, "--rounds must be a positive integer"),
+    ({"epochs": -1}, "--epochs must be a positive integer"),
+    ({"learning_rate": 0.0}, "--learning_rate"),
+    ({"bias_policy": "some"}, "--bias_policy"),
+    ({"reinit": "periodic"}, "needs --reinit_period"),
+    ({"method": "gcpu", "contribution_mix": 0.3}, "fixes --contribution_mix to 1"),
+    ({"method": "rpu", "iterative": True}, "--iterative applies"),
+    ({"contribution_mix": 2.0}, "--contribution_mix must be in [0, 1]"),
+])
+def test_bad_settings_raise_one_line(changes, message):
+    with pytest.raises(ConfigError) as e:
+        RunConfig(**changes).resolved()
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_resolution_per_method():
+    assert RunConfig(method="gcpu").resolved().contribution_mix == 1.0
+    assert RunConfig(method="lcpu").resolved().contribution_mix == 0.0
+    assert RunConfig(method="dpu").resolved().contribution_mix == 0.5
+    assert RunConfig(method="dpu").resolved().reinit == "doubling"
+    assert RunConfig(method="gcpu").resolved().reinit == "off"
+    assert RunConfig(optimizer="sgd").resolved().lr_schedule == "cosine"
+    assert RunConfig(epochs=7).resolved().single_step_epochs == 14
+
+
+@pytest.mark.parametrize("ratio, total, expected", [
+    (0.01, 266200, 2662), (0.005, 266200, 1331), (0.01, 101, 2), (1.0, 10, 10),
+    (0.001, 10, 1),
+])
+def test_budget_is_ceil_k_times_i(ratio, total, expected):
+    assert RunConfig(update_ratio=ratio).budget(total) == expected

@@ -1,0 +1,159 @@
+"""Settings of one multi-round run, with their validation.
+
+The library takes a `RunConfig`; only `tf_dpu.train` reads flags and builds one.
+"""
+
+import dataclasses
+import math
+from typing import Optional
+
+from tf_dpu.errors import ConfigError
+
+METHODS = ("dpu", "gcpu", "lcpu", "rpu", "pruning", "fu")
+PARTIAL_METHODS = ("dpu", "gcpu", "lcpu", "rpu", "pruning")
+MODELS_FIXED = ("mlp", "cnn", "vgg")
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("auto", "step", "cosine", "constant")
+REINIT_RULES = ("auto", "doubling", "periodic", "off")
+BIAS_POLICIES = ("full", "masked", "frozen")
+INITIAL_DEPLOYMENTS = ("full", "partial")
+FU_INITS = ("same_init", "last_round", "diff_init")
+
+# The contribution mix is what distinguishes DPU from its two ablations.
+_FIXED_MIX = {"gcpu": 1.0, "lcpu": 0.0}
+
+
+def _one_of(name, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"--{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _positive(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
+
+
+def is_resnet(name: str) -> bool:
+    """True for `resnet<6n+2>` names such as resnet20 or resnet56."""
+    if not name.startswith("resnet") or not name[6:].isdigit():
+        return False
+    depth = int(name[6:])
+    return depth >= 8 and (depth - 2) % 6 == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run; the defaults are the README's quick start.
+
+    `None` and `"auto"` fields are resolved per method by `resolved()`.
+    """
+
+    dataset: str = "mnist"
+    model: str = "mlp"
+    method: str = "dpu"
+    update_ratio: float = 0.01
+    rounds: int = 5
+    initial_samples: int = 500
+    samples_per_round: int = 500
+    validation_samples: int = 300
+    epochs: int = 10
+    single_step_epochs: Optional[int] = None
+    batch_size: int = 128
+    optimizer: str = "adam"
+    learning_rate: float = 5e-3
+    lr_schedule: str = "auto"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    contribution_mix: Optional[float] = None
+    reinit: str = "auto"
+    reinit_period: int = 0
+    bias_policy: str = "full"
+    initial_deployment: str = "full"
+    fu_init: str = "same_init"
+    iterative: bool = False
+    iterative_decay: float = 0.8
+    iterative_epochs: int = 2
+    seed: int = 0
+    deterministic: bool = True
+    out_dir: Optional[str] = None
+
+    def resolved(self) -> "RunConfig":
+        """Returns a validated copy with every automatic choice made explicit."""
+        self.validate()
+        mix = self.contribution_mix
+        if self.method in _FIXED_MIX:
+            fixed = _FIXED_MIX[self.method]
+            if mix is not None and mix != fixed:
+                raise ConfigError(
+                    f"--method={self.method} fixes --contribution_mix to {fixed:g}, "
+                    f"got {mix:g}")
+            mix = fixed
+        elif mix is None:
+            mix = 0.5
+        reinit = self.reinit
+        if reinit == "auto":
+            # The reference re-initializes DPU and LCPU when the data doubles;
+            # GCPU and RPU run without it; pruning and FU have their own start.
+            reinit = "doubling" if self.method in ("dpu", "lcpu") else "off"
+        schedule = self.lr_schedule
+        if schedule == "auto":
+            schedule = "step" if self.optimizer == "adam" else "cosine"
+        single = self.single_step_epochs or 2 * self.epochs
+        return dataclasses.replace(self, contribution_mix=mix, reinit=reinit,
+                                   lr_schedule=schedule, single_step_epochs=single)
+
+    def validate(self) -> None:
+        """Raises ConfigError with a one-line message on the first bad setting."""
+        _one_of("method", self.method, METHODS)
+        if self.model not in MODELS_FIXED and not is_resnet(self.model):
+            raise ConfigError(
+                f"--model={self.model!r} is not one of mlp, cnn, vgg, resnet<6n+2> "
+                "(resnet20, resnet56, ...)")
+        if not isinstance(self.update_ratio, (int, float)) or not (
+                0.0 < self.update_ratio <= 1.0) or math.isnan(self.update_ratio):
+            raise ConfigError(
+                f"--update_ratio must be in (0, 1], got {self.update_ratio!r}")
+        for name in ("rounds", "initial_samples", "epochs", "batch_size",
+                     "iterative_epochs"):
+            _positive(name, getattr(self, name))
+        if self.single_step_epochs is not None:
+            _positive("single_step_epochs", self.single_step_epochs)
+        if not isinstance(self.samples_per_round, int) or self.samples_per_round < 0:
+            raise ConfigError(
+                f"--samples_per_round must be >= 0, got {self.samples_per_round!r}")
+        if not isinstance(self.validation_samples, int) or self.validation_samples < 1:
+            raise ConfigError(
+                f"--validation_samples must be >= 1, got {self.validation_samples!r}")
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
+        _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not self.learning_rate > 0 or math.isinf(self.learning_rate):
+            raise ConfigError(
+                f"--learning_rate must be a positive number, got {self.learning_rate!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum!r}")
+        if not self.weight_decay >= 0 or math.isinf(self.weight_decay):
+            raise ConfigError(f"--weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.contribution_mix is not None and not (
+                0.0 <= self.contribution_mix <= 1.0):
+            raise ConfigError(
+                f"--contribution_mix must be in [0, 1], got {self.contribution_mix!r}")
+        _one_of("reinit", self.reinit, REINIT_RULES)
+        if self.reinit == "periodic" and self.reinit_period < 1:
+            raise ConfigError("--reinit=periodic needs --reinit_period >= 1")
+        _one_of("bias_policy", self.bias_policy, BIAS_POLICIES)
+        _one_of("initial_deployment", self.initial_deployment, INITIAL_DEPLOYMENTS)
+        _one_of("fu_init", self.fu_init, FU_INITS)
+        if not 0.0 < self.iterative_decay < 1.0:
+            raise ConfigError(
+                f"--iterative_decay must be in (0, 1), got {self.iterative_decay!r}")
+        if self.iterative and self.method not in ("dpu", "gcpu", "lcpu"):
+            raise ConfigError("--iterative applies to dpu, gcpu and lcpu only")
+        if self.method == "fu" and self.reinit not in ("auto", "off"):
+            raise ConfigError("--method=fu chooses its start with --fu_init, not --reinit")
+
+    def budget(self, total_elements: int) -> int:
+        """The most kernel elements a partial round may change: ceil(k * I)."""
+        return max(1, math.ceil(self.update_ratio * total_elements - 1e-9))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

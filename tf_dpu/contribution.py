@@ -1,0 +1,61 @@
+"""The DPU metric: local and global contributions, normalised and mixed.
+
+Under an L-smooth loss, the loss gap between a partial and the full update is
+bounded by a sum over the *non-updated* elements of a first-order term (their
+share of the loss decrease along the training trajectory: the local
+contribution) and a second-order term proportional to their squared net change
+(the global contribution). Keeping the elements with the largest mix of both
+minimises the bound under the budget.
+"""
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+
+def global_contribution(final: Sequence[np.ndarray], start: Sequence[np.ndarray],
+                        indices: Sequence[int]) -> Dict[int, np.ndarray]:
+    """c_glob = (w_final - w_start)^2 for the weights at `indices`."""
+    return {i: np.square(final[i].astype(np.float64) - start[i]) for i in indices}
+
+
+def normalise(contribution: Dict[int, np.ndarray]) -> Dict[int, np.ndarray]:
+    """Divides by the sum over all given weights, so both terms weigh alike.
+
+    A term whose sum is not positive (nothing moved, or a run that only
+    increased the loss) contributes nothing instead of flipping signs.
+    """
+    total = float(sum(np.sum(c, dtype=np.float64) for c in contribution.values()))
+    if not total > 0 or not np.isfinite(total):
+        return {i: np.zeros_like(c, dtype=np.float64) for i, c in contribution.items()}
+    return {i: c.astype(np.float64) / total for i, c in contribution.items()}
+
+
+def mix(global_term: Dict[int, np.ndarray], local_term: Dict[int, np.ndarray],
+        mix_ratio: float) -> Dict[int, np.ndarray]:
+    """s = λ * c_glob / Σ c_glob + (1 - λ) * c_loc / Σ c_loc, λ = `mix_ratio`."""
+    g, l = normalise(global_term), normalise(local_term)
+    return {i: mix_ratio * g[i] + (1.0 - mix_ratio) * l[i] for i in g}
+
+
+def dpu_scores(final: Sequence[np.ndarray], start: Sequence[np.ndarray],
+               local: Sequence[np.ndarray], indices: Sequence[int],
+               mix_ratio: float) -> Dict[int, np.ndarray]:
+    """The DPU metric for the weights at `indices` (kernels, maybe biases).
+
+    Args:
+      final: weights after the full-training step, `model.weights` order.
+      start: the step's start point w_start.
+      local: accumulated local contributions, same order.
+      indices: which weights compete for the budget.
+      mix_ratio: λ; 1 gives GCPU, 0 gives LCPU.
+
+    Returns:
+      A score array per index; larger means more important to update.
+    """
+    local_term = {i: np.asarray(local[i], np.float64) for i in indices}
+    return mix(global_contribution(final, start, indices), local_term, mix_ratio)
+
+
+def as_list(scores: Dict[int, np.ndarray], length: int) -> List:
+    return [scores.get(i) for i in range(length)]

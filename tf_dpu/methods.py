@@ -1,0 +1,261 @@
+"""DPU and every baseline of the reference, each a strategy over one round.
+
+Every method runs through `run_step`, the one helper around the custom
+training loop, and returns its best-on-validation candidate. Whether that
+candidate is deployed ("send nothing" when it does not beat the device's
+model) is the round loop's decision, the same for every method.
+"""
+
+import dataclasses
+import math
+from typing import Callable, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tf_dpu import contribution, selection
+from tf_dpu.config import RunConfig
+from tf_dpu.training import Trainer, learning_rate_at
+from tf_dpu.weights import BIAS, KERNEL, STATE, Layout
+
+Weights = List[np.ndarray]
+
+
+@dataclasses.dataclass
+class RoundContext:
+    """What a method needs to run one round.
+
+    Attributes:
+      config: the resolved run settings.
+      trainer: the shared training loop (model, optimizer, masks).
+      layout: kinds of the model's weights.
+      index: the round number r.
+      x, y: D^r as tensors; x_val, y_val: the validation split.
+      start: w_start, the point this round trains from (deployed model or w0).
+      w0: the saved random initialization.
+      budget: ceil(k * I), the most kernel elements a partial round may change.
+      rng: randomness of this round (RPU's masks).
+      fresh_init: builds a new random initialization (FU diff_init).
+      progress: receives one line per epoch.
+    """
+
+    config: RunConfig
+    trainer: Trainer
+    layout: Layout
+    index: int
+    x: tf.Tensor
+    y: tf.Tensor
+    x_val: tf.Tensor
+    y_val: tf.Tensor
+    start: Weights
+    w0: Weights
+    budget: int
+    rng: np.random.RandomState
+    fresh_init: Callable[[], Weights]
+    progress: Callable[[str], None]
+
+
+@dataclasses.dataclass
+class Candidate:
+    """The best model a round produced, and how it came about."""
+
+    weights: Weights
+    val_accuracy: float
+    step: str
+    epoch: int
+    selected: Optional[int] = None   # kernel elements allowed to change
+    base: str = "start"               # what the update is relative to: start|zeros
+
+
+def _best(a: Optional[Candidate], b: Candidate) -> Candidate:
+    return b if a is None or b.val_accuracy > a.val_accuracy else a
+
+
+def run_step(ctx: RoundContext, name: str, epochs: int, *, masks=None,
+             accumulate: bool = False, bn_training: bool = True,
+             best: Optional[Candidate] = None) -> Candidate:
+    """Trains the model's current weights for `epochs` epochs; returns the best epoch.
+
+    The learning-rate schedule restarts; the optimizer state carries over
+    from whatever ran before (step 1 into step 2, as the reference does).
+
+    Args:
+      ctx: the round.
+      name: shown in progress lines and recorded with the candidate.
+      epochs: epochs to run.
+      masks: per-weight boolean masks, None to train everything.
+      accumulate: accumulate the local contribution.
+      bn_training: BatchNorm in training mode.
+      best: a candidate to beat (e.g. the rewound model before step 2).
+    """
+    trainer, config = ctx.trainer, ctx.config
+    trainer.set_masks(masks)
+    for epoch in range(epochs):
+        lr = learning_rate_at(config.lr_schedule, config.learning_rate, epoch, epochs)
+        loss = trainer.train_epoch(ctx.x, ctx.y, lr, masked=masks is not None,
+                                   accumulate=accumulate, bn_training=bn_training)
+        if not math.isfinite(loss):
+            ctx.progress(f"round {ctx.index} {name} epoch {epoch + 1}: loss is {loss}; "
+                         "stopping this step (lower --learning_rate?)")
+            break
+        val = trainer.accuracy(ctx.x_val, ctx.y_val)
+        ctx.progress(f"round {ctx.index} {name} epoch {epoch + 1}/{epochs} "
+                     f"lr {lr:.2e} loss {loss:.4f} val {val:.4f}")
+        if best is None or val > best.val_accuracy:
+            best = Candidate(trainer.model.get_weights(), val, name, epoch + 1)
+    if best is None:  # diverged in its first epoch: fall back to where it started
+        best = Candidate(trainer.model.get_weights(), 0.0, name, 0)
+    return best
+
+
+def _evaluate_current(ctx: RoundContext, step: str) -> Candidate:
+    return Candidate(ctx.trainer.model.get_weights(),
+                     ctx.trainer.accuracy(ctx.x_val, ctx.y_val), step, 0)
+
+
+def _candidates(ctx: RoundContext) -> List[int]:
+    """Weights that compete for the budget: kernels, plus biases if masked."""
+    kinds = (KERNEL, BIAS) if ctx.config.bias_policy == "masked" else (KERNEL,)
+    return ctx.layout.indices(*kinds)
+
+
+def _bn_training(ctx: RoundContext) -> bool:
+    # Moving statistics change the deployed model; under the frozen and masked
+    # bias policies a partial round must not touch them.
+    return ctx.config.bias_policy == "full"
+
+
+def _step_masks(ctx: RoundContext, kernel_masks: selection.Masks) -> selection.Masks:
+    """Completes kernel masks with the bias policy's masks for step 2."""
+    masks = list(kernel_masks)
+    for i in ctx.layout.indices(BIAS):
+        if masks[i] is None:
+            full = ctx.config.bias_policy == "full"
+            masks[i] = np.full(ctx.layout.shapes[i], full, bool)
+    return masks
+
+
+def rewind(ctx: RoundContext, final: Weights, start: Weights,
+           masks: selection.Masks) -> Weights:
+    """w = m * w_final + (1 - m) * w_start, exactly (no arithmetic on the bits).
+
+    Biases follow the bias policy: kept trained under `full` (the reference
+    trains them in both steps), masked like kernels under `masked`, rewound
+    under `frozen`. BN moving statistics stay trained only under `full`.
+    """
+    policy = ctx.config.bias_policy
+    out = []
+    for i, kind in enumerate(ctx.layout.kinds):
+        if masks[i] is not None and kind != STATE:
+            out.append(np.where(masks[i], final[i], start[i]))
+        elif kind == KERNEL or policy != "full":
+            out.append(start[i].copy())
+        else:
+            out.append(final[i].copy())
+    return out
+
+
+def full_training(ctx: RoundContext, start: Weights) -> Candidate:
+    """Trains every parameter from `start` (FU, and a fully deployed round 0)."""
+    ctx.trainer.model.set_weights(start)
+    ctx.trainer.reset_optimizer()
+    return run_step(ctx, "full", ctx.config.single_step_epochs)
+
+
+def fu(ctx: RoundContext) -> Candidate:
+    """Full updating from w0 (same_init), w^(r-1) (last_round) or a new init."""
+    start = {"same_init": ctx.w0, "last_round": ctx.start,
+             "diff_init": None}[ctx.config.fu_init]
+    if start is None:
+        start = ctx.fresh_init()
+    return full_training(ctx, start)
+
+
+def dpu(ctx: RoundContext) -> Candidate:
+    """DPU (λ from the config; GCPU is λ = 1, LCPU is λ = 0)."""
+    trainer, config = ctx.trainer, ctx.config
+    bn = _bn_training(ctx)
+    trainer.model.set_weights(ctx.start)
+    trainer.reset_optimizer()
+    trainer.reset_contribution()
+    step1 = run_step(ctx, "step 1", config.epochs, accumulate=True, bn_training=bn)
+    del step1  # step 1's purpose is the metric, not a deployable candidate
+    final = trainer.model.get_weights()
+    indices = _candidates(ctx)
+    scores = contribution.dpu_scores(final, ctx.start, trainer.contribution(), indices,
+                                     config.contribution_mix)
+    if config.iterative:
+        return _iterative(ctx, scores, indices, final, bn)
+    masks = selection.top_k(scores, ctx.budget, len(final))
+    return _fine_tune(ctx, final, masks, bn, "step 2", config.epochs)
+
+
+def _fine_tune(ctx, final, masks, bn, name, epochs) -> Candidate:
+    ctx.trainer.model.set_weights(rewind(ctx, final, ctx.start, masks))
+    rewound = _evaluate_current(ctx, "rewound")
+    best = run_step(ctx, name, epochs, masks=_step_masks(ctx, masks), bn_training=bn,
+                    best=rewound)
+    best.selected = selection.count(masks)
+    return best
+
+
+def _iterative(ctx, scores, indices, final, bn) -> Candidate:
+    """The single-round variant: shrink the selected set by x0.8 per stage to k."""
+    config, trainer = ctx.config, ctx.trainer
+    total = sum(scores[i].size for i in indices)
+    ratio, active = 1.0, None
+    while True:
+        ratio = max(ratio * config.iterative_decay, config.update_ratio)
+        keep = ctx.budget if ratio <= config.update_ratio else math.ceil(ratio * total)
+        masks = selection.top_k(scores, keep, len(final), active)
+        if keep == ctx.budget:
+            return _fine_tune(ctx, final, masks, bn, "step 2", config.epochs)
+        trainer.model.set_weights(rewind(ctx, final, ctx.start, masks))
+        trainer.reset_contribution()
+        run_step(ctx, f"shrink {ratio:.4f}", config.iterative_epochs,
+                 masks=_step_masks(ctx, masks), accumulate=True, bn_training=bn)
+        final = trainer.model.get_weights()
+        active = {i: masks[i] for i in indices}
+        scores = contribution.dpu_scores(final, ctx.start, trainer.contribution(), indices,
+                                         config.contribution_mix)
+
+
+def rpu(ctx: RoundContext) -> Candidate:
+    """Random partial updating: a random mask per layer, sparse fine-tuning, no step 1."""
+    ctx.trainer.model.set_weights(ctx.start)
+    ctx.trainer.reset_optimizer()
+    layout = ctx.layout
+    masks = selection.random_per_layer(layout.shapes, layout.indices(KERNEL),
+                                       ctx.config.update_ratio, ctx.budget, ctx.rng)
+    best = run_step(ctx, "sparse", ctx.config.single_step_epochs,
+                    masks=_step_masks(ctx, masks), bn_training=_bn_training(ctx))
+    best.selected = selection.count(masks)
+    return best
+
+
+def pruning(ctx: RoundContext) -> Candidate:
+    """Retrain from w0, keep the top-k*I kernels by magnitude, zero the rest, fine-tune.
+
+    The device receives a whole sparse model each round (k*I non-zero kernel
+    elements), so the update is counted against zeros. Biases and BN are
+    trained and sent whole, whatever the bias policy.
+    """
+    trainer, config = ctx.trainer, ctx.config
+    trainer.model.set_weights(ctx.w0)
+    trainer.reset_optimizer()
+    run_step(ctx, "step 1", config.epochs)
+    final = trainer.model.get_weights()
+    masks = selection.magnitude(final, ctx.layout.indices(KERNEL), ctx.budget)
+    pruned = [np.where(m, w, np.zeros_like(w)) if m is not None else w.copy()
+              for w, m in zip(final, masks)]
+    trainer.model.set_weights(pruned)
+    best = run_step(ctx, "step 2", config.epochs,
+                    masks=[m if m is not None else (np.ones(s, bool) if k == BIAS else None)
+                           for m, s, k in zip(masks, ctx.layout.shapes, ctx.layout.kinds)],
+                    best=_evaluate_current(ctx, "pruned"))
+    best.selected = selection.count(masks)
+    best.base = "zeros"
+    return best
+
+
+METHODS = {"dpu": dpu, "gcpu": dpu, "lcpu": dpu, "rpu": rpu, "pruning": pruning, "fu": fu}

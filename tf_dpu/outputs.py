@@ -1,0 +1,121 @@
+"""What a run writes: weights per round, metrics.json, CSV, TensorBoard, a plot.
+
+Every file is written to a temporary name and renamed into place, so a file
+in the run folder is always either the old one or the new one.
+"""
+
+import csv
+import io
+import json
+import os
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+COLUMNS = ("round", "train_samples", "val_accuracy", "test_accuracy", "updated_elements",
+           "total_elements", "changed_biases", "reinitialized", "sent", "seconds")
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Writes `data` to `path` so that readers see the old or the new file, never a mix."""
+    tmp = f"{path}.partial"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def round_dir(out_dir: str, index: int) -> str:
+    return os.path.join(out_dir, f"round_{index:03d}")
+
+
+def weights_path(folder: str) -> str:
+    return os.path.join(folder, "model.weights.h5")
+
+
+def save_weights(model, weights: Sequence[np.ndarray], folder: str) -> str:
+    """Saves `weights` as a Keras weights file `folder/model.weights.h5`."""
+    os.makedirs(folder, exist_ok=True)
+    path = weights_path(folder)
+    model.set_weights(list(weights))
+    # Keras picks the file format by the suffix, so the temporary name keeps it.
+    tmp = os.path.join(folder, "model.partial.weights.h5")
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_weights(model, folder: str) -> List[np.ndarray]:
+    model.load_weights(weights_path(folder))
+    return model.get_weights()
+
+
+def format_table(rounds: List[Dict]) -> str:
+    """The per-round table printed at the end of a run."""
+    header = (f"{'round':>5} {'train':>6} {'val':>7} {'test':>7} {'updated':>9} "
+              f"{'of':>9} {'biases':>7} {'sent':>5} {'reinit':>6} {'s':>6}")
+    lines = [header, "-" * len(header)]
+    for r in rounds:
+        lines.append(
+            f"{r['round']:>5} {r['train_samples']:>6} {r['val_accuracy']:>7.4f} "
+            f"{r['test_accuracy']:>7.4f} {r['updated_elements']:>9} "
+            f"{r['total_elements']:>9} {r['changed_biases']:>7} "
+            f"{'yes' if r['sent'] else 'no':>5} {'yes' if r['reinitialized'] else 'no':>6} "
+            f"{r['seconds']:>6.1f}")
+    return "\n".join(lines)
+
+
+class RunWriter:
+    """Writes the files of one run folder as rounds finish."""
+
+    def __init__(self, out_dir: str, config: Dict):
+        self.out_dir = out_dir
+        self.config = config
+        os.makedirs(out_dir, exist_ok=True)
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        self._tf = tf
+        self._summary = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard"))
+
+    def write_round(self, model, weights, rounds: List[Dict]) -> None:
+        """Saves a round's deployed weights and rewrites the metrics files."""
+        record = rounds[-1]
+        save_weights(model, weights, round_dir(self.out_dir, record["round"]))
+        self.write_metrics(rounds)
+        with self._summary.as_default(step=record["round"]):
+            for key in ("val_accuracy", "test_accuracy", "updated_elements",
+                        "changed_biases", "seconds"):
+                self._tf.summary.scalar(key, record[key])
+        self._summary.flush()
+
+    def write_metrics(self, rounds: List[Dict]) -> None:
+        doc = {"config": self.config, "rounds": rounds}
+        write_atomic(os.path.join(self.out_dir, "metrics.json"),
+                     (json.dumps(doc, indent=2) + "\n").encode())
+        text = io.StringIO()
+        table = csv.DictWriter(text, fieldnames=list(rounds[0]), extrasaction="ignore")
+        table.writeheader()
+        table.writerows(rounds)
+        write_atomic(os.path.join(self.out_dir, "metrics.csv"), text.getvalue().encode())
+
+    def write_plot(self, rounds: List[Dict]) -> str:
+        """Test accuracy per round, as `accuracy.png`."""
+        import matplotlib  # pylint: disable=import-outside-toplevel
+        matplotlib.use("Agg")
+        from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([r["round"] for r in rounds], [100 * r["test_accuracy"] for r in rounds],
+                marker="o", label=self.config["method"])
+        ax.set_xlabel("round")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{self.config['method']} on {self.config['dataset']}, "
+                     f"k = {self.config['update_ratio']:g}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        plt.close(fig)
+        path = os.path.join(self.out_dir, "accuracy.png")
+        write_atomic(path, buffer.getvalue())
+        return path

@@ -1,0 +1,171 @@
+"""The multi-round server: start points, re-initialization, send-or-keep, records.
+
+Usage:
+
+    from tf_dpu import RunConfig
+    from tf_dpu.rounds import run
+    result = run(RunConfig(dataset="mnist", method="dpu", update_ratio=0.01,
+                           rounds=3, epochs=5, out_dir="runs/demo"))
+    for r in result.rounds:
+        print(r["round"], r["test_accuracy"], r["updated_elements"])
+"""
+
+import dataclasses
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tf_dpu import methods
+from tf_dpu.config import PARTIAL_METHODS, RunConfig
+from tf_dpu.data import Dataset, RoundSchedule, load_dataset
+from tf_dpu.models import build_model
+from tf_dpu.outputs import RunWriter, format_table
+from tf_dpu.training import Trainer
+from tf_dpu.weights import BIAS, KERNEL, STATE, Layout, count_changed, zeros_like
+
+# Methods that keep building on the deployed model, to which the
+# re-initialization rule applies.
+_REINIT_METHODS = ("dpu", "gcpu", "lcpu", "rpu")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What `run` returns: the resolved config, one record per round, the weights."""
+
+    config: Dict
+    rounds: List[Dict]
+    deployed: List[np.ndarray]
+    w0: List[np.ndarray]
+    out_dir: Optional[str]
+
+    @property
+    def table(self) -> str:
+        return format_table(self.rounds)
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _tensors(x, y):
+    return tf.constant(x), tf.constant(y)
+
+
+def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
+        data: Optional[Dataset] = None) -> RunResult:
+    """Runs all rounds of one method and returns (and, with out_dir, writes) the records.
+
+    Args:
+      config: the run settings; validated and resolved here.
+      progress: receives progress lines (round, step, epoch, accuracy); None
+        for silence.
+      data: an already loaded data set (skips `config.dataset`), e.g. for
+        notebooks and tests that build their own.
+
+    Returns:
+      A `RunResult`; `rounds` holds one dict per round with the fields of
+      metrics.json.
+
+    Raises:
+      DpuError: bad settings or data (one-line message).
+    """
+    config = config.resolved()
+    say = progress or (lambda line: None)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tf.random.set_seed(config.seed)
+    if data is None:
+        data = load_dataset(config.dataset, config.validation_samples, config.seed)
+    schedule = RoundSchedule(len(data.x_train), config.initial_samples,
+                             config.samples_per_round, config.rounds, config.seed)
+    model = build_model(config.model, data.input_shape, data.num_classes, config.seed)
+    layout = Layout(model)
+    trainer = Trainer(model, layout, optimizer=config.optimizer,
+                      learning_rate=config.learning_rate, momentum=config.momentum,
+                      weight_decay=config.weight_decay, batch_size=config.batch_size,
+                      seed=config.seed)
+    w0 = model.get_weights()
+    total = layout.size(KERNEL)
+    budget = config.budget(total)
+    x_val, y_val = _tensors(data.x_val, data.y_val)
+    x_test, y_test = _tensors(data.x_test, data.y_test)
+    writer = RunWriter(config.out_dir, config.to_dict()) if config.out_dir else None
+    if writer:
+        from tf_dpu.outputs import save_weights  # pylint: disable=import-outside-toplevel
+        save_weights(model, w0, f"{config.out_dir}/init")
+    say(f"{config.method} on {config.dataset} ({len(data.x_train)} pool, "
+        f"{len(data.x_val)} val, {len(data.x_test)} test), model {config.model}: "
+        f"I = {total} kernel elements, budget ceil(k*I) = {budget} per partial round")
+
+    model.set_weights(w0)
+    deployed, deployed_val = w0, trainer.accuracy(x_val, y_val)
+    deployed_test = trainer.accuracy(x_test, y_test)
+    init_size = schedule.size(0)
+    rounds: List[Dict] = []
+    for r in range(config.rounds):
+        started = time.time()
+        size = schedule.size(r)
+        reinit = False
+        if r > 0 and config.method in _REINIT_METHODS:
+            if config.reinit == "doubling" and size > 2 * init_size:
+                reinit, init_size = True, size
+            elif config.reinit == "periodic" and r % config.reinit_period == 0:
+                reinit = True
+        full = config.method == "fu" or (r == 0 and config.initial_deployment == "full")
+        x, y = _tensors(data.x_train[schedule.indices(r)], data.y_train[schedule.indices(r)])
+        ctx = methods.RoundContext(
+            config=config, trainer=trainer, layout=layout, index=r, x=x, y=y,
+            x_val=x_val, y_val=y_val, start=w0 if reinit or r == 0 else deployed, w0=w0,
+            budget=budget, rng=np.random.RandomState([config.seed, r]),
+            fresh_init=lambda r=r: build_model(config.model, data.input_shape,
+                                               data.num_classes,
+                                               config.seed + 7919 * (r + 1)).get_weights(),
+            progress=say)
+        say(f"round {r}: {size} training samples, start from "
+            f"{'w0' if reinit or r == 0 else 'the deployed model'}"
+            f"{' (re-initialized: data doubled)' if reinit else ''}")
+        best = (methods.full_training(ctx, w0) if full and config.method != "fu"
+                else methods.METHODS[config.method](ctx))
+        # The device keeps its model only when the candidate is worse on
+        # validation; a tie goes to the candidate, trained on more data (the
+        # reference reports rounds the same way).
+        sent = best.val_accuracy >= deployed_val
+        record = {"round": r, "train_samples": size}
+        if sent:
+            if best.base == "zeros":
+                base = zeros_like(w0)
+            else:
+                base = w0 if (reinit or r == 0) and not (full and config.method == "fu"
+                                                         and r > 0) else deployed
+            model.set_weights(best.weights)
+            deployed, deployed_val = best.weights, best.val_accuracy
+            deployed_test = trainer.accuracy(x_test, y_test)
+            updated = count_changed(layout, deployed, base, KERNEL)
+            changed_biases = count_changed(layout, deployed, base, BIAS, STATE)
+        else:
+            updated = changed_biases = 0
+        record.update({
+            "val_accuracy": deployed_val, "test_accuracy": deployed_test,
+            "updated_elements": updated, "total_elements": total,
+            "changed_biases": changed_biases, "reinitialized": reinit, "sent": sent,
+            "seconds": round(time.time() - started, 3),
+            "method": config.method, "full_round": full,
+            "selected_elements": best.selected if not full else total,
+            "candidate_val_accuracy": best.val_accuracy,
+            "best_step": best.step, "best_epoch": best.epoch,
+        })
+        rounds.append(record)
+        say(f"round {r}: val {deployed_val:.4f} test {deployed_test:.4f} "
+            f"updated {updated}/{total} biases {changed_biases} "
+            f"{'sent' if sent else 'NOT sent (worse on validation; device keeps its model)'}"
+            f" [{record['seconds']:.1f} s]")
+        if writer:
+            writer.write_round(model, deployed, rounds)
+    if writer:
+        writer.write_plot(rounds)
+    return RunResult(config.to_dict(), rounds, deployed, w0, config.out_dir)
+
+
+__all__ = ["run", "RunResult", "PARTIAL_METHODS"]

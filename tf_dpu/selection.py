@@ -1,0 +1,82 @@
+"""Which elements a partial round may change: masks from scores or at random.
+
+Masks are lists in `model.weights` order: a boolean array (True = updated)
+for every weight that competes, None for the others.
+"""
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+Masks = List[Optional[np.ndarray]]
+
+
+def top_k(scores: Dict[int, np.ndarray], k: int, length: int,
+          active: Optional[Dict[int, np.ndarray]] = None) -> Masks:
+    """Keeps the `k` largest scores across all given weights at once (global top-k).
+
+    Args:
+      scores: a score array per weight index.
+      k: how many elements to keep in total.
+      length: number of weights of the model (length of the returned list).
+      active: optional masks; only elements still active may be kept.
+
+    Returns:
+      Boolean masks with exactly min(k, candidates) True elements in total.
+      Ties are broken by position, so the result is deterministic.
+    """
+    keys = sorted(scores)
+    flat = np.concatenate([scores[i].ravel() for i in keys]).astype(np.float64)
+    flat = np.where(np.isfinite(flat), flat, -np.inf)  # NaN never wins a slot
+    if active is not None:
+        allowed = np.concatenate([active[i].ravel() for i in keys])
+        flat = np.where(allowed, flat, -np.inf)
+        k = min(k, int(allowed.sum()))
+    k = min(k, flat.size)
+    chosen = np.zeros(flat.size, bool)
+    if k > 0:
+        # Stable sort on the negated scores: equal scores go to the earliest
+        # position, independently of the platform's partition algorithm.
+        chosen[np.argsort(-flat, kind="stable")[:k]] = True
+    return _split(chosen, scores, keys, length)
+
+
+def magnitude(weights: Sequence[np.ndarray], indices: Sequence[int], k: int) -> Masks:
+    """Global top-k by |w|: the pruning baseline's mask."""
+    return top_k({i: np.abs(weights[i]) for i in indices}, k, len(weights))
+
+
+def random_per_layer(shapes: Sequence[tuple], indices: Sequence[int], ratio: float,
+                     budget: int, rng: np.random.RandomState) -> Masks:
+    """A random mask of about `ratio` of each weight's elements (RPU).
+
+    Each weight gets floor(ratio * n) or ceil(ratio * n) elements, rounded by
+    largest remainder so that the total never exceeds `budget`.
+    """
+    sizes = np.array([int(np.prod(shapes[i])) for i in indices], np.int64)
+    want = ratio * sizes
+    counts = np.floor(want).astype(np.int64)
+    spare = max(0, budget - int(counts.sum()))
+    for j in np.argsort(-(want - counts), kind="stable")[:spare]:
+        if counts[j] < sizes[j]:
+            counts[j] += 1
+    masks: Masks = [None] * len(shapes)
+    for i, size, count in zip(indices, sizes, counts):
+        mask = np.zeros(size, bool)
+        mask[rng.choice(size, size=count, replace=False)] = True
+        masks[i] = mask.reshape(shapes[i])
+    return masks
+
+
+def count(masks: Masks) -> int:
+    return int(sum(np.count_nonzero(m) for m in masks if m is not None))
+
+
+def _split(flat_mask, scores, keys, length) -> Masks:
+    masks: Masks = [None] * length
+    offset = 0
+    for i in keys:
+        size = scores[i].size
+        masks[i] = flat_mask[offset:offset + size].reshape(scores[i].shape)
+        offset += size
+    return masks

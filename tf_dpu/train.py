@@ -1,0 +1,162 @@
+"""Command line: run Deep Partial Updating (or a baseline) over rounds.
+
+    python -m tf_dpu.train --flagfile=flags/quickstart.flags
+    python -m tf_dpu.train --flagfile=flags/reference_mnist.flags --method=rpu --seed=2
+
+A thin layer: flags become a `RunConfig`, `tf_dpu.rounds.run` does the work.
+Any bad input ends with one line on stderr and exit status 2.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+from tf_dpu import config as cfg
+from tf_dpu.data import RoundSchedule, load_dataset
+from tf_dpu.errors import DpuError
+
+_D = cfg.RunConfig()  # the defaults live in one place: RunConfig
+
+_DATASET = flags.DEFINE_string("dataset", _D.dataset, "mnist | mnist1d | digits | npz:PATH")
+_MODEL = flags.DEFINE_string("model", _D.model, "mlp | cnn | vgg | resnet<6n+2>")
+_METHOD = flags.DEFINE_string("method", _D.method, " | ".join(cfg.METHODS))
+_UPDATE_RATIO = flags.DEFINE_float(
+    "update_ratio", _D.update_ratio, "k: fraction of kernel elements a partial round changes")
+_ROUNDS = flags.DEFINE_integer("rounds", _D.rounds, "number of rounds")
+_INITIAL = flags.DEFINE_integer("initial_samples", _D.initial_samples, "|D^0|")
+_PER_ROUND = flags.DEFINE_integer("samples_per_round", _D.samples_per_round,
+                                  "new training samples per round")
+_VALIDATION = flags.DEFINE_integer("validation_samples", _D.validation_samples,
+                                   "test samples set aside for validation")
+_EPOCHS = flags.DEFINE_integer("epochs", _D.epochs, "epochs per step (two-step methods)")
+_SINGLE_EPOCHS = flags.DEFINE_integer(
+    "single_step_epochs", None, "epochs of one-step methods (FU, RPU, full round 0); "
+    "default 2 x --epochs, the same compute as two steps")
+_BATCH = flags.DEFINE_integer("batch_size", _D.batch_size, "batch size")
+_OPTIMIZER = flags.DEFINE_string("optimizer", _D.optimizer, "adam | sgd (Nesterov)")
+_LR = flags.DEFINE_float("learning_rate", _D.learning_rate, "initial learning rate")
+_SCHEDULE = flags.DEFINE_string(
+    "lr_schedule", _D.lr_schedule, "auto | step | cosine | constant "
+    "(auto: step decay x0.1 at each third for adam, cosine for sgd)")
+_MOMENTUM = flags.DEFINE_float("momentum", _D.momentum, "SGD momentum")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", _D.weight_decay, "L2 on all parameters")
+_MIX = flags.DEFINE_float("contribution_mix", None,
+                          "λ, weight of the global contribution (default 0.5; "
+                          "fixed to 1 by gcpu, 0 by lcpu)")
+_REINIT = flags.DEFINE_string(
+    "reinit", _D.reinit, "auto | doubling | periodic | off (auto: doubling for dpu "
+    "and lcpu, off for gcpu and rpu)")
+_REINIT_PERIOD = flags.DEFINE_integer("reinit_period", _D.reinit_period,
+                                      "rounds between re-initializations (periodic)")
+_BIAS = flags.DEFINE_string("bias_policy", _D.bias_policy,
+                            "full | masked | frozen: how biases and BatchNorm update")
+_INITIAL_DEPLOYMENT = flags.DEFINE_string(
+    "initial_deployment", _D.initial_deployment,
+    "full: round 0 trains and ships the whole model; partial: the reference's "
+    "partial update of the random initialization")
+_FU_INIT = flags.DEFINE_string("fu_init", _D.fu_init, "same_init | last_round | diff_init")
+_ITERATIVE = flags.DEFINE_bool("iterative", _D.iterative,
+                               "single-round variant: shrink the selection x0.8 per stage")
+_ITERATIVE_DECAY = flags.DEFINE_float("iterative_decay", _D.iterative_decay,
+                                      "shrink factor per stage")
+_ITERATIVE_EPOCHS = flags.DEFINE_integer("iterative_epochs", _D.iterative_epochs,
+                                         "fine-tuning epochs per shrinking stage")
+_SEED = flags.DEFINE_integer("seed", _D.seed, "seed of init, schedule and shuffling")
+_DETERMINISTIC = flags.DEFINE_bool("deterministic", _D.deterministic,
+                                   "TensorFlow op determinism (same seed, same bits)")
+_OUT_DIR = flags.DEFINE_string("out_dir", "runs/latest", "where the run is written")
+_QUIET = flags.DEFINE_bool("quiet", False, "no per-epoch progress lines")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False,
+                             "print the resolved settings as JSON and exit without training")
+
+
+def config_from_flags() -> cfg.RunConfig:
+    return cfg.RunConfig(
+        dataset=_DATASET.value, model=_MODEL.value, method=_METHOD.value,
+        update_ratio=_UPDATE_RATIO.value, rounds=_ROUNDS.value,
+        initial_samples=_INITIAL.value, samples_per_round=_PER_ROUND.value,
+        validation_samples=_VALIDATION.value, epochs=_EPOCHS.value,
+        single_step_epochs=_SINGLE_EPOCHS.value, batch_size=_BATCH.value,
+        optimizer=_OPTIMIZER.value, learning_rate=_LR.value, lr_schedule=_SCHEDULE.value,
+        momentum=_MOMENTUM.value, weight_decay=_WEIGHT_DECAY.value,
+        contribution_mix=_MIX.value, reinit=_REINIT.value,
+        reinit_period=_REINIT_PERIOD.value, bias_policy=_BIAS.value,
+        initial_deployment=_INITIAL_DEPLOYMENT.value, fu_init=_FU_INIT.value,
+        iterative=_ITERATIVE.value, iterative_decay=_ITERATIVE_DECAY.value,
+        iterative_epochs=_ITERATIVE_EPOCHS.value, seed=_SEED.value,
+        deterministic=_DETERMINISTIC.value, out_dir=_OUT_DIR.value or None)
+
+
+def fail(message: str) -> None:
+    """Ends the program with one line on stderr and exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    """absl's own parser prints a usage hint under the error; one line is enough."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e))
+    return None
+
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with file descriptor 2 muted.
+
+    TensorFlow's native libraries print start-up lines (oneDNN, CUDA probes)
+    to stderr before any log-level setting applies; a command line tool
+    should not bury its own messages under them. Import errors still surface,
+    because stderr is restored before the exception propagates.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def main(argv):
+    if len(argv) > 1:
+        fail(f"unexpected argument(s): {' '.join(argv[1:])} (flags start with --)")
+    try:
+        config = config_from_flags().resolved()
+        if _DRY_RUN.value:
+            print(json.dumps(config.to_dict(), indent=2))
+            return
+        # Data problems surface before the slow TensorFlow import.
+        data = load_dataset(config.dataset, config.validation_samples, config.seed)
+        RoundSchedule(len(data.x_train), config.initial_samples, config.samples_per_round,
+                      config.rounds, config.seed)
+        _import_tensorflow_quietly()
+        from tf_dpu.rounds import run  # pylint: disable=import-outside-toplevel
+        quiet = _QUIET.value
+        result = run(config, data=data, progress=(lambda line: None) if quiet else
+                     (lambda line: print(line, flush=True)))
+    except DpuError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted; finished rounds are in --out_dir")
+    except OSError as e:
+        fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
+    print()
+    print(result.table)
+    if config.out_dir:
+        print(f"\nwrote {config.out_dir}/metrics.json, metrics.csv, accuracy.png, "
+              "round_NNN/model.weights.h5, tensorboard/")
+
+
+def run_main():
+    """Console-script entry point (`tf-dpu-train`)."""
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run_main()

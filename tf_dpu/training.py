@@ -1,0 +1,182 @@
+"""The one custom training loop that every method and every step runs through.
+
+A whole epoch is one `tf.function` call: a graph loop over the batches of a
+shuffled index vector, so Python is not on the per-step path. Two optional
+features are compiled in per variant:
+
+* a mask: the optimizer's *increment* is masked, not just the gradient.
+  Masking only the gradient is not enough because Adam's and momentum's state
+  would still move the frozen elements; here they are restored to their
+  pre-step bits with `tf.where`, so masked elements stay bit-identical.
+* a local-contribution accumulator: c_i += -g_i * dw_i per step, where dw is
+  the increment the optimizer actually applied (preconditioned, masked) and g
+  the gradient including weight decay.
+"""
+
+import math
+from typing import List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from tf_dpu.weights import Layout
+
+_EVAL_BATCH = 1024
+
+
+def learning_rate_at(schedule: str, base: float, epoch: int, epochs: int) -> float:
+    """Learning rate of `epoch` (0-based) within a step of `epochs` epochs.
+
+    `step` is the reference's decay x0.1 at each third of the epochs, `cosine`
+    anneals to zero, `constant` keeps `base`. Each step restarts the schedule.
+    """
+    if schedule == "step":
+        return base * 0.1 ** min(2, (3 * epoch) // epochs)
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    return base
+
+
+def make_optimizer(name: str, learning_rate: float, momentum: float):
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    return keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=momentum > 0)
+
+
+class Trainer:
+    """Trains a Keras model with optional masks and contribution accumulation.
+
+    The optimizer, the masks and the accumulators live as long as the trainer,
+    so the compiled epoch functions are traced once per variant and reused by
+    every round (rounds reset the optimizer's state instead of replacing it).
+
+    Args:
+      model: the Keras model; its trainable variables are trained in place.
+      layout: the model's `weights.Layout`.
+      optimizer: `adam` or `sgd` (Nesterov momentum when momentum > 0).
+      learning_rate, momentum: optimizer settings; the rate is set per epoch.
+      weight_decay: L2 coefficient added to every trainable gradient (as
+        PyTorch's `weight_decay`), so it enters the local contribution too.
+      batch_size: samples per step; the last batch of an epoch may be smaller.
+      seed: seeds the per-epoch shuffling.
+    """
+
+    def __init__(self, model: keras.Model, layout: Layout, *, optimizer: str = "adam",
+                 learning_rate: float = 5e-3, momentum: float = 0.9,
+                 weight_decay: float = 0.0, batch_size: int = 128, seed: int = 0):
+        self.model = model
+        self.layout = layout
+        self.batch_size = batch_size
+        self._variables = model.trainable_variables
+        self._weight_decay = float(weight_decay)
+        self._optimizer = make_optimizer(optimizer, learning_rate, momentum)
+        self._optimizer.build(self._variables)
+        self._masks = [tf.Variable(tf.ones(v.shape, tf.bool), trainable=False)
+                       for v in self._variables]
+        self._contribution = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
+                              for v in self._variables]
+        self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self._rng = np.random.RandomState(seed)
+        self._epoch_fns = {}
+        self._correct_fn = tf.function(self._correct, reduce_retracing=True)
+
+    # -- state ----------------------------------------------------------------
+
+    def reset_optimizer(self) -> None:
+        """Zeroes the optimizer's moments and step counter (a fresh optimizer)."""
+        for v in self._optimizer.variables:
+            v.assign(tf.zeros_like(v))
+
+    def set_masks(self, masks: Optional[Sequence[Optional[np.ndarray]]]) -> None:
+        """Sets which elements may move, in `model.weights` order.
+
+        Args:
+          masks: one boolean array (True = may change) or None (all may
+            change) per weight; None for no mask at all. Entries of
+            non-trainable weights are ignored.
+        """
+        for variable, position in zip(self._masks, self.layout.trainable_positions):
+            mask = None if masks is None else masks[position]
+            variable.assign(np.ones(variable.shape, bool) if mask is None else mask)
+
+    def reset_contribution(self) -> None:
+        for c in self._contribution:
+            c.assign(tf.zeros_like(c))
+
+    def contribution(self) -> List[Optional[np.ndarray]]:
+        """The accumulated local contribution, in `model.weights` order.
+
+        Non-trainable weights get None.
+        """
+        out: List[Optional[np.ndarray]] = [None] * len(self.layout.kinds)
+        for c, position in zip(self._contribution, self.layout.trainable_positions):
+            out[position] = c.numpy()
+        return out
+
+    # -- training and evaluation -----------------------------------------------
+
+    def train_epoch(self, x: tf.Tensor, y: tf.Tensor, learning_rate: float, *,
+                    masked: bool = False, accumulate: bool = False,
+                    bn_training: bool = True) -> float:
+        """Runs one shuffled epoch and returns its mean training loss.
+
+        Args:
+          x, y: the round's training set as tensors.
+          learning_rate: this epoch's rate.
+          masked: apply the masks set with `set_masks`.
+          accumulate: add this epoch's local contribution to the accumulator.
+          bn_training: run BatchNorm in training mode (batch statistics and
+            moving-average updates); False freezes its moving statistics.
+        """
+        self._optimizer.learning_rate = learning_rate
+        order = tf.constant(self._rng.permutation(int(x.shape[0])).astype(np.int32))
+        key = (bool(masked), bool(accumulate), bool(bn_training))
+        if key not in self._epoch_fns:
+            self._epoch_fns[key] = tf.function(
+                lambda a, b, o: self._epoch(a, b, o, *key), reduce_retracing=True)
+        return float(self._epoch_fns[key](x, y, order))
+
+    def accuracy(self, x: tf.Tensor, y: tf.Tensor) -> float:
+        """Top-1 accuracy of the model's current weights (inference mode)."""
+        return float(self._correct_fn(x, y)) / int(x.shape[0])
+
+    def _epoch(self, x, y, order, masked, accumulate, bn_training):
+        batch = self.batch_size
+        n = tf.shape(order)[0]
+        total = tf.constant(0.0)
+        for i in tf.range((n + batch - 1) // batch):
+            index = order[i * batch:tf.minimum((i + 1) * batch, n)]
+            loss = self._step(tf.gather(x, index), tf.gather(y, index), masked, accumulate,
+                              bn_training)
+            total += loss * tf.cast(tf.shape(index)[0], tf.float32)
+        return total / tf.cast(n, tf.float32)
+
+    def _step(self, xb, yb, masked, accumulate, bn_training):
+        with tf.GradientTape() as tape:
+            loss = self._loss(yb, self.model(xb, training=bn_training))
+        grads = tape.gradient(loss, self._variables)
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, self._variables)]
+        if self._weight_decay:
+            grads = [g + self._weight_decay * v for g, v in zip(grads, self._variables)]
+        if masked:
+            grads = [tf.where(m, g, tf.zeros_like(g)) for g, m in zip(grads, self._masks)]
+        before = [tf.identity(v) for v in self._variables] if masked or accumulate else []
+        self._optimizer.apply_gradients(zip(grads, self._variables))
+        if masked:
+            for v, b, m in zip(self._variables, before, self._masks):
+                v.assign(tf.where(m, v, b))
+        if accumulate:
+            for c, g, v, b in zip(self._contribution, grads, self._variables, before):
+                c.assign_add(-g * (v - b))
+        return loss
+
+    def _correct(self, x, y):
+        n = tf.shape(x)[0]
+        correct = tf.constant(0, tf.int64)
+        for i in tf.range((n + _EVAL_BATCH - 1) // _EVAL_BATCH):
+            logits = self.model(x[i * _EVAL_BATCH:(i + 1) * _EVAL_BATCH], training=False)
+            predicted = tf.argmax(logits, axis=-1, output_type=y.dtype)
+            correct += tf.reduce_sum(
+                tf.cast(predicted == y[i * _EVAL_BATCH:(i + 1) * _EVAL_BATCH], tf.int64))
+        return correct
