@@ -51,6 +51,7 @@ class RunConfig:
     dataset: str = "mnist"
     model: str = "mlp"
     method: str = "dpu"
+    initializer: str = "glorot"
     update_ratio: float = 0.01
     rounds: int = 5
     initial_samples: int = 500
@@ -75,6 +76,8 @@ class RunConfig:
     iterative_epochs: int = 2
     seed: int = 0
     deterministic: bool = True
+    export_tflite: bool = False
+    sign_key: Optional[str] = None
     out_dir: Optional[str] = None
 
     def resolved(self) -> "RunConfig":
@@ -94,7 +97,11 @@ class RunConfig:
         if reinit == "auto":
             # The reference re-initializes DPU and LCPU when the data doubles;
             # GCPU and RPU run without it; pruning and FU have their own start.
-            reinit = "doubling" if self.method in ("dpu", "lcpu") else "off"
+            # After a fully deployed round 0 a restart from w0 would throw the
+            # device's trained model away for a partial update of a random
+            # network, so the rule is off there.
+            reinit = ("doubling" if self.method in ("dpu", "lcpu")
+                      and self.initial_deployment == "partial" else "off")
         schedule = self.lr_schedule
         if schedule == "auto":
             schedule = "step" if self.optimizer == "adam" else "cosine"
@@ -124,6 +131,7 @@ class RunConfig:
         if not isinstance(self.validation_samples, int) or self.validation_samples < 1:
             raise ConfigError(
                 f"--validation_samples must be >= 1, got {self.validation_samples!r}")
+        _one_of("initializer", self.initializer, ("glorot", "torch"))
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if not self.learning_rate > 0 or math.isinf(self.learning_rate):
@@ -148,6 +156,13 @@ class RunConfig:
                 f"--iterative_decay must be in (0, 1), got {self.iterative_decay!r}")
         if self.iterative and self.method not in ("dpu", "gcpu", "lcpu"):
             raise ConfigError("--iterative applies to dpu, gcpu and lcpu only")
+        if self.export_tflite and (self.model == "vgg" or is_resnet(self.model)):
+            raise ConfigError(f"--export_tflite does not support --model={self.model} yet "
+                              "(its BatchNorm is folded into the int8 weights)")
+        if self.export_tflite and not self.out_dir:
+            raise ConfigError("--export_tflite needs --out_dir")
+        if self.sign_key and not self.export_tflite:
+            raise ConfigError("--sign_key signs exported patches; add --export_tflite")
         if self.method == "fu" and self.reinit not in ("auto", "off"):
             raise ConfigError("--method=fu chooses its start with --fu_init, not --reinit")
 

@@ -21,20 +21,49 @@ from tf_dpu.errors import ConfigError
 L = keras.layers
 
 
+INITIALIZERS = ("glorot", "torch")
+
+
 class _Seeds:
-    """Hands out a distinct, reproducible initializer seed per layer."""
+    """Hands out a distinct, reproducible initializer per layer.
 
-    def __init__(self, seed):
+    `glorot` is Keras' default (Glorot-uniform kernels, zero biases; He-normal
+    for the BatchNorm nets). `torch` is PyTorch's default for Linear and Conv
+    layers, U(±1/sqrt(fan_in)) for kernels *and* biases: the reference code's
+    initialization, which decides how a partial update of w0 (round 0 and
+    re-initialized rounds) behaves.
+    """
+
+    def __init__(self, seed, initializer="glorot"):
         self._counter = itertools.count(seed * 1000)
+        self.torch = initializer == "torch"
 
-    def kernel(self):
+    def _torch(self, fan_in):
+        limit = 1.0 / float(fan_in) ** 0.5
+        return keras.initializers.RandomUniform(-limit, limit, seed=next(self._counter))
+
+    def kernel(self, fan_in):
+        if self.torch:
+            return self._torch(fan_in)
         return keras.initializers.GlorotUniform(seed=next(self._counter))
 
-    def he(self):
+    def bias(self, fan_in):
+        return self._torch(fan_in) if self.torch else "zeros"
+
+    def he(self, fan_in):
+        if self.torch:
+            return self._torch(fan_in)
         return keras.initializers.HeNormal(seed=next(self._counter))
 
 
-def build_model(name: str, input_shape, num_classes: int, seed: int) -> keras.Model:
+def _dense(x, units, seeds, **kwargs):
+    fan_in = x.shape[-1]
+    return L.Dense(units, kernel_initializer=seeds.kernel(fan_in),
+                   bias_initializer=seeds.bias(fan_in), **kwargs)(x)
+
+
+def build_model(name: str, input_shape, num_classes: int, seed: int,
+                initializer: str = "glorot") -> keras.Model:
     """Builds an uncompiled Keras model that outputs logits.
 
     Args:
@@ -42,11 +71,14 @@ def build_model(name: str, input_shape, num_classes: int, seed: int) -> keras.Mo
       input_shape: shape of one sample, e.g. (28, 28, 1) or (40,).
       num_classes: number of output logits.
       seed: initializer seed; the same seed gives bit-identical weights.
+      initializer: `glorot` (Keras' default) or `torch` (PyTorch's default).
 
     Returns:
       A `keras.Model` whose kernels (rank >= 2 weights) are what DPU selects from.
     """
-    seeds = _Seeds(seed)
+    if initializer not in INITIALIZERS:
+        raise ConfigError(f"unknown initializer {initializer!r}")
+    seeds = _Seeds(seed, initializer)
     inputs = keras.Input(shape=tuple(input_shape))
     if name == "mlp":
         outputs = _mlp(inputs, num_classes, seeds)
@@ -72,9 +104,9 @@ def _as_image(inputs, name):
 def _mlp(x, num_classes, seeds):
     # LeNet-300-100, the reference's MNIST MLP.
     x = L.Flatten()(x)
-    x = L.Dense(300, activation="relu", kernel_initializer=seeds.kernel())(x)
-    x = L.Dense(100, activation="relu", kernel_initializer=seeds.kernel())(x)
-    return L.Dense(num_classes, kernel_initializer=seeds.kernel())(x)
+    x = _dense(x, 300, seeds, activation="relu")
+    x = _dense(x, 100, seeds, activation="relu")
+    return _dense(x, num_classes, seeds)
 
 
 def _cnn(x, num_classes, seeds):
@@ -84,17 +116,18 @@ def _cnn(x, num_classes, seeds):
         x = L.Reshape((x.shape[1], 1))(x)
     conv, pool = (L.Conv1D, L.MaxPooling1D) if len(x.shape) == 3 else (L.Conv2D, L.MaxPooling2D)
     for filters in (16, 32):
+        fan_in = 3 ** (len(x.shape) - 2) * x.shape[-1]
         x = conv(filters, 3, padding="same", activation="relu",
-                 kernel_initializer=seeds.kernel())(x)
+                 kernel_initializer=seeds.kernel(fan_in), bias_initializer=seeds.bias(fan_in))(x)
         x = pool(2)(x)
     x = L.Flatten()(x)
-    x = L.Dense(64, activation="relu", kernel_initializer=seeds.kernel())(x)
-    return L.Dense(num_classes, kernel_initializer=seeds.kernel())(x)
+    x = _dense(x, 64, seeds, activation="relu")
+    return _dense(x, num_classes, seeds)
 
 
 def _conv_bn_relu(x, filters, seeds, strides=1):
     x = L.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
-                 kernel_initializer=seeds.he())(x)
+                 kernel_initializer=seeds.he(9 * x.shape[-1]))(x)
     return L.ReLU()(L.BatchNormalization()(x))
 
 
@@ -107,9 +140,9 @@ def _vgg(x, num_classes, seeds):
         x = L.MaxPooling2D(2)(x)
     x = L.Flatten()(x)
     for _ in range(2):
-        x = L.Dense(1024, use_bias=False, kernel_initializer=seeds.kernel())(x)
+        x = _dense(x, 1024, seeds, use_bias=False)
         x = L.ReLU()(L.BatchNormalization()(x))
-    return L.Dense(num_classes, kernel_initializer=seeds.kernel())(x)
+    return _dense(x, num_classes, seeds)
 
 
 def _resnet(x, num_classes, blocks_per_stage, seeds):
@@ -121,12 +154,12 @@ def _resnet(x, num_classes, blocks_per_stage, seeds):
             shortcut = x
             y = _conv_bn_relu(x, filters, seeds, strides)
             y = L.Conv2D(filters, 3, padding="same", use_bias=False,
-                         kernel_initializer=seeds.he())(y)
+                         kernel_initializer=seeds.he(9 * y.shape[-1]))(y)
             y = L.BatchNormalization()(y)
             if strides != 1 or shortcut.shape[-1] != filters:
                 shortcut = L.Conv2D(filters, 1, strides=strides, use_bias=False,
-                                    kernel_initializer=seeds.he())(shortcut)
+                                    kernel_initializer=seeds.he(shortcut.shape[-1]))(shortcut)
                 shortcut = L.BatchNormalization()(shortcut)
             x = L.ReLU()(L.Add()([y, shortcut]))
     x = L.GlobalAveragePooling2D()(x)
-    return L.Dense(num_classes, kernel_initializer=seeds.kernel())(x)
+    return _dense(x, num_classes, seeds)

@@ -84,8 +84,9 @@ class RunWriter:
         self.write_metrics(rounds)
         with self._summary.as_default(step=record["round"]):
             for key in ("val_accuracy", "test_accuracy", "updated_elements",
-                        "changed_biases", "seconds"):
-                self._tf.summary.scalar(key, record[key])
+                        "changed_biases", "seconds", "tflite_test_accuracy", "sent_bytes"):
+                if key in record:
+                    self._tf.summary.scalar(key, record[key])
         self._summary.flush()
 
     def write_metrics(self, rounds: List[Dict]) -> None:

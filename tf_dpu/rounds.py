@@ -21,7 +21,7 @@ from tf_dpu import methods
 from tf_dpu.config import PARTIAL_METHODS, RunConfig
 from tf_dpu.data import Dataset, RoundSchedule, load_dataset
 from tf_dpu.models import build_model
-from tf_dpu.outputs import RunWriter, format_table
+from tf_dpu.outputs import RunWriter, format_table, round_dir
 from tf_dpu.training import Trainer
 from tf_dpu.weights import BIAS, KERNEL, STATE, Layout, count_changed, zeros_like
 
@@ -80,7 +80,8 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
         data = load_dataset(config.dataset, config.validation_samples, config.seed)
     schedule = RoundSchedule(len(data.x_train), config.initial_samples,
                              config.samples_per_round, config.rounds, config.seed)
-    model = build_model(config.model, data.input_shape, data.num_classes, config.seed)
+    model = build_model(config.model, data.input_shape, data.num_classes, config.seed,
+                        config.initializer)
     layout = Layout(model)
     trainer = Trainer(model, layout, optimizer=config.optimizer,
                       learning_rate=config.learning_rate, momentum=config.momentum,
@@ -92,9 +93,17 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
     x_val, y_val = _tensors(data.x_val, data.y_val)
     x_test, y_test = _tensors(data.x_test, data.y_test)
     writer = RunWriter(config.out_dir, config.to_dict()) if config.out_dir else None
+    export = None
     if writer:
         from tf_dpu.outputs import save_weights  # pylint: disable=import-outside-toplevel
         save_weights(model, w0, f"{config.out_dir}/init")
+    if config.export_tflite:
+        from tf_dpu.deployment import TfliteExport  # pylint: disable=import-outside-toplevel
+        signer = None
+        if config.sign_key:
+            from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
+            signer = load_signer(config.sign_key)
+        export = TfliteExport(model, data.x_test, data.y_test, signer)
     say(f"{config.method} on {config.dataset} ({len(data.x_train)} pool, "
         f"{len(data.x_val)} val, {len(data.x_test)} test), model {config.model}: "
         f"I = {total} kernel elements, budget ceil(k*I) = {budget} per partial round")
@@ -121,7 +130,8 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
             budget=budget, rng=np.random.RandomState([config.seed, r]),
             fresh_init=lambda r=r: build_model(config.model, data.input_shape,
                                                data.num_classes,
-                                               config.seed + 7919 * (r + 1)).get_weights(),
+                                               config.seed + 7919 * (r + 1),
+                                               config.initializer).get_weights(),
             progress=say)
         say(f"round {r}: {size} training samples, start from "
             f"{'w0' if reinit or r == 0 else 'the deployed model'}"
@@ -156,6 +166,11 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
             "candidate_val_accuracy": best.val_accuracy,
             "best_step": best.step, "best_epoch": best.epoch,
         })
+        if export:
+            record.update(export.export(round_dir(config.out_dir, r), r, deployed, sent,
+                                        data.x_train[schedule.indices(0)]))
+            say(f"round {r}: int8 test {record['tflite_test_accuracy']:.4f}, "
+                f"{record['sent_bytes']} bytes sent (model file {record['tflite_bytes']})")
         rounds.append(record)
         say(f"round {r}: val {deployed_val:.4f} test {deployed_test:.4f} "
             f"updated {updated}/{total} biases {changed_biases} "

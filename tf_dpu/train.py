@@ -16,12 +16,16 @@ from absl import app, flags
 from tf_dpu import config as cfg
 from tf_dpu.data import RoundSchedule, load_dataset
 from tf_dpu.errors import DpuError
+from tflite_edge.errors import PatchError
 
 _D = cfg.RunConfig()  # the defaults live in one place: RunConfig
 
 _DATASET = flags.DEFINE_string("dataset", _D.dataset, "mnist | mnist1d | digits | npz:PATH")
 _MODEL = flags.DEFINE_string("model", _D.model, "mlp | cnn | vgg | resnet<6n+2>")
 _METHOD = flags.DEFINE_string("method", _D.method, " | ".join(cfg.METHODS))
+_INITIALIZER = flags.DEFINE_string(
+    "initializer", _D.initializer, "glorot (Keras default) | torch (PyTorch's default, "
+    "U(±1/sqrt(fan_in)) kernels and biases, as the reference code)")
 _UPDATE_RATIO = flags.DEFINE_float(
     "update_ratio", _D.update_ratio, "k: fraction of kernel elements a partial round changes")
 _ROUNDS = flags.DEFINE_integer("rounds", _D.rounds, "number of rounds")
@@ -66,6 +70,10 @@ _ITERATIVE_EPOCHS = flags.DEFINE_integer("iterative_epochs", _D.iterative_epochs
 _SEED = flags.DEFINE_integer("seed", _D.seed, "seed of init, schedule and shuffling")
 _DETERMINISTIC = flags.DEFINE_bool("deterministic", _D.deterministic,
                                    "TensorFlow op determinism (same seed, same bits)")
+_EXPORT = flags.DEFINE_bool("export_tflite", False,
+                            "write round_NNN/model.tflite (int8) and update.patch per round")
+_SIGN_KEY = flags.DEFINE_string("sign_key", None,
+                                "Ed25519 private key (PEM) that signs every patch")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/latest", "where the run is written")
 _QUIET = flags.DEFINE_bool("quiet", False, "no per-epoch progress lines")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False,
@@ -75,6 +83,7 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False,
 def config_from_flags() -> cfg.RunConfig:
     return cfg.RunConfig(
         dataset=_DATASET.value, model=_MODEL.value, method=_METHOD.value,
+        initializer=_INITIALIZER.value,
         update_ratio=_UPDATE_RATIO.value, rounds=_ROUNDS.value,
         initial_samples=_INITIAL.value, samples_per_round=_PER_ROUND.value,
         validation_samples=_VALIDATION.value, epochs=_EPOCHS.value,
@@ -86,7 +95,8 @@ def config_from_flags() -> cfg.RunConfig:
         initial_deployment=_INITIAL_DEPLOYMENT.value, fu_init=_FU_INIT.value,
         iterative=_ITERATIVE.value, iterative_decay=_ITERATIVE_DECAY.value,
         iterative_epochs=_ITERATIVE_EPOCHS.value, seed=_SEED.value,
-        deterministic=_DETERMINISTIC.value, out_dir=_OUT_DIR.value or None)
+        deterministic=_DETERMINISTIC.value, export_tflite=_EXPORT.value,
+        sign_key=_SIGN_KEY.value, out_dir=_OUT_DIR.value or None)
 
 
 def fail(message: str) -> None:
@@ -140,7 +150,7 @@ def main(argv):
         quiet = _QUIET.value
         result = run(config, data=data, progress=(lambda line: None) if quiet else
                      (lambda line: print(line, flush=True)))
-    except DpuError as e:
+    except (DpuError, PatchError) as e:
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted; finished rounds are in --out_dir")

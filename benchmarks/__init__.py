@@ -1,0 +1,1 @@
+"""Benchmarks and reproduction runs (not part of the test suite)."""

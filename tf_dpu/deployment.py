@@ -1,0 +1,67 @@
+"""The server's int8 deployment: one `.tflite` per round and the patch between rounds.
+
+Round 0 is converted once (full-integer int8, calibrated on round 0's
+training samples). Every later round's file is the previous file with the
+changed weights re-quantized under its frozen scales, and the patch between
+the two is what crosses the link. A round that sends nothing keeps the file.
+"""
+
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from tflite_edge.apply import write_atomic
+from tflite_edge.convert import build_map, convert_int8, int8_accuracy, requantize
+from tflite_edge.create import create_patch
+from tflite_edge.model_file import ModelFile
+
+_CALIBRATION_SAMPLES = 100
+
+
+class TfliteExport:
+    """Writes `round_NNN/model.tflite` and `round_NNN/update.patch` as rounds finish.
+
+    Args:
+      model: the Keras model (its weights are set to each round's deployment).
+      x_test, y_test: where the deployed int8 accuracy is measured.
+      signer: optional callable(bytes) -> Ed25519 signature for the patches.
+    """
+
+    def __init__(self, model, x_test: np.ndarray, y_test: np.ndarray, signer=None):
+        self.model = model
+        self.x_test, self.y_test = x_test, y_test
+        self.signer = signer
+        self.mapping = None
+        self.file: Optional[bytes] = None
+        self.weights: Optional[List[np.ndarray]] = None
+        self.accuracy = 0.0
+
+    def export(self, folder: str, index: int, weights: List[np.ndarray], sent: bool,
+               calibration: np.ndarray) -> Dict:
+        """Writes this round's files; returns the metrics to add to its record."""
+        os.makedirs(folder, exist_ok=True)
+        record = {"patch_bytes": 0, "int8_changed": 0, "clipped_fraction": 0.0}
+        if self.file is None:
+            self.model.set_weights(weights)
+            self.file = convert_int8(self.model, calibration[:_CALIBRATION_SAMPLES])
+            self.mapping = build_map(self.model, ModelFile(self.file))
+            self.accuracy = int8_accuracy(self.file, self.x_test, self.y_test)
+            sent_bytes = len(self.file)
+        elif sent:
+            new_file, stats = requantize(self.file, self.mapping, weights, self.weights)
+            patch = create_patch(self.file, new_file, index, self.signer)
+            write_atomic(os.path.join(folder, "update.patch"), patch)
+            if new_file != self.file:
+                self.accuracy = int8_accuracy(new_file, self.x_test, self.y_test)
+            self.file = new_file
+            sent_bytes = len(patch)
+            record.update(patch_bytes=len(patch), int8_changed=stats.changed_int8,
+                          clipped_fraction=round(stats.clipped_fraction, 6))
+        else:
+            sent_bytes = 0
+        self.weights = [w.copy() for w in weights]
+        write_atomic(os.path.join(folder, "model.tflite"), self.file)
+        record.update(tflite_test_accuracy=self.accuracy, tflite_bytes=len(self.file),
+                      sent_bytes=sent_bytes)
+        return record

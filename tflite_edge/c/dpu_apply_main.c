@@ -1,0 +1,94 @@
+/* Command-line driver for the C applier (host builds and tests):
+ *   dpu_apply [--min-round N] BASE PATCH OUT
+ * Reads through the same callbacks a firmware would implement. On any error
+ * OUT is removed, one line goes to stderr, and the exit status is 2. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dpu_patch.h"
+
+typedef struct {
+  FILE *patch, *base, *out;
+} files;
+
+static int read_at(FILE *f, uint32_t offset, uint8_t *buf, uint32_t len) {
+  if (fseek(f, (long)offset, SEEK_SET) != 0) return -1;
+  return fread(buf, 1, len, f) == len ? 0 : -1;
+}
+
+static int read_patch(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len) {
+  return read_at(((files *)ctx)->patch, offset, buf, len);
+}
+
+static int read_base(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len) {
+  return read_at(((files *)ctx)->base, offset, buf, len);
+}
+
+static int write_out(void *ctx, uint32_t offset, const uint8_t *buf, uint32_t len) {
+  FILE *f = ((files *)ctx)->out;
+  if (fseek(f, (long)offset, SEEK_SET) != 0) return -1;
+  return fwrite(buf, 1, len, f) == len ? 0 : -1;
+}
+
+static long size_of(FILE *f) {
+  long size;
+  if (fseek(f, 0, SEEK_END) != 0) return -1;
+  size = ftell(f);
+  return size;
+}
+
+int main(int argc, char **argv) {
+  static dpu_applier applier;
+  files fs;
+  dpu_io io;
+  dpu_status status;
+  unsigned long min_round = 0;
+  long patch_size, base_size;
+  int arg = 1;
+  if (argc == 2 && strcmp(argv[1], "--sizeof") == 0) {
+    printf("%lu\n", (unsigned long)sizeof(dpu_applier));
+    return 0;
+  }
+  if (argc > 2 && strcmp(argv[1], "--min-round") == 0) {
+    min_round = strtoul(argv[2], NULL, 10);
+    arg = 3;
+  }
+  if (argc - arg != 3) {
+    fprintf(stderr, "usage: dpu_apply [--min-round N] BASE PATCH OUT\n");
+    return 2;
+  }
+  fs.base = fopen(argv[arg], "rb");
+  fs.patch = fopen(argv[arg + 1], "rb");
+  if (!fs.base || !fs.patch) {
+    fprintf(stderr, "error: cannot open %s\n", fs.base ? argv[arg + 1] : argv[arg]);
+    return 2;
+  }
+  patch_size = size_of(fs.patch);
+  base_size = size_of(fs.base);
+  if (patch_size < 0 || base_size < 0) {
+    fprintf(stderr, "error: cannot read input sizes\n");
+    return 2;
+  }
+  fs.out = fopen(argv[arg + 2], "wb");
+  if (!fs.out) {
+    fprintf(stderr, "error: cannot create %s\n", argv[arg + 2]);
+    return 2;
+  }
+  io.ctx = &fs;
+  io.read_patch = read_patch;
+  io.read_base = read_base;
+  io.write_out = write_out;
+  io.verify_signature = NULL;
+  status = dpu_apply(&applier, &io, (uint32_t)patch_size, (uint32_t)base_size,
+                     (uint32_t)min_round);
+  if (fclose(fs.out) != 0 && status == DPU_OK) status = DPU_ERR_IO;
+  fclose(fs.base);
+  fclose(fs.patch);
+  if (status != DPU_OK) {
+    remove(argv[arg + 2]);
+    fprintf(stderr, "error: %s\n", dpu_strerror(status));
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,117 @@
+/*
+ * dpu_patch: applies a DPU model patch (format v1, see ../PATCH_FORMAT.md) on a
+ * microcontroller.
+ *
+ * - C99, no dynamic allocation, no recursion, no libc beyond <string.h>.
+ * - The patch and the base model are read in small pieces through callbacks
+ *   (random access by offset), the result is written sequentially through a
+ *   callback, so all three may live in flash, in RAM or behind a file system.
+ * - Everything is checked before the first byte is written: the trailer
+ *   SHA-256 of the patch, the optional signature (through a callback, so the
+ *   firmware plugs in its own crypto library), the SHA-256 of the base, and
+ *   the structure of every record. The result's SHA-256 is checked as it is
+ *   written; DPU_OK means the output is exactly the signed/declared result.
+ *   On any error the output slot must not be used (A/B: keep booting the
+ *   old model).
+ *
+ * RAM: one dpu_applier (sizeof(dpu_applier) bytes, 384 on x86-64 with the
+ * default DPU_CHUNK of 64) supplied by the caller, plus under 200 bytes of stack.
+ */
+#ifndef DPU_PATCH_H
+#define DPU_PATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifndef DPU_CHUNK
+#define DPU_CHUNK 64u /* bytes of the model processed per step */
+#endif
+
+#define DPU_HEADER_SIZE 100u
+#define DPU_SIGNATURE_SIZE 64u
+#define DPU_CHECKSUM_SIZE 32u
+
+typedef enum {
+  DPU_OK = 0,
+  DPU_ERR_IO,              /* a callback failed */
+  DPU_ERR_TRUNCATED,       /* patch size does not match its header */
+  DPU_ERR_MAGIC,           /* not a DPU patch */
+  DPU_ERR_VERSION,         /* unsupported format version or flags */
+  DPU_ERR_CHECKSUM,        /* trailer SHA-256 mismatch: corrupted */
+  DPU_ERR_UNSIGNED,        /* a signature is required but the patch has none */
+  DPU_ERR_SIGNATURE,       /* the signature callback rejected the patch */
+  DPU_ERR_BASE,            /* the model is not the patch's base */
+  DPU_ERR_ALREADY_APPLIED, /* the model already is the patch's result */
+  DPU_ERR_MALFORMED,       /* a record is out of bounds or badly coded */
+  DPU_ERR_RESULT,          /* the output does not hash to the declared result */
+  DPU_ERR_ROUND            /* the patch's round is not newer than the device's */
+} dpu_status;
+
+typedef struct {
+  void *ctx;
+  /* Copy len bytes at offset into buf; return 0 on success. */
+  int (*read_patch)(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len);
+  int (*read_base)(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len);
+  /* Store len bytes at offset of the output; called with increasing offsets. */
+  int (*write_out)(void *ctx, uint32_t offset, const uint8_t *buf, uint32_t len);
+  /* Optional. Verify the Ed25519 signature of the first message_length bytes of
+   * the patch (read them with read_patch); return 0 if valid. When set, unsigned
+   * patches are refused. */
+  int (*verify_signature)(void *ctx, uint32_t message_length,
+                          const uint8_t signature[DPU_SIGNATURE_SIZE]);
+} dpu_io;
+
+typedef struct {
+  uint32_t state[8];
+  uint64_t length;
+  uint8_t block[64];
+  uint32_t used;
+} dpu_sha256;
+
+/* What the header says, filled in by dpu_apply (also on most errors). */
+typedef struct {
+  uint32_t round;
+  uint32_t model_size;
+  uint32_t record_count;
+  uint32_t body_length;
+  uint8_t signed_patch;
+  uint8_t base_sha256[32];
+  uint8_t result_sha256[32];
+} dpu_info;
+
+/* All the applier's working memory; the caller owns it (static or stack). */
+typedef struct {
+  const dpu_io *io;
+  uint32_t patch_size;
+  dpu_info info;
+  dpu_sha256 sha;
+  uint8_t chunk[DPU_CHUNK];
+  uint32_t body_end;
+  /* bit reader over a record's position stream */
+  uint8_t bits[16];
+  uint32_t stream_start, stream_bits, bit_pos, buf_off, buf_len;
+  /* the record being read */
+  uint32_t cursor; /* patch offset of the next record header */
+  uint32_t next_cursor, records_left, previous_end;
+  uint8_t kind, elem_size, coding, rice_k;
+  uint32_t rec_offset, count, changed, values_at, done;
+  uint32_t element, position, element_bytes_done;
+  int64_t previous;
+  uint8_t value[8];
+} dpu_applier;
+
+/*
+ * Applies the patch to the base model, writing the result through io->write_out.
+ * min_round: patches with round < min_round are refused (DPU_ERR_ROUND); pass the
+ * device's current round + 1, or 0 to accept any round.
+ */
+dpu_status dpu_apply(dpu_applier *applier, const dpu_io *io, uint32_t patch_size,
+                     uint32_t base_size, uint32_t min_round);
+
+const char *dpu_strerror(dpu_status status);
+
+void dpu_sha256_init(dpu_sha256 *sha);
+void dpu_sha256_update(dpu_sha256 *sha, const uint8_t *data, size_t len);
+void dpu_sha256_final(dpu_sha256 *sha, uint8_t digest[32]);
+
+#endif /* DPU_PATCH_H */

@@ -1,0 +1,104 @@
+"""Command line for model patches: create, apply, inspect, keygen.
+
+    python -m tflite_edge.patch create --base=A.tflite --target=B.tflite --out=P [--round=N] [--sign_key=K]
+    python -m tflite_edge.patch apply --base=A.tflite --patch=P --out=B.tflite [--public_key=K]
+    python -m tflite_edge.patch inspect --patch=P
+    python -m tflite_edge.patch keygen --private=K --public=K.pub
+
+Any failure prints one line and exits with status 2; the base file is left as it was.
+"""
+
+import argparse
+import sys
+
+from tflite_edge import patch_format
+from tflite_edge.apply import apply_patch_file, read_file, write_atomic
+from tflite_edge.create import create_patch
+from tflite_edge.errors import PatchError
+from tflite_edge.positions import entropy_bound_bits
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise PatchError(message)
+
+
+def _parser():
+    parser = _Parser(prog="python -m tflite_edge.patch", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    create = commands.add_parser("create", help="diff two models into a patch")
+    create.add_argument("--base", required=True)
+    create.add_argument("--target", required=True)
+    create.add_argument("--out", required=True)
+    create.add_argument("--round", type=int, default=1, help="round the target belongs to")
+    create.add_argument("--sign_key", help="Ed25519 private key (PEM) to sign with")
+    apply = commands.add_parser("apply", help="apply a patch to a model")
+    apply.add_argument("--base", required=True)
+    apply.add_argument("--patch", required=True)
+    apply.add_argument("--out", help="output model (default: replace --base safely)")
+    apply.add_argument("--public_key", help="refuse patches not signed by this key")
+    inspect = commands.add_parser("inspect", help="show a patch's header and records")
+    inspect.add_argument("--patch", required=True)
+    keygen = commands.add_parser("keygen", help="generate an Ed25519 key pair")
+    keygen.add_argument("--private", required=True)
+    keygen.add_argument("--public", required=True)
+    return parser
+
+
+def describe(data: bytes) -> str:
+    """A human-readable summary of a patch (header, records, sizes, bound)."""
+    patch = patch_format.decode(data)
+    h = patch.header
+    lines = [f"patch format v{h.version}, round {h.round}, {patch.size} bytes, "
+             f"{'signed' if h.signed else 'unsigned'}",
+             f"base   {h.base_size} bytes sha256 {h.base_sha256.hex()}",
+             f"result {h.result_size} bytes sha256 {h.result_sha256.hex()}",
+             f"{h.record_count} records, body {h.body_length} bytes:"]
+    position_bytes = bound = 0.0
+    for record in patch.records:
+        lines.append("  " + record.describe())
+        if record.kind == patch_format.KIND_ELEMENTS:
+            position_bytes += record.position_bytes
+            bound += entropy_bound_bits(record.count, len(record.positions)) / 8
+    if bound:
+        lines.append(f"positions {position_bytes:.0f} B, information bound {bound:.0f} B "
+                     f"({position_bytes / bound:.3f} x)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "create":
+            signer = None
+            if args.sign_key:
+                from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
+                signer = load_signer(args.sign_key)
+            data = create_patch(read_file(args.base, "model"), read_file(args.target, "model"),
+                                args.round, signer)
+            write_atomic(args.out, data)
+            print(f"wrote {args.out}: {len(data)} bytes")
+        elif args.command == "apply":
+            key = None
+            if args.public_key:
+                from tflite_edge.signing import load_public_key  # pylint: disable=import-outside-toplevel
+                key = load_public_key(args.public_key)
+            result = apply_patch_file(args.base, args.patch, args.out, key)
+            print(f"wrote {args.out or args.base}: {len(result)} bytes, verified")
+        elif args.command == "inspect":
+            print(describe(read_file(args.patch, "patch")))
+        else:
+            from tflite_edge.signing import generate_keypair  # pylint: disable=import-outside-toplevel
+            generate_keypair(args.private, args.public)
+            print(f"wrote {args.private} (keep secret) and {args.public}")
+    except PatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The patch container: header, records, optional signature, trailer checksum.
+
+The byte layout is specified in `PATCH_FORMAT.md` beside this file; the C
+applier in `c/` reads the same constants. Everything is little-endian.
+"""
+
+import dataclasses
+import hashlib
+import struct
+from typing import List, Optional
+
+import numpy as np
+
+from tflite_edge import positions as codes
+from tflite_edge.errors import PatchError
+from tflite_edge.model_file import ELEMENT_DTYPES, TYPE_NAMES
+
+MAGIC = b"DPUP"
+VERSION = 1
+FLAG_SIGNED = 1
+HEADER = struct.Struct("<4sHHIQQ32s32sII")          # 100 bytes
+ELEMENTS_RECORD = struct.Struct("<BBBBIQIII")        # 28 bytes, then positions, values
+RAW_RECORD = struct.Struct("<B3xQI")                 # 16 bytes, then the bytes
+KIND_ELEMENTS, KIND_RAW = 1, 2
+SIGNATURE_SIZE = 64
+CHECKSUM_SIZE = 32
+# Sizes the applier accepts; the format itself allows up to 4 GiB.
+MAX_RECORDS = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """What a patch applies to and what it must produce."""
+
+    round: int
+    base_size: int
+    result_size: int
+    base_sha256: bytes
+    result_sha256: bytes
+    record_count: int
+    body_length: int
+    flags: int = 0
+    version: int = VERSION
+
+    def pack(self) -> bytes:
+        return HEADER.pack(MAGIC, self.version, self.flags, self.round, self.base_size,
+                           self.result_size, self.base_sha256, self.result_sha256,
+                           self.record_count, self.body_length)
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.flags & FLAG_SIGNED)
+
+
+@dataclasses.dataclass
+class Record:
+    """New values for some elements of one buffer, or raw bytes at an offset.
+
+    Attributes:
+      kind: KIND_ELEMENTS or KIND_RAW.
+      offset: absolute file offset of the buffer (or of the raw bytes).
+      buffer: buffer index (informational; -1 for raw records).
+      element_type: TFLite TensorType code of the elements.
+      count: number of elements in the buffer.
+      positions: sorted indices of the changed elements.
+      values: their new values (numpy array of the element type).
+      raw: the bytes of a raw record.
+      coding, parameter: the position code chosen when encoding.
+    """
+
+    kind: int
+    offset: int
+    buffer: int = -1
+    element_type: int = 0
+    count: int = 0
+    positions: Optional[np.ndarray] = None
+    values: Optional[np.ndarray] = None
+    raw: bytes = b""
+    coding: int = codes.RICE
+    parameter: int = 0
+    position_bytes: int = 0
+
+    @property
+    def span(self) -> int:
+        """Bytes of the file this record may write, from `offset`."""
+        if self.kind == KIND_RAW:
+            return len(self.raw)
+        return self.count * ELEMENT_DTYPES[self.element_type].itemsize
+
+    def describe(self) -> str:
+        if self.kind == KIND_RAW:
+            return f"raw      offset {self.offset:>9}  {len(self.raw)} bytes"
+        size = ELEMENT_DTYPES[self.element_type].itemsize
+        return (f"buffer {self.buffer:>3} offset {self.offset:>9}  "
+                f"{TYPE_NAMES[self.element_type]:>7} {len(self.positions):>8}/{self.count:<8} "
+                f"positions {codes.CODING_NAMES[self.coding]:>6}"
+                f"{f'(k={self.parameter})' if self.coding == codes.RICE else '':<7} "
+                f"{self.position_bytes:>7} B  values {len(self.positions) * size:>8} B")
+
+
+def encode_record(record: Record) -> bytes:
+    if record.kind == KIND_RAW:
+        return RAW_RECORD.pack(KIND_RAW, record.offset, len(record.raw)) + record.raw
+    pos = np.asarray(record.positions, np.int64)
+    record.coding, record.parameter, _ = codes.choose(pos, record.count)
+    coded = codes.encode(pos, record.count, record.coding, record.parameter)
+    record.position_bytes = len(coded)
+    values = np.asarray(record.values, ELEMENT_DTYPES[record.element_type]).tobytes()
+    return ELEMENTS_RECORD.pack(KIND_ELEMENTS, record.element_type, record.coding,
+                                record.parameter, record.buffer, record.offset, record.count,
+                                len(pos), len(coded)) + coded + values
+
+
+def encode(header_round: int, base: bytes, result: bytes, records: List[Record],
+           signer=None) -> bytes:
+    """Builds a patch file.
+
+    Args:
+      header_round: the round the result belongs to (replay protection).
+      base, result: the model files before and after.
+      records: non-overlapping records; sorted here by offset.
+      signer: optional callable(bytes) -> 64-byte Ed25519 signature.
+    """
+    records = sorted(records, key=lambda r: r.offset)
+    body = b"".join(encode_record(r) for r in records)
+    header = Header(header_round, len(base), len(result), hashlib.sha256(base).digest(),
+                    hashlib.sha256(result).digest(), len(records), len(body),
+                    FLAG_SIGNED if signer else 0)
+    signed_part = header.pack() + body
+    signature = signer(signed_part) if signer else b""
+    if signer and len(signature) != SIGNATURE_SIZE:
+        raise PatchError("the signer must return a 64-byte Ed25519 signature")
+    content = signed_part + signature
+    return content + hashlib.sha256(content).digest()
+
+
+@dataclasses.dataclass
+class Patch:
+    """A parsed, checksum-verified patch."""
+
+    header: Header
+    records: List[Record]
+    signed_part: bytes
+    signature: bytes
+    size: int
+
+
+def decode(data: bytes) -> Patch:
+    """Parses a patch and checks everything that does not need the base file.
+
+    Raises:
+      PatchError: wrong magic or version, bad checksum, malformed records.
+    """
+    data = bytes(data)
+    if len(data) < HEADER.size + CHECKSUM_SIZE:
+        raise PatchError(f"patch is truncated ({len(data)} bytes; a patch has at least "
+                         f"{HEADER.size + CHECKSUM_SIZE})")
+    magic, version, flags, round_, base_size, result_size, base_sha, result_sha, count, \
+        body_length = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise PatchError("not a DPU patch (bad magic)")
+    if version != VERSION:
+        raise PatchError(f"patch format version {version} is not supported (this applier "
+                         f"reads version {VERSION})")
+    signature_size = SIGNATURE_SIZE if flags & FLAG_SIGNED else 0
+    expected = HEADER.size + body_length + signature_size + CHECKSUM_SIZE
+    if len(data) != expected:
+        raise PatchError(f"patch is {len(data)} bytes but its header announces {expected} "
+                         "(truncated or extended)")
+    if hashlib.sha256(data[:-CHECKSUM_SIZE]).digest() != data[-CHECKSUM_SIZE:]:
+        raise PatchError("patch checksum mismatch (corrupted in transit)")
+    if flags & ~FLAG_SIGNED:
+        raise PatchError(f"unknown patch flags 0x{flags:x}")
+    if base_size != result_size:
+        raise PatchError("patch changes the file size; this format patches in place")
+    if count > MAX_RECORDS:
+        raise PatchError(f"patch announces {count} records (at most {MAX_RECORDS})")
+    header = Header(round_, base_size, result_size, base_sha, result_sha, count, body_length,
+                    flags, version)
+    body_end = HEADER.size + body_length
+    records = _decode_records(data, HEADER.size, body_end, count, base_size)
+    return Patch(header, records, data[:body_end], data[body_end:body_end + signature_size],
+                 len(data))
+
+
+def _decode_records(data, at, end, count, file_size) -> List[Record]:
+    records: List[Record] = []
+    previous_end = 0
+    for _ in range(count):
+        if at + 1 > end:
+            raise PatchError("patch body ends before its last record")
+        kind = data[at]
+        if kind == KIND_RAW:
+            if at + RAW_RECORD.size > end:
+                raise PatchError("patch body ends inside a record header")
+            _, offset, length = RAW_RECORD.unpack_from(data, at)
+            at += RAW_RECORD.size
+            if at + length > end:
+                raise PatchError("patch body ends inside a raw record")
+            record = Record(KIND_RAW, offset, raw=data[at:at + length])
+            at += length
+        elif kind == KIND_ELEMENTS:
+            if at + ELEMENTS_RECORD.size > end:
+                raise PatchError("patch body ends inside a record header")
+            _, etype, coding, parameter, buffer, offset, n, changed, pos_len = \
+                ELEMENTS_RECORD.unpack_from(data, at)
+            at += ELEMENTS_RECORD.size
+            if etype not in ELEMENT_DTYPES:
+                raise PatchError(f"record has unknown element type {etype}")
+            if changed > n or changed == 0:
+                raise PatchError(f"record changes {changed} of {n} elements")
+            dtype = ELEMENT_DTYPES[etype]
+            if at + pos_len + changed * dtype.itemsize > end:
+                raise PatchError("patch body ends inside a record's data")
+            pos = codes.decode(data[at:at + pos_len], n, changed, coding, parameter)
+            at += pos_len
+            values = np.frombuffer(data, dtype, changed, at).copy()
+            at += changed * dtype.itemsize
+            record = Record(KIND_ELEMENTS, offset, buffer, etype, n, pos, values,
+                            coding=coding, parameter=parameter, position_bytes=pos_len)
+        else:
+            raise PatchError(f"unknown record kind {kind}")
+        if record.offset < previous_end:
+            raise PatchError("records overlap or are not sorted by offset")
+        if record.offset + record.span > file_size:
+            raise PatchError(f"record at offset {record.offset} runs past the end of the "
+                             f"{file_size}-byte model")
+        previous_end = record.offset + record.span
+        records.append(record)
+    if at != end:
+        raise PatchError(f"patch body has {end - at} stray bytes after its records")
+    return records
