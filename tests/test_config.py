@@ -30,7 +30,10 @@ def test_resolution_per_method():
     assert RunConfig(method="gcpu").resolved().contribution_mix == 1.0
     assert RunConfig(method="lcpu").resolved().contribution_mix == 0.0
     assert RunConfig(method="dpu").resolved().contribution_mix == 0.5
-    assert RunConfig(method="dpu").resolved().reinit == "doubling"
+    assert RunConfig(method="dpu", initial_deployment="partial").resolved().reinit == "doubling"
+    # After a fully deployed round 0, a restart from w0 would discard the
+    # device's trained model.
+    assert RunConfig(method="dpu", initial_deployment="full").resolved().reinit == "off"
     assert RunConfig(method="gcpu").resolved().reinit == "off"
     assert RunConfig(optimizer="sgd").resolved().lr_schedule == "cosine"
     assert RunConfig(epochs=7).resolved().single_step_epochs == 14
