@@ -6,37 +6,78 @@ Keys written:
   train_step_vs_fit, contribution_step_vs_fit, masked_step_vs_fit:
       the custom loop's throughput over `model.fit` on the same model and data
       (plain, with local-contribution accumulation, with a 1 % mask).
+  position_bits_vs_bound, patch_vs_detools, patch_vs_bsdiff, patch_vs_gzip_full,
+  patch_vs_tflite_full, patch_vs_bound:
+      the int8 patches of a real DPU run (MNIST MLP, k = 0.01, 8 rounds) against
+      the alternatives on the same file pairs (totals over rounds).
+  apply_mb_per_s_python, apply_mb_per_s_c: model megabytes patched per second.
+  round_seconds_dpu_vs_fu: wall time of a DPU round over an FU round.
 """
 
+import dataclasses
 import json
 import os
 import platform
+import tempfile
 
+import numpy as np
 from absl import app, flags
 
 import tf_dpu  # noqa: F401  (Keras 2 before TensorFlow loads)
+from tf_dpu.config import RunConfig
 from tf_dpu.data import load_dataset
 
-_QUICK = flags.DEFINE_bool("quick", False, "a few minutes on 2 cores: MLP only, fewer repeats")
+_QUICK = flags.DEFINE_bool("quick", False, "a few minutes on 2 cores: fewer epochs and repeats")
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON to this file")
+
+
+def _run_files(config, data):
+    from tf_dpu.rounds import run  # pylint: disable=import-outside-toplevel
+    result = run(config, progress=None, data=data)
+    files, patches = [], []
+    for record in result.rounds:
+        folder = os.path.join(config.out_dir, f"round_{record['round']:03d}")
+        files.append(open(os.path.join(folder, "model.tflite"), "rb").read())
+        patch = os.path.join(folder, "update.patch")
+        patches.append(open(patch, "rb").read() if os.path.exists(patch) else None)
+    return result, files, patches
 
 
 def main(argv):
     del argv
-    from benchmarks import throughput  # pylint: disable=import-outside-toplevel
-    data = load_dataset("mnist", 300, seed=0)
-    results = {"quick": _QUICK.value, "machine": platform.machine(),
-               "cpus": os.cpu_count()}
-    results.update(throughput.measure(data, "mlp", repeats=5 if _QUICK.value else 15))
-    if not _QUICK.value:
-        cnn = throughput.measure(data, "cnn", repeats=5)
-        results.update({f"cnn_{k}": v for k, v in cnn.items() if k.endswith("_vs_fit")})
+    from benchmarks import patch_size, throughput  # pylint: disable=import-outside-toplevel
+    quick = _QUICK.value
+    data = load_dataset("mnist", 300, seed=1)
+    results = {"quick": quick, "machine": platform.machine(), "cpus": os.cpu_count()}
+    results.update(throughput.measure(data, "mlp", repeats=5 if quick else 15))
+
+    with tempfile.TemporaryDirectory() as folder:
+        config = RunConfig(rounds=8, initial_samples=500, samples_per_round=500,
+                           epochs=10 if quick else 30, seed=1, export_tflite=True,
+                           out_dir=os.path.join(folder, "dpu"))
+        dpu, files, patches = _run_files(config, data)
+        table = patch_size.compare(files, patches)
+        results.update(patch_size.ratios(table))
+        sent = [r for r in range(1, len(files)) if patches[r] is not None]
+        results.update(patch_size.apply_speed(files[sent[0] - 1], patches[sent[0]]))
+        from tf_dpu.rounds import run  # pylint: disable=import-outside-toplevel
+        fu = run(dataclasses.replace(config, method="fu", export_tflite=False, out_dir=None),
+                 progress=None, data=data)
+    dpu_seconds = np.mean([r["seconds"] for r in dpu.rounds[1:]])
+    fu_seconds = np.mean([r["seconds"] for r in fu.rounds[1:]])
+    results["round_seconds_dpu_vs_fu"] = round(float(dpu_seconds / fu_seconds), 3)
+    results["int8_vs_float_max_gap_points"] = round(100 * max(
+        abs(r["tflite_test_accuracy"] - r["test_accuracy"]) for r in dpu.rounds), 2)
+    results["bytes_table"] = table
     text = json.dumps(results, indent=2)
     print(text)
+    print(patch_size.markdown(table))
     if _OUT.value:
         os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
         with open(_OUT.value, "w") as f:
             f.write(text + "\n")
+        with open(os.path.splitext(_OUT.value)[0] + "_bytes.md", "w") as f:
+            f.write(patch_size.markdown(table))
 
 
 if __name__ == "__main__":

@@ -47,3 +47,29 @@ def run_cli(*args, cwd=ROOT, timeout=600):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run([sys.executable, "-m", "tf_dpu.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+C_DIR = os.path.join(ROOT, "tflite_edge", "c")
+
+
+@pytest.fixture(scope="session")
+def c_applier(tmp_path_factory):
+    """The C applier's host driver, built with the project's strict warning flags."""
+    out = tmp_path_factory.mktemp("c")
+    subprocess.run(["make", "-s", "-C", C_DIR, f"OUT={out}"], check=True)
+    return str(out / "dpu_apply")
+
+
+@pytest.fixture(scope="session")
+def exported_run(tmp_path_factory):
+    """A 4-round DPU run on real digits with the int8 export on (a patch per round)."""
+    from tf_dpu import RunConfig
+    from tf_dpu.rounds import run
+    data = _mnist()
+    small = Dataset("mnist-small", data.x_train[:800], data.y_train[:800], data.x_val[:200],
+                    data.y_val[:200], data.x_test[:300], data.y_test[:300], data.num_classes)
+    out = tmp_path_factory.mktemp("export") / "run"
+    config = RunConfig(rounds=4, initial_samples=200, samples_per_round=200, epochs=3,
+                       batch_size=64, seed=5, update_ratio=0.01, export_tflite=True,
+                       out_dir=str(out))
+    return run(config, progress=None, data=small), small

@@ -77,6 +77,8 @@ class RunConfig:
     seed: int = 0
     deterministic: bool = True
     export_tflite: bool = False
+    budget_bytes: Optional[int] = None
+    int8_headroom: float = 1.5
     sign_key: Optional[str] = None
     out_dir: Optional[str] = None
 
@@ -161,6 +163,20 @@ class RunConfig:
                               "(its BatchNorm is folded into the int8 weights)")
         if self.export_tflite and not self.out_dir:
             raise ConfigError("--export_tflite needs --out_dir")
+        if not 1.0 <= self.int8_headroom <= 16.0:
+            raise ConfigError(f"--int8_headroom must be in [1, 16], got {self.int8_headroom!r}")
+        if self.budget_bytes is not None:
+            if not self.export_tflite:
+                raise ConfigError("--budget_bytes counts the bytes of the int8 patch; "
+                                  "add --export_tflite")
+            if self.method not in ("dpu", "gcpu", "lcpu", "rpu"):
+                raise ConfigError(f"--budget_bytes applies to dpu, gcpu, lcpu and rpu, not "
+                                  f"{self.method} (it sends whole models)")
+            if self.iterative:
+                raise ConfigError("--budget_bytes and --iterative cannot be combined")
+            if not isinstance(self.budget_bytes, int) or self.budget_bytes < 200:
+                raise ConfigError(f"--budget_bytes must be an integer >= 200, got "
+                                  f"{self.budget_bytes!r}")
         if self.sign_key and not self.export_tflite:
             raise ConfigError("--sign_key signs exported patches; add --export_tflite")
         if self.method == "fu" and self.reinit not in ("auto", "off"):

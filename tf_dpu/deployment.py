@@ -12,7 +12,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from tflite_edge.apply import write_atomic
-from tflite_edge.convert import build_map, convert_int8, int8_accuracy, requantize
+from tflite_edge.convert import (PatchCost, build_map, convert_int8, int8_accuracy,
+                                 kernel_bounds, requantize, with_headroom)
 from tflite_edge.create import create_patch
 from tflite_edge.model_file import ModelFile
 
@@ -26,16 +27,28 @@ class TfliteExport:
       model: the Keras model (its weights are set to each round's deployment).
       x_test, y_test: where the deployed int8 accuracy is measured.
       signer: optional callable(bytes) -> Ed25519 signature for the patches.
+      headroom: factor by which round 0's weight scales are widened.
     """
 
-    def __init__(self, model, x_test: np.ndarray, y_test: np.ndarray, signer=None):
+    def __init__(self, model, x_test: np.ndarray, y_test: np.ndarray, signer=None,
+                 headroom: float = 1.0):
         self.model = model
+        self.headroom = headroom
         self.x_test, self.y_test = x_test, y_test
         self.signer = signer
         self.mapping = None
         self.file: Optional[bytes] = None
         self.weights: Optional[List[np.ndarray]] = None
         self.accuracy = 0.0
+
+    def patch_cost(self, bias_policy: str) -> PatchCost:
+        """The exact patch size of a selection, for byte budgets."""
+        changes = {"full": "all", "masked": "selected", "frozen": "none"}[bias_policy]
+        return PatchCost(self.mapping, changes, self.signer is not None)
+
+    def bounds(self) -> List[Optional[np.ndarray]]:
+        """Per-weight magnitude limits of the deployed int8 model (after round 0)."""
+        return kernel_bounds(self.mapping, len(self.model.weights))
 
     def export(self, folder: str, index: int, weights: List[np.ndarray], sent: bool,
                calibration: np.ndarray) -> Dict:
@@ -44,8 +57,11 @@ class TfliteExport:
         record = {"patch_bytes": 0, "int8_changed": 0, "clipped_fraction": 0.0}
         if self.file is None:
             self.model.set_weights(weights)
-            self.file = convert_int8(self.model, calibration[:_CALIBRATION_SAMPLES])
-            self.mapping = build_map(self.model, ModelFile(self.file))
+            converted = convert_int8(self.model, calibration[:_CALIBRATION_SAMPLES])
+            converted = with_headroom(converted, build_map(self.model, ModelFile(converted)),
+                                      weights, self.headroom)
+            self.file = converted
+            self.mapping = build_map(self.model, ModelFile(self.file))  # verifies the widening
             self.accuracy = int8_accuracy(self.file, self.x_test, self.y_test)
             sent_bytes = len(self.file)
         elif sent:
@@ -62,6 +78,6 @@ class TfliteExport:
             sent_bytes = 0
         self.weights = [w.copy() for w in weights]
         write_atomic(os.path.join(folder, "model.tflite"), self.file)
-        record.update(tflite_test_accuracy=self.accuracy, tflite_bytes=len(self.file),
+        record.update(int8_headroom=self.headroom,tflite_test_accuracy=self.accuracy, tflite_bytes=len(self.file),
                       sent_bytes=sent_bytes)
         return record

@@ -37,6 +37,9 @@ class RoundContext:
       rng: randomness of this round (RPU's masks).
       fresh_init: builds a new random initialization (FU diff_init).
       progress: receives one line per epoch.
+      select: picks the elements to update from scores (global top-k of the
+        budget, or as many as fit a byte budget).
+      byte_budget: whether `select` counts bytes rather than elements.
     """
 
     config: RunConfig
@@ -53,6 +56,8 @@ class RoundContext:
     rng: np.random.RandomState
     fresh_init: Callable[[], Weights]
     progress: Callable[[str], None]
+    select: Callable[[dict], selection.Masks] = None
+    byte_budget: bool = False
 
 
 @dataclasses.dataclass
@@ -186,8 +191,7 @@ def dpu(ctx: RoundContext) -> Candidate:
                                      config.contribution_mix)
     if config.iterative:
         return _iterative(ctx, scores, indices, final, bn)
-    masks = selection.top_k(scores, ctx.budget, len(final))
-    return _fine_tune(ctx, final, masks, bn, "step 2", config.epochs)
+    return _fine_tune(ctx, final, ctx.select(scores), bn, "step 2", config.epochs)
 
 
 def _fine_tune(ctx, final, masks, bn, name, epochs) -> Candidate:
@@ -225,8 +229,11 @@ def rpu(ctx: RoundContext) -> Candidate:
     ctx.trainer.model.set_weights(ctx.start)
     ctx.trainer.reset_optimizer()
     layout = ctx.layout
-    masks = selection.random_per_layer(layout.shapes, layout.indices(KERNEL),
-                                       ctx.config.update_ratio, ctx.budget, ctx.rng)
+    if ctx.byte_budget:  # random order, as many as fit the bytes
+        masks = ctx.select({i: ctx.rng.rand(*layout.shapes[i]) for i in layout.indices(KERNEL)})
+    else:
+        masks = selection.random_per_layer(layout.shapes, layout.indices(KERNEL),
+                                           ctx.config.update_ratio, ctx.budget, ctx.rng)
     best = run_step(ctx, "sparse", ctx.config.single_step_epochs,
                     masks=_step_masks(ctx, masks), bn_training=_bn_training(ctx))
     best.selected = selection.count(masks)

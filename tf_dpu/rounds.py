@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from tf_dpu import methods
+from tf_dpu import methods, selection
 from tf_dpu.config import PARTIAL_METHODS, RunConfig
 from tf_dpu.data import Dataset, RoundSchedule, load_dataset
 from tf_dpu.models import build_model
@@ -103,7 +103,7 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
         if config.sign_key:
             from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
             signer = load_signer(config.sign_key)
-        export = TfliteExport(model, data.x_test, data.y_test, signer)
+        export = TfliteExport(model, data.x_test, data.y_test, signer, config.int8_headroom)
     say(f"{config.method} on {config.dataset} ({len(data.x_train)} pool, "
         f"{len(data.x_val)} val, {len(data.x_test)} test), model {config.model}: "
         f"I = {total} kernel elements, budget ceil(k*I) = {budget} per partial round")
@@ -133,6 +133,12 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
                                                config.seed + 7919 * (r + 1),
                                                config.initializer).get_weights(),
             progress=say)
+        ctx.select = lambda scores: selection.top_k(scores, budget, len(w0))
+        if config.budget_bytes and export and export.mapping is not None:
+            cost = export.patch_cost(config.bias_policy)
+            ctx.byte_budget = True
+            ctx.select = lambda scores, cost=cost: selection.within_bytes(
+                scores, cost, config.budget_bytes, len(w0))
         say(f"round {r}: {size} training samples, start from "
             f"{'w0' if reinit or r == 0 else 'the deployed model'}"
             f"{' (re-initialized: data doubled)' if reinit else ''}")
@@ -169,6 +175,8 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
         if export:
             record.update(export.export(round_dir(config.out_dir, r), r, deployed, sent,
                                         data.x_train[schedule.indices(0)]))
+            if r == 0:
+                trainer.set_bounds(export.bounds())
             say(f"round {r}: int8 test {record['tflite_test_accuracy']:.4f}, "
                 f"{record['sent_bytes']} bytes sent (model file {record['tflite_bytes']})")
         rounds.append(record)

@@ -41,6 +41,40 @@ def top_k(scores: Dict[int, np.ndarray], k: int, length: int,
     return _split(chosen, scores, keys, length)
 
 
+def within_bytes(scores: Dict[int, np.ndarray], cost, max_bytes: int, length: int,
+                 limit: Optional[int] = None) -> Masks:
+    """The longest prefix of the score order whose patch fits in `max_bytes`.
+
+    Args:
+      scores: a score array per weight index (larger = more important).
+      cost: callable(masks) -> exact patch bytes for that selection; it must not
+        decrease as elements are added (true of the patch format's codes).
+      max_bytes: the budget.
+      length: number of weights of the model.
+      limit: optional cap on the number of elements.
+
+    Returns:
+      Masks of the top-n elements, n as large as fits (possibly 0).
+    """
+    keys = sorted(scores)
+    flat = np.concatenate([scores[i].ravel() for i in keys]).astype(np.float64)
+    order = np.argsort(-np.where(np.isfinite(flat), flat, -np.inf), kind="stable")
+
+    def masks_of(n):
+        chosen = np.zeros(flat.size, bool)
+        chosen[order[:n]] = True
+        return _split(chosen, scores, keys, length)
+
+    low, high = 0, flat.size if limit is None else min(limit, flat.size)
+    while low < high:  # largest n with cost(n) <= max_bytes
+        middle = (low + high + 1) // 2
+        if cost(masks_of(middle)) <= max_bytes:
+            low = middle
+        else:
+            high = middle - 1
+    return masks_of(low)
+
+
 def magnitude(weights: Sequence[np.ndarray], indices: Sequence[int], k: int) -> Masks:
     """Global top-k by |w|: the pruning baseline's mask."""
     return top_k({i: np.abs(weights[i]) for i in indices}, k, len(weights))

@@ -72,6 +72,12 @@ _DETERMINISTIC = flags.DEFINE_bool("deterministic", _D.deterministic,
                                    "TensorFlow op determinism (same seed, same bits)")
 _EXPORT = flags.DEFINE_bool("export_tflite", False,
                             "write round_NNN/model.tflite (int8) and update.patch per round")
+_HEADROOM = flags.DEFINE_float(
+    "int8_headroom", 1.5, "widen round 0's int8 weight scales by this factor, so later "
+    "partial updates have room to grow without clipping")
+_BUDGET_BYTES = flags.DEFINE_integer(
+    "budget_bytes", None, "instead of --update_ratio: update as many elements as fit an "
+    "int8 patch of at most this many bytes (headers included); needs --export_tflite")
 _SIGN_KEY = flags.DEFINE_string("sign_key", None,
                                 "Ed25519 private key (PEM) that signs every patch")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/latest", "where the run is written")
@@ -96,6 +102,7 @@ def config_from_flags() -> cfg.RunConfig:
         iterative=_ITERATIVE.value, iterative_decay=_ITERATIVE_DECAY.value,
         iterative_epochs=_ITERATIVE_EPOCHS.value, seed=_SEED.value,
         deterministic=_DETERMINISTIC.value, export_tflite=_EXPORT.value,
+        int8_headroom=_HEADROOM.value, budget_bytes=_BUDGET_BYTES.value,
         sign_key=_SIGN_KEY.value, out_dir=_OUT_DIR.value or None)
 
 

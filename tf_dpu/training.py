@@ -76,6 +76,7 @@ class Trainer:
                        for v in self._variables]
         self._contribution = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
                               for v in self._variables]
+        self._bounds = None
         self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self._rng = np.random.RandomState(seed)
         self._epoch_fns = {}
@@ -99,6 +100,25 @@ class Trainer:
         for variable, position in zip(self._masks, self.layout.trainable_positions):
             mask = None if masks is None else masks[position]
             variable.assign(np.ones(variable.shape, bool) if mask is None else mask)
+
+    def set_bounds(self, bounds: Optional[Sequence[Optional[np.ndarray]]]) -> None:
+        """Keeps weights within ±bound after every step (None: unbounded).
+
+        Used after an int8 deployment: the bounds are 127 x the frozen scale
+        of each channel, so the server trains only models the device can
+        represent without clipping.
+
+        Args:
+          bounds: per `model.weights` entry, an array of magnitude limits or None.
+        """
+        if bounds is None:
+            self._bounds = None
+            return
+        self._bounds = []
+        for variable, position in zip(self._variables, self.layout.trainable_positions):
+            limit = bounds[position]
+            self._bounds.append(None if limit is None else tf.constant(limit, variable.dtype))
+        self._epoch_fns.clear()  # the bound constants are compiled into the step
 
     def reset_contribution(self) -> None:
         for c in self._contribution:
@@ -161,11 +181,16 @@ class Trainer:
             grads = [g + self._weight_decay * v for g, v in zip(grads, self._variables)]
         if masked:
             grads = [tf.where(m, g, tf.zeros_like(g)) for g, m in zip(grads, self._masks)]
-        before = [tf.identity(v) for v in self._variables] if masked or accumulate else []
+        before = ([tf.identity(v) for v in self._variables] if masked or accumulate
+                  or self._bounds is not None else [])
         self._optimizer.apply_gradients(zip(grads, self._variables))
         if masked:
             for v, b, m in zip(self._variables, before, self._masks):
                 v.assign(tf.where(m, v, b))
+        if self._bounds is not None:
+            for v, limit in zip(self._variables, self._bounds):
+                if limit is not None:
+                    v.assign(tf.clip_by_value(v, -limit, limit))
         if accumulate:
             for c, g, v, b in zip(self._contribution, grads, self._variables, before):
                 c.assign_add(-g * (v - b))

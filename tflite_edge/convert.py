@@ -12,7 +12,7 @@ This module imports TensorFlow; devices never need it.
 
 import dataclasses
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -55,6 +55,7 @@ class LayerMap:
     bias_index: Optional[int]
     kernel_tensor: Tensor
     bias_tensor: Optional[Tensor]
+    kernel_shape: tuple = ()    # Keras layout
 
 
 _OPS = {"dense": FULLY_CONNECTED, "conv2d": CONV_2D, "conv1d": CONV_2D,
@@ -142,7 +143,8 @@ def build_map(model, model_file: ModelFile) -> List[LayerMap]:
         kernel_tensor = model_file.tensors[op.inputs[1]]
         bias_tensor = (model_file.tensors[op.inputs[2]]
                        if len(op.inputs) > 2 and op.inputs[2] >= 0 else None)
-        entry = LayerMap(layer.name, layout, kernel_index, bias_index, kernel_tensor, bias_tensor)
+        entry = LayerMap(layer.name, layout, kernel_index, bias_index, kernel_tensor, bias_tensor,
+                         tuple(weights[kernel_index].shape))
         _verify(entry, weights, model_file)
         mapping.append(entry)
     return mapping
@@ -180,6 +182,113 @@ def _verify(entry: LayerMap, weights, model_file: ModelFile) -> None:
         if np.abs(quantize_bias(bias, entry.bias_tensor).astype(np.int64) - got).max(initial=0) > 1:
             raise PatchError(f"layer {entry.layer}: re-quantized bias does not reproduce the "
                              "converter's values")
+
+
+def with_headroom(data: bytes, mapping: Sequence[LayerMap], weights: Sequence[np.ndarray],
+                  headroom: float) -> bytes:
+    """Widens every weight scale by `headroom` and re-quantizes, in place.
+
+    Scales are frozen after round 0, and the elements a partial update moves
+    are exactly the ones that move most; without room above round 0's largest
+    magnitude they would clip. A headroom of h costs log2(h) bits of weight
+    resolution. Bias scales (input scale x weight scale) widen alike; the
+    scale vectors are overwritten with the same number of bytes, so the file
+    keeps its layout.
+    """
+    if headroom == 1.0:
+        return data
+    out = bytearray(data)
+    for entry in mapping:
+        pairs = [(entry.kernel_tensor, to_tflite_layout(entry.layout, weights[entry.kernel_index]),
+                  quantize_kernel)]
+        if entry.bias_tensor is not None:
+            pairs.append((entry.bias_tensor, weights[entry.bias_index], quantize_bias))
+        for tensor, values, quantize in pairs:
+            if not tensor.scale_offset:
+                raise PatchError(f"tensor {tensor.name!r} has no scale vector to widen")
+            widened = dataclasses.replace(tensor, scales=(tensor.scales * headroom).astype(np.float32))
+            scales = widened.scales.astype("<f4").tobytes()
+            out[tensor.scale_offset:tensor.scale_offset + len(scales)] = scales
+            quantized = quantize(values, widened)
+            offset = ModelFile(data).buffers[tensor.buffer].offset
+            out[offset:offset + quantized.nbytes] = quantized.astype(quantized.dtype.newbyteorder("<")).tobytes()
+    return bytes(out)
+
+
+def kernel_bounds(mapping: Sequence[LayerMap], length: int) -> List[Optional[np.ndarray]]:
+    """The largest magnitude each kernel element can take without clipping.
+
+    127 x its channel's frozen scale, in the Keras layout, per `model.weights`
+    index (None for weights without a bound). Training inside these bounds
+    keeps the float model representable on the device.
+    """
+    bounds: List[Optional[np.ndarray]] = [None] * length
+    for entry in mapping:
+        limit = 127.0 * entry.kernel_tensor.scales.astype(np.float64)
+        shape = entry.kernel_shape
+        if entry.layout == "depthwise":
+            limit = limit.reshape(shape[2], shape[3])
+        bounds[entry.kernel_index] = np.broadcast_to(limit, shape).astype(np.float32)
+    return bounds
+
+
+def tflite_order(layout: str, shape: tuple) -> np.ndarray:
+    """For each element of the TFLite buffer, the flat index of its Keras element."""
+    keras_index = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+    return np.ascontiguousarray(to_tflite_layout(layout, keras_index)).ravel()
+
+
+class PatchCost:
+    """The exact size of the patch that a selection would produce.
+
+    Positions are coded in each buffer's TFLite layout (a Dense kernel is
+    stored transposed, so its gaps differ from the Keras order), with the
+    cheaper of Rice and bitmap per record, as the patch writer does. A
+    selection's cost bounds the real patch: elements whose int8 value ends up
+    unchanged only make it smaller.
+
+    Args:
+      mapping: from `build_map`.
+      bias_changes: `all` (every bias may change), `selected` (biases are in
+        the masks) or `none`.
+      signed: whether patches carry a signature.
+    """
+
+    def __init__(self, mapping: Sequence[LayerMap], bias_changes: str, signed: bool):
+        from tflite_edge import patch_format  # pylint: disable=import-outside-toplevel
+        self._format = patch_format
+        self.mapping = mapping
+        self.bias_changes = bias_changes
+        self.fixed = (patch_format.HEADER.size + patch_format.CHECKSUM_SIZE
+                      + (patch_format.SIGNATURE_SIZE if signed else 0))
+        self._inverse = {e.kernel_index: np.argsort(tflite_order(e.layout, e.kernel_shape))
+                         for e in mapping}
+
+    def _record(self, positions_sorted: np.ndarray, count: int, value_size: int) -> int:
+        from tflite_edge import positions as codes  # pylint: disable=import-outside-toplevel
+        if not len(positions_sorted):
+            return 0
+        _, _, position_bytes = codes.choose(positions_sorted, count)
+        return (self._format.ELEMENTS_RECORD.size + position_bytes
+                + len(positions_sorted) * value_size)
+
+    def __call__(self, masks) -> int:
+        """Bytes of the patch if exactly the True elements of `masks` changed."""
+        total = self.fixed
+        for entry in self.mapping:
+            mask = masks[entry.kernel_index]
+            if mask is not None and mask.any():
+                keras_flat = np.flatnonzero(mask)
+                total += self._record(np.sort(self._inverse[entry.kernel_index][keras_flat]),
+                                      mask.size, 1)
+            if entry.bias_index is None or entry.bias_tensor is None:
+                continue
+            count = int(np.prod(entry.bias_tensor.shape))
+            if self.bias_changes == "all":
+                total += self._record(np.arange(count), count, 4)
+            elif self.bias_changes == "selected" and masks[entry.bias_index] is not None:
+                total += self._record(np.flatnonzero(masks[entry.bias_index]), count, 4)
+        return total
 
 
 @dataclasses.dataclass
@@ -248,5 +357,6 @@ def int8_accuracy(model_bytes: bytes, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(predict(model_bytes, x) == y))
 
 
-__all__ = ["convert_int8", "build_map", "requantize", "int8_accuracy", "LayerMap",
-           "RequantizeStats", "Dict"]
+__all__ = ["convert_int8", "build_map", "with_headroom", "kernel_bounds", "requantize",
+           "PatchCost", "tflite_order",
+           "int8_accuracy", "LayerMap", "RequantizeStats"]

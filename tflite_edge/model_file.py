@@ -41,6 +41,7 @@ class Tensor:
     scales: np.ndarray
     zero_points: np.ndarray
     quantized_dimension: int
+    scale_offset: int = 0   # absolute file offset of the float32 scale vector
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +106,13 @@ class ModelFile:
             scales = q.ScaleAsNumpy() if q is not None and q.ScaleLength() else np.zeros(0)
             zeros = (q.ZeroPointAsNumpy() if q is not None and q.ZeroPointLength()
                      else np.zeros(0, np.int64))
+            slot = q._tab.Offset(8) if q is not None else 0  # pylint: disable=protected-access
+            scale_offset = q._tab.Vector(slot) if slot else 0  # pylint: disable=protected-access
             self.tensors.append(Tensor(
                 i, (t.Name() or b"").decode("utf-8", "replace"), t.Type(),
                 tuple(int(d) for d in (t.ShapeAsNumpy() if t.ShapeLength() else [])),
                 t.Buffer(), np.asarray(scales, np.float32), np.asarray(zeros, np.int64),
-                q.QuantizedDimension() if q is not None else 0))
+                q.QuantizedDimension() if q is not None else 0, scale_offset))
         self.operators: List[Operator] = []
         for i in range(graph.OperatorsLength()):
             op = graph.Operators(i)

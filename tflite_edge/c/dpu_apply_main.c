@@ -1,10 +1,13 @@
 /* Command-line driver for the C applier (host builds and tests):
- *   dpu_apply [--min-round N] BASE PATCH OUT
+ *   dpu_apply [--min-round N] [--bench REPEATS] BASE PATCH OUT
+ * --bench applies the patch REPEATS times in one process and prints the
+ * seconds per application (CPU time), for the benchmarks.
  * Reads through the same callbacks a firmware would implement. On any error
  * OUT is removed, one line goes to stderr, and the exit status is 2. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "dpu_patch.h"
 
@@ -43,16 +46,24 @@ int main(int argc, char **argv) {
   files fs;
   dpu_io io;
   dpu_status status;
-  unsigned long min_round = 0;
+  unsigned long min_round = 0, repeats = 1, r;
   long patch_size, base_size;
   int arg = 1;
+  clock_t started;
   if (argc == 2 && strcmp(argv[1], "--sizeof") == 0) {
     printf("%lu\n", (unsigned long)sizeof(dpu_applier));
     return 0;
   }
-  if (argc > 2 && strcmp(argv[1], "--min-round") == 0) {
-    min_round = strtoul(argv[2], NULL, 10);
-    arg = 3;
+  while (argc - arg > 3) {
+    if (strcmp(argv[arg], "--min-round") == 0) {
+      min_round = strtoul(argv[arg + 1], NULL, 10);
+    } else if (strcmp(argv[arg], "--bench") == 0) {
+      repeats = strtoul(argv[arg + 1], NULL, 10);
+      if (repeats == 0) repeats = 1;
+    } else {
+      break;
+    }
+    arg += 2;
   }
   if (argc - arg != 3) {
     fprintf(stderr, "usage: dpu_apply [--min-round N] BASE PATCH OUT\n");
@@ -80,8 +91,15 @@ int main(int argc, char **argv) {
   io.read_base = read_base;
   io.write_out = write_out;
   io.verify_signature = NULL;
-  status = dpu_apply(&applier, &io, (uint32_t)patch_size, (uint32_t)base_size,
-                     (uint32_t)min_round);
+  started = clock();
+  status = DPU_OK;
+  for (r = 0; r < repeats && status == DPU_OK; r++) {
+    status = dpu_apply(&applier, &io, (uint32_t)patch_size, (uint32_t)base_size,
+                       (uint32_t)min_round);
+  }
+  if (repeats > 1 && status == DPU_OK) {
+    printf("%.9f\n", (double)(clock() - started) / CLOCKS_PER_SEC / (double)repeats);
+  }
   if (fclose(fs.out) != 0 && status == DPU_OK) status = DPU_ERR_IO;
   fclose(fs.base);
   fclose(fs.patch);

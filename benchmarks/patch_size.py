@@ -1,0 +1,102 @@
+"""Bytes that cross the link, measured on real rounds, against what users do today.
+
+For every consecutive pair of deployed `.tflite` files of a DPU run: our patch,
+the whole file, gzip -9 of the whole file, the detools and bsdiff4 patches
+between the same two files, and the information bound (log2 C(N, n) bits for
+the positions of the n changed elements of each buffer, plus their value bits).
+"""
+
+import gzip
+import os
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+
+from tflite_edge import patch_format
+from tflite_edge.apply import apply_patch
+from tflite_edge.model_file import ELEMENT_DTYPES
+from tflite_edge.positions import entropy_bound_bits
+
+_C_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "tflite_edge", "c")
+
+
+def _detools(base: bytes, target: bytes) -> int:
+    import detools  # pylint: disable=import-outside-toplevel
+    import io  # pylint: disable=import-outside-toplevel
+    out = io.BytesIO()
+    detools.create_patch(io.BytesIO(base), io.BytesIO(target), out, compression="lzma")
+    return len(out.getvalue())
+
+
+def _bsdiff(base: bytes, target: bytes) -> int:
+    import bsdiff4  # pylint: disable=import-outside-toplevel
+    return len(bsdiff4.diff(base, target))
+
+
+def compare(files, patches) -> dict:
+    """Sizes per round and totals; `files[r]`, `patches[r]` (None when nothing was sent)."""
+    rows = []
+    for r in range(1, len(files)):
+        if patches[r] is None:
+            continue
+        parsed = patch_format.decode(patches[r])
+        position_bits = bound_positions = value_bits = 0.0
+        for record in parsed.records:
+            if record.kind != patch_format.KIND_ELEMENTS:
+                continue
+            position_bits += 8 * record.position_bytes
+            bound_positions += entropy_bound_bits(record.count, len(record.positions))
+            value_bits += 8 * len(record.positions) * ELEMENT_DTYPES[record.element_type].itemsize
+        rows.append({
+            "round": r, "patch": len(patches[r]), "tflite": len(files[r]),
+            "gzip": len(gzip.compress(files[r], 9)), "detools": _detools(files[r - 1], files[r]),
+            "bsdiff4": _bsdiff(files[r - 1], files[r]),
+            "bound": int(np.ceil((bound_positions + value_bits) / 8)),
+            "position_bits": position_bits, "bound_position_bits": bound_positions})
+    total = {k: sum(row[k] for row in rows) for k in rows[0] if k != "round"} if rows else {}
+    return {"rows": rows, "total": total}
+
+
+def ratios(table: dict) -> dict:
+    t = table["total"]
+    return {
+        "position_bits_vs_bound": round(t["position_bits"] / t["bound_position_bits"], 4),
+        "patch_vs_detools": round(t["patch"] / t["detools"], 4),
+        "patch_vs_bsdiff": round(t["patch"] / t["bsdiff4"], 4),
+        "patch_vs_gzip_full": round(t["patch"] / t["gzip"], 4),
+        "patch_vs_tflite_full": round(t["patch"] / t["tflite"], 4),
+        "patch_vs_bound": round(t["patch"] / t["bound"], 4),
+    }
+
+
+def apply_speed(base: bytes, patch: bytes, repeats: int = 20) -> dict:
+    """Model megabytes patched per second by the Python and the C applier."""
+    started = time.perf_counter()
+    for _ in range(repeats):
+        apply_patch(base, patch)
+    python_seconds = (time.perf_counter() - started) / repeats
+    with tempfile.TemporaryDirectory() as folder:
+        subprocess.run(["make", "-s", "-C", _C_DIR, f"OUT={folder}"], check=True)
+        paths = [os.path.join(folder, n) for n in ("base", "patch", "out")]
+        for path, data in zip(paths, (base, patch)):
+            with open(path, "wb") as f:
+                f.write(data)
+        c_seconds = float(subprocess.run(
+            [os.path.join(folder, "dpu_apply"), "--bench", str(repeats * 5), *paths],
+            check=True, capture_output=True, text=True).stdout)
+    megabytes = len(base) / 1e6
+    return {"apply_mb_per_s_python": round(megabytes / python_seconds, 2),
+            "apply_mb_per_s_c": round(megabytes / c_seconds, 2)}
+
+
+def markdown(table: dict) -> str:
+    lines = ["| round | patch | whole .tflite | gzip -9 | detools | bsdiff4 | bound |",
+             "|---|---|---|---|---|---|---|"]
+    for row in table["rows"] + [dict(table["total"], round="total")]:
+        lines.append(f"| {row['round']} | {row['patch']:,} | {row['tflite']:,} | "
+                     f"{row['gzip']:,} | {row['detools']:,} | {row['bsdiff4']:,} | "
+                     f"{row['bound']:,} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,71 @@
+"""The C applier against the Python one: same results, same refusals."""
+
+import os
+import subprocess
+
+import pytest
+
+from tflite_edge.create import create_patch
+
+
+def _apply(binary, base, patch, tmp_path, name="out"):
+    (tmp_path / "base").write_bytes(base)
+    (tmp_path / "patch").write_bytes(patch)
+    out = tmp_path / name
+    proc = subprocess.run([binary, str(tmp_path / "base"), str(tmp_path / "patch"), str(out)],
+                          capture_output=True, text=True)
+    return proc, (out.read_bytes() if out.exists() else None)
+
+
+@pytest.fixture(scope="module")
+def files(exported_run):
+    result, _ = exported_run
+    return [open(os.path.join(result.out_dir, f"round_{r:03d}", "model.tflite"), "rb").read()
+            for r in range(len(result.rounds))]
+
+
+def test_builds_with_strict_flags_and_states_its_ram(c_applier):
+    size = int(subprocess.run([c_applier, "--sizeof"], capture_output=True, text=True).stdout)
+    assert 0 < size <= 512
+
+
+def test_same_bytes_as_the_python_applier_for_every_round(c_applier, files, tmp_path):
+    for r in range(1, len(files)):
+        patch = create_patch(files[r - 1], files[r], r)
+        proc, out = _apply(c_applier, files[r - 1], patch, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert out == files[r]
+
+
+def test_c_refuses_what_python_refuses(c_applier, files, tmp_path):
+    base, target = files[0], files[1]
+    patch = create_patch(base, target, 1)
+    checked = 0
+    for at in range(0, len(patch), max(1, len(patch) // 300)):
+        broken = bytearray(patch)
+        broken[at] ^= 0x10
+        proc, out = _apply(c_applier, base, bytes(broken), tmp_path)
+        assert proc.returncode == 2 and out is None, at
+        assert proc.stderr.startswith("error: ")
+        checked += 1
+    for length in range(0, len(patch), max(1, len(patch) // 100)):
+        proc, out = _apply(c_applier, base, patch[:length], tmp_path)
+        assert proc.returncode == 2 and out is None, length
+    assert checked >= 300
+    proc, _ = _apply(c_applier, target, patch, tmp_path)
+    assert "already applied" in proc.stderr
+    other = bytearray(base)
+    other[10] ^= 1
+    proc, _ = _apply(c_applier, bytes(other), patch, tmp_path)
+    assert "for another model" in proc.stderr
+    assert (tmp_path / "base").read_bytes() == bytes(other)  # inputs are never written
+
+
+def test_min_round_refuses_replays(c_applier, files, tmp_path):
+    patch = create_patch(files[0], files[1], 1)
+    (tmp_path / "b").write_bytes(files[0])
+    (tmp_path / "p").write_bytes(patch)
+    proc = subprocess.run([c_applier, "--min-round", "2", str(tmp_path / "b"),
+                           str(tmp_path / "p"), str(tmp_path / "o")], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "not newer" in proc.stderr

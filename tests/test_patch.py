@@ -1,0 +1,150 @@
+"""Patch creation, the Python applier, tampering and signatures, and the command line."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from tflite_edge import patch_format, signing
+from tflite_edge.apply import apply_patch, apply_patch_file
+from tflite_edge.create import create_patch
+from tflite_edge.errors import PatchError
+from tflite_edge.model_file import ModelFile
+
+
+@pytest.fixture(scope="module")
+def pair(exported_run):
+    """Round 1's base and target files and the patch between them."""
+    result, _ = exported_run
+    folder = result.out_dir
+    base = open(os.path.join(folder, "round_000", "model.tflite"), "rb").read()
+    target = open(os.path.join(folder, "round_001", "model.tflite"), "rb").read()
+    return base, target, create_patch(base, target, 1)
+
+
+def test_patch_turns_base_into_target_and_only_touches_weights(pair):
+    base, target, patch = pair
+    assert apply_patch(base, patch) == target
+    parsed = patch_format.decode(patch)
+    model = ModelFile(base)
+    weights = {b.offset for b in model.buffers if b.length}
+    assert parsed.records and all(r.offset in weights for r in parsed.records)
+    assert len(patch) < len(base) / 10
+
+
+def test_any_single_flipped_byte_is_refused(pair):
+    base, _, patch = pair
+    for at in range(len(patch)):
+        broken = bytearray(patch)
+        broken[at] ^= 0x40
+        with pytest.raises(PatchError):
+            apply_patch(base, bytes(broken))
+
+
+def test_truncated_or_extended_patches_are_refused(pair):
+    base, _, patch = pair
+    for length in list(range(0, 200)) + list(range(200, len(patch), 97)) + [len(patch) - 1]:
+        with pytest.raises(PatchError):
+            apply_patch(base, patch[:length])
+    with pytest.raises(PatchError, match="truncated or extended"):
+        apply_patch(base, patch + b"\0")
+
+
+def test_wrong_base_and_second_application_are_refused(pair):
+    base, target, patch = pair
+    with pytest.raises(PatchError, match="already applied"):
+        apply_patch(target, patch)
+    other = bytearray(base)
+    other[-1] ^= 1
+    with pytest.raises(PatchError, match="for another model"):
+        apply_patch(bytes(other), patch)
+
+
+def test_signatures(pair, tmp_path):
+    base, target, _ = pair
+    signing.generate_keypair(str(tmp_path / "k.pem"), str(tmp_path / "k.pub"))
+    signing.generate_keypair(str(tmp_path / "o.pem"), str(tmp_path / "o.pub"))
+    key = signing.load_public_key(str(tmp_path / "k.pub"))
+    signed = create_patch(base, target, 1, signing.load_signer(str(tmp_path / "k.pem")))
+    assert apply_patch(base, signed, key) == target
+    assert apply_patch(base, signed) == target  # a device without a key still checks hashes
+    with pytest.raises(PatchError, match="not valid for this public key"):
+        apply_patch(base, signed, signing.load_public_key(str(tmp_path / "o.pub")))
+    with pytest.raises(PatchError, match="not signed"):
+        apply_patch(base, create_patch(base, target, 1), key)
+    # Re-signing a tampered body with the wrong key and fixing the checksum
+    # still fails: the signature, not the checksum, is what a key trusts.
+    forged = create_patch(base, target, 1, signing.load_signer(str(tmp_path / "o.pem")))
+    with pytest.raises(PatchError, match="not valid"):
+        apply_patch(base, forged, key)
+
+
+def test_files_of_different_structure_are_refused(pair):
+    base, _, _ = pair
+    with pytest.raises(PatchError, match="differ in size"):
+        create_patch(base, base + b"\0" * 16, 1)
+    with pytest.raises(PatchError, match="not a TFLite model"):
+        create_patch(b"\0" * len(base), base, 1)
+
+
+def test_non_buffer_bytes_go_into_raw_records(pair):
+    base, _, _ = pair
+    tensor = next(t for t in ModelFile(base).tensors if t.scale_offset and len(t.scales) > 1)
+    changed = bytearray(base)
+    changed[tensor.scale_offset:tensor.scale_offset + 4] = np.float32(0.5).tobytes()
+    patch = create_patch(base, bytes(changed), 2)
+    kinds = [r.kind for r in patch_format.decode(patch).records]
+    assert kinds == [patch_format.KIND_RAW]
+    assert apply_patch(base, patch) == bytes(changed)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "tflite_edge.patch", *args], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+def test_command_line_create_inspect_apply_in_place(pair, tmp_path):
+    base, target, _ = pair
+    (tmp_path / "a.tflite").write_bytes(base)
+    (tmp_path / "b.tflite").write_bytes(target)
+    made = _cli("create", f"--base={tmp_path}/a.tflite", f"--target={tmp_path}/b.tflite",
+                f"--out={tmp_path}/p.patch", "--round=1")
+    assert made.returncode == 0, made.stderr
+    shown = _cli("inspect", f"--patch={tmp_path}/p.patch")
+    assert "round 1" in shown.stdout and "information bound" in shown.stdout
+    applied = _cli("apply", f"--base={tmp_path}/a.tflite", f"--patch={tmp_path}/p.patch")
+    assert applied.returncode == 0, applied.stderr
+    assert (tmp_path / "a.tflite").read_bytes() == target
+    again = _cli("apply", f"--base={tmp_path}/a.tflite", f"--patch={tmp_path}/p.patch")
+    assert again.returncode == 2 and again.stderr.strip() == (
+        "error: patch is already applied: the model is its result")
+    assert (tmp_path / "a.tflite").read_bytes() == target
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".partial")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["apply", "--base=/no/model", "--patch=/no/patch"], "cannot read model /no/model"),
+    (["apply", "--base=x"], "required: --patch"),
+    (["frobnicate"], "invalid choice"),
+    (["inspect", "--patch=README.md"], "not a DPU patch"),
+])
+def test_command_line_errors_are_one_line(args, message):
+    proc = _cli(*args)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+
+
+def test_corrupt_patch_leaves_the_base_file_untouched(pair, tmp_path):
+    base, _, patch = pair
+    (tmp_path / "m.tflite").write_bytes(base)
+    broken = bytearray(patch)
+    broken[len(broken) // 2] ^= 1
+    (tmp_path / "p").write_bytes(bytes(broken))
+    with pytest.raises(PatchError):
+        apply_patch_file(str(tmp_path / "m.tflite"), str(tmp_path / "p"))
+    assert hashlib.sha256((tmp_path / "m.tflite").read_bytes()).digest() == hashlib.sha256(
+        base).digest()
