@@ -2,8 +2,10 @@
 
 For every consecutive pair of deployed `.tflite` files of a DPU run: our patch,
 the whole file, gzip -9 of the whole file, the detools and bsdiff4 patches
-between the same two files, and the information bound (log2 C(N, n) bits for
-the positions of the n changed elements of each buffer, plus their value bits).
+between the same two files, and the information bound of the positions
+(log2 C(N, n) bits for the n changed elements of each buffer) plus the raw
+value bits. That last column bounds position coding only: a tool that
+compresses the values (as detools' lzma does with value deltas) can go below it.
 """
 
 import gzip

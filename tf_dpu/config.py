@@ -77,6 +77,7 @@ class RunConfig:
     seed: int = 0
     deterministic: bool = True
     export_tflite: bool = False
+    qat: bool = False
     budget_bytes: Optional[int] = None
     int8_headroom: float = 1.5
     sign_key: Optional[str] = None
@@ -165,6 +166,8 @@ class RunConfig:
             raise ConfigError("--export_tflite needs --out_dir")
         if not 1.0 <= self.int8_headroom <= 16.0:
             raise ConfigError(f"--int8_headroom must be in [1, 16], got {self.int8_headroom!r}")
+        if self.qat and not self.export_tflite:
+            raise ConfigError("--qat trains against the deployed int8 model; add --export_tflite")
         if self.budget_bytes is not None:
             if not self.export_tflite:
                 raise ConfigError("--budget_bytes counts the bytes of the int8 patch; "

@@ -46,6 +46,11 @@ class TfliteExport:
         changes = {"full": "all", "masked": "selected", "frozen": "none"}[bias_policy]
         return PatchCost(self.mapping, changes, self.signer is not None)
 
+    def qat_model(self):
+        """The model computing what the deployed file computes (see tf_dpu.qat)."""
+        from tf_dpu.qat import frozen_qat_model  # pylint: disable=import-outside-toplevel
+        return frozen_qat_model(self.model, self.mapping, ModelFile(self.file))
+
     def bounds(self) -> List[Optional[np.ndarray]]:
         """Per-weight magnitude limits of the deployed int8 model (after round 0)."""
         return kernel_bounds(self.mapping, len(self.model.weights))

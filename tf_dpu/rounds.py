@@ -177,6 +177,8 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
                                         data.x_train[schedule.indices(0)]))
             if r == 0:
                 trainer.set_bounds(export.bounds())
+                if config.qat:
+                    trainer.set_forward(export.qat_model())
             say(f"round {r}: int8 test {record['tflite_test_accuracy']:.4f}, "
                 f"{record['sent_bytes']} bytes sent (model file {record['tflite_bytes']})")
         rounds.append(record)

@@ -75,6 +75,9 @@ _EXPORT = flags.DEFINE_bool("export_tflite", False,
 _HEADROOM = flags.DEFINE_float(
     "int8_headroom", 1.5, "widen round 0's int8 weight scales by this factor, so later "
     "partial updates have room to grow without clipping")
+_QAT = flags.DEFINE_bool(
+    "qat", False, "after round 0, train and validate through the deployed int8 model "
+    "(frozen weight scales and activation ranges, tfmot wrappers); needs --export_tflite")
 _BUDGET_BYTES = flags.DEFINE_integer(
     "budget_bytes", None, "instead of --update_ratio: update as many elements as fit an "
     "int8 patch of at most this many bytes (headers included); needs --export_tflite")
@@ -102,7 +105,7 @@ def config_from_flags() -> cfg.RunConfig:
         iterative=_ITERATIVE.value, iterative_decay=_ITERATIVE_DECAY.value,
         iterative_epochs=_ITERATIVE_EPOCHS.value, seed=_SEED.value,
         deterministic=_DETERMINISTIC.value, export_tflite=_EXPORT.value,
-        int8_headroom=_HEADROOM.value, budget_bytes=_BUDGET_BYTES.value,
+        int8_headroom=_HEADROOM.value, budget_bytes=_BUDGET_BYTES.value, qat=_QAT.value,
         sign_key=_SIGN_KEY.value, out_dir=_OUT_DIR.value or None)
 
 

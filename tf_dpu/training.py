@@ -66,6 +66,7 @@ class Trainer:
                  learning_rate: float = 5e-3, momentum: float = 0.9,
                  weight_decay: float = 0.0, batch_size: int = 128, seed: int = 0):
         self.model = model
+        self._forward = model
         self.layout = layout
         self.batch_size = batch_size
         self._variables = model.trainable_variables
@@ -100,6 +101,17 @@ class Trainer:
         for variable, position in zip(self._masks, self.layout.trainable_positions):
             mask = None if masks is None else masks[position]
             variable.assign(np.ones(variable.shape, bool) if mask is None else mask)
+
+    def set_forward(self, forward: Optional[keras.Model]) -> None:
+        """Trains and evaluates through `forward` (sharing the model's variables).
+
+        Quantization-aware rounds pass a model that fake-quantizes weights and
+        activations with the deployed int8 parameters; None returns to the
+        plain model.
+        """
+        self._forward = forward or self.model
+        self._epoch_fns.clear()
+        self._correct_fn = tf.function(self._correct, reduce_retracing=True)
 
     def set_bounds(self, bounds: Optional[Sequence[Optional[np.ndarray]]]) -> None:
         """Keeps weights within ±bound after every step (None: unbounded).
@@ -174,7 +186,7 @@ class Trainer:
 
     def _step(self, xb, yb, masked, accumulate, bn_training):
         with tf.GradientTape() as tape:
-            loss = self._loss(yb, self.model(xb, training=bn_training))
+            loss = self._loss(yb, self._forward(xb, training=bn_training))
         grads = tape.gradient(loss, self._variables)
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, self._variables)]
         if self._weight_decay:
@@ -200,7 +212,7 @@ class Trainer:
         n = tf.shape(x)[0]
         correct = tf.constant(0, tf.int64)
         for i in tf.range((n + _EVAL_BATCH - 1) // _EVAL_BATCH):
-            logits = self.model(x[i * _EVAL_BATCH:(i + 1) * _EVAL_BATCH], training=False)
+            logits = self._forward(x[i * _EVAL_BATCH:(i + 1) * _EVAL_BATCH], training=False)
             predicted = tf.argmax(logits, axis=-1, output_type=y.dtype)
             correct += tf.reduce_sum(
                 tf.cast(predicted == y[i * _EVAL_BATCH:(i + 1) * _EVAL_BATCH], tf.int64))

@@ -56,6 +56,7 @@ class LayerMap:
     kernel_tensor: Tensor
     bias_tensor: Optional[Tensor]
     kernel_shape: tuple = ()    # Keras layout
+    output_tensor: Optional[Tensor] = None   # the operator's (int8) output
 
 
 _OPS = {"dense": FULLY_CONNECTED, "conv2d": CONV_2D, "conv1d": CONV_2D,
@@ -144,7 +145,7 @@ def build_map(model, model_file: ModelFile) -> List[LayerMap]:
         bias_tensor = (model_file.tensors[op.inputs[2]]
                        if len(op.inputs) > 2 and op.inputs[2] >= 0 else None)
         entry = LayerMap(layer.name, layout, kernel_index, bias_index, kernel_tensor, bias_tensor,
-                         tuple(weights[kernel_index].shape))
+                         tuple(weights[kernel_index].shape), model_file.tensors[op.outputs[0]])
         _verify(entry, weights, model_file)
         mapping.append(entry)
     return mapping
