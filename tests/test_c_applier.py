@@ -3,9 +3,12 @@
 import os
 import subprocess
 
+import numpy as np
 import pytest
 
+from tflite_edge import patch_format
 from tflite_edge.create import create_patch
+from tflite_edge.model_file import ModelFile
 
 
 def _apply(binary, base, patch, tmp_path, name="out"):
@@ -30,11 +33,25 @@ def test_builds_with_strict_flags_and_states_its_ram(c_applier):
 
 
 def test_same_bytes_as_the_python_applier_for_every_round(c_applier, files, tmp_path):
-    for r in range(1, len(files)):
-        patch = create_patch(files[r - 1], files[r], r)
-        proc, out = _apply(c_applier, files[r - 1], patch, tmp_path)
+    # Random new values (where raw coding wins) beside the run's real rounds
+    # (where deltas win), so both value codes go through both appliers.
+    model = ModelFile(files[0])
+    weights = max(model.buffers, key=lambda b: b.length)
+    noisy = bytearray(files[0])
+    rng = np.random.RandomState(0)
+    where = weights.offset + rng.choice(weights.length, weights.length // 50, replace=False)
+    noisy[where[0]:where[0] + 1] = bytes([noisy[where[0]] ^ 0xff])
+    for at in where[1:]:
+        noisy[at] = rng.randint(256)
+    pairs = [(files[r - 1], files[r]) for r in range(1, len(files))] + [(files[0], bytes(noisy))]
+    value_codings = set()
+    for r, (base, target) in enumerate(pairs, start=1):
+        patch = create_patch(base, target, r)
+        value_codings |= {rec.value_coding for rec in patch_format.decode(patch).records}
+        proc, out = _apply(c_applier, base, patch, tmp_path)
         assert proc.returncode == 0, proc.stderr
-        assert out == files[r]
+        assert out == target
+    assert value_codings == {patch_format.VALUES_RAW, patch_format.VALUES_DELTA}
 
 
 def test_c_refuses_what_python_refuses(c_applier, files, tmp_path):

@@ -61,9 +61,14 @@ def apply_patch(base: bytes, patch_bytes: bytes, public_key=None) -> bytes:
         if record.kind == KIND_RAW:
             out[record.offset:record.offset + len(record.raw)] = record.raw
             continue
-        size = ELEMENT_DTYPES[record.element_type].itemsize
+        dtype = ELEMENT_DTYPES[record.element_type]
+        size = dtype.itemsize
         target = view[record.offset:record.offset + record.count * size].reshape(-1, size)
-        target[record.positions] = record.values.view(np.uint8).reshape(-1, size)
+        values = record.values
+        if record.value_coding == patch_format.VALUES_DELTA:
+            old = target[record.positions].copy().view(dtype).ravel()
+            values = patch_format.add_deltas(old, values)
+        target[record.positions] = np.ascontiguousarray(values).view(np.uint8).reshape(-1, size)
     result = bytes(out)
     if hashlib.sha256(result).digest() != patch.header.result_sha256:
         raise PatchError("patched model does not match the patch's result hash; nothing written")

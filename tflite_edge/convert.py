@@ -138,7 +138,10 @@ def build_map(model, model_file: ModelFile) -> List[LayerMap]:
         if op.opcode != _OPS[layout]:
             raise PatchError(f"layer {layer.name} ({layout}) maps onto operator {op.index} of "
                              f"another kind")
-        kernel_index = positions[layer.kernel.ref()]
+        kernel = getattr(layer, "depthwise_kernel", None)
+        if kernel is None:
+            kernel = layer.kernel
+        kernel_index = positions[kernel.ref()]
         bias = getattr(layer, "bias", None)
         bias_index = positions[bias.ref()] if bias is not None else None
         kernel_tensor = model_file.tensors[op.inputs[1]]

@@ -57,7 +57,7 @@ def diff_records(base: ModelFile, target: ModelFile) -> List[Record]:
         changed = np.flatnonzero(old.view(f"u{dtype.itemsize}") != new.view(f"u{dtype.itemsize}"))
         if len(changed):
             records.append(Record(KIND_ELEMENTS, buffer.offset, buffer.index, etype, len(old),
-                                  changed, new[changed].copy()))
+                                  changed, new[changed].copy(), old_values=old[changed].copy()))
     records.extend(_raw_records(base.data, target.data, covered))
     return records
 

@@ -19,9 +19,11 @@ MAGIC = b"DPUP"
 VERSION = 1
 FLAG_SIGNED = 1
 HEADER = struct.Struct("<4sHHIQQ32s32sII")          # 100 bytes
-ELEMENTS_RECORD = struct.Struct("<BBBBIQIII")        # 28 bytes, then positions, values
+ELEMENTS_RECORD = struct.Struct("<BBBBBBxxIQIIII")   # 36 bytes, then positions, values
 RAW_RECORD = struct.Struct("<B3xQI")                 # 16 bytes, then the bytes
 KIND_ELEMENTS, KIND_RAW = 1, 2
+VALUES_RAW, VALUES_DELTA = 0, 1
+VALUE_CODING_NAMES = {VALUES_RAW: "raw", VALUES_DELTA: "delta"}
 SIGNATURE_SIZE = 64
 CHECKSUM_SIZE = 32
 # Sizes the applier accepts; the format itself allows up to 4 GiB.
@@ -63,9 +65,13 @@ class Record:
       element_type: TFLite TensorType code of the elements.
       count: number of elements in the buffer.
       positions: sorted indices of the changed elements.
-      values: their new values (numpy array of the element type).
+      values: their new values (numpy array of the element type); after
+        decoding a delta-coded record, the zigzag-mapped deltas (uint64).
+      old_values: the base's values at `positions`, which lets the writer
+        code deltas (None: raw values only).
       raw: the bytes of a raw record.
       coding, parameter: the position code chosen when encoding.
+      value_coding, value_parameter: the value code chosen when encoding.
     """
 
     kind: int
@@ -79,6 +85,10 @@ class Record:
     coding: int = codes.RICE
     parameter: int = 0
     position_bytes: int = 0
+    old_values: Optional[np.ndarray] = None
+    value_coding: int = VALUES_RAW
+    value_parameter: int = 0
+    value_bytes: int = 0
 
     @property
     def span(self) -> int:
@@ -95,7 +105,40 @@ class Record:
                 f"{TYPE_NAMES[self.element_type]:>7} {len(self.positions):>8}/{self.count:<8} "
                 f"positions {codes.CODING_NAMES[self.coding]:>6}"
                 f"{f'(k={self.parameter})' if self.coding == codes.RICE else '':<7} "
-                f"{self.position_bytes:>7} B  values {len(self.positions) * size:>8} B")
+                f"{self.position_bytes:>7} B  values "
+                f"{VALUE_CODING_NAMES[self.value_coding]:>5}"
+                f"{f'(k={self.value_parameter})' if self.value_coding == VALUES_DELTA else '':<7}"
+                f" {self.value_bytes:>7} B")
+
+
+def zigzag_deltas(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """(new - old) modulo the element width, as a signed number, zigzag-mapped.
+
+    Works on bit patterns, so it is exact for every element type: 0 -> 0,
+    -1 -> 1, 1 -> 2, -2 -> 3, ...
+    """
+    size = old.dtype.itemsize
+    bits = np.uint64(8 * size)
+    modulus_mask = np.uint64((1 << (8 * size)) - 1)
+    a = old.view(f"u{size}").astype(np.uint64)
+    b = new.view(f"u{size}").astype(np.uint64)
+    delta = (b - a) & modulus_mask
+    negative = delta >> (bits - np.uint64(1))
+    magnitude = np.where(negative == 1, (modulus_mask - delta) + np.uint64(1), delta)
+    return np.where(negative == 1, magnitude * np.uint64(2) - np.uint64(1),
+                    magnitude * np.uint64(2))
+
+
+def add_deltas(old: np.ndarray, zigzag: np.ndarray) -> np.ndarray:
+    """Inverse of `zigzag_deltas`: the new values from the old ones."""
+    size = old.dtype.itemsize
+    modulus_mask = np.uint64((1 << (8 * size)) - 1)
+    zigzag = zigzag.astype(np.uint64)
+    odd = (zigzag & np.uint64(1)) == 1
+    half = (zigzag + np.uint64(1)) >> np.uint64(1)
+    step = np.where(odd, (modulus_mask - half + np.uint64(1)) & modulus_mask, zigzag >> np.uint64(1))
+    a = old.view(f"u{size}").astype(np.uint64)
+    return ((a + step) & modulus_mask).astype(f"u{size}").view(old.dtype)
 
 
 def encode_record(record: Record) -> bytes:
@@ -105,10 +148,21 @@ def encode_record(record: Record) -> bytes:
     record.coding, record.parameter, _ = codes.choose(pos, record.count)
     coded = codes.encode(pos, record.count, record.coding, record.parameter)
     record.position_bytes = len(coded)
-    values = np.asarray(record.values, ELEMENT_DTYPES[record.element_type]).tobytes()
+    dtype = ELEMENT_DTYPES[record.element_type]
+    new = np.asarray(record.values, dtype)
+    values = new.tobytes()
+    record.value_coding, record.value_parameter = VALUES_RAW, 0
+    if record.old_values is not None and dtype.itemsize <= 4:
+        zigzag = zigzag_deltas(np.asarray(record.old_values, dtype), new)
+        parameter, bits = codes.best_rice(zigzag)
+        if (bits + 7) // 8 < len(values):
+            record.value_coding, record.value_parameter = VALUES_DELTA, parameter
+            values = codes.rice_encode(zigzag, parameter)
+    record.value_bytes = len(values)
     return ELEMENTS_RECORD.pack(KIND_ELEMENTS, record.element_type, record.coding,
-                                record.parameter, record.buffer, record.offset, record.count,
-                                len(pos), len(coded)) + coded + values
+                                record.parameter, record.value_coding, record.value_parameter,
+                                record.buffer, record.offset, record.count, len(pos), len(coded),
+                                len(values)) + coded + values
 
 
 def encode(header_round: int, base: bytes, result: bytes, records: List[Record],
@@ -202,22 +256,32 @@ def _decode_records(data, at, end, count, file_size) -> List[Record]:
         elif kind == KIND_ELEMENTS:
             if at + ELEMENTS_RECORD.size > end:
                 raise PatchError("patch body ends inside a record header")
-            _, etype, coding, parameter, buffer, offset, n, changed, pos_len = \
-                ELEMENTS_RECORD.unpack_from(data, at)
+            (_, etype, coding, parameter, value_coding, value_parameter, buffer, offset, n,
+             changed, pos_len, value_len) = ELEMENTS_RECORD.unpack_from(data, at)
             at += ELEMENTS_RECORD.size
             if etype not in ELEMENT_DTYPES:
                 raise PatchError(f"record has unknown element type {etype}")
             if changed > n or changed == 0:
                 raise PatchError(f"record changes {changed} of {n} elements")
             dtype = ELEMENT_DTYPES[etype]
-            if at + pos_len + changed * dtype.itemsize > end:
+            if at + pos_len + value_len > end:
                 raise PatchError("patch body ends inside a record's data")
             pos = codes.decode(data[at:at + pos_len], n, changed, coding, parameter)
             at += pos_len
-            values = np.frombuffer(data, dtype, changed, at).copy()
-            at += changed * dtype.itemsize
+            if value_coding == VALUES_RAW:
+                if value_len != changed * dtype.itemsize:
+                    raise PatchError("raw values do not match the record's element count")
+                values = np.frombuffer(data, dtype, changed, at).copy()
+            elif value_coding == VALUES_DELTA and dtype.itemsize <= 4:
+                values = codes.rice_decode(data[at:at + value_len], changed, value_parameter,
+                                           1 << (8 * dtype.itemsize))
+            else:
+                raise PatchError(f"unknown value coding {value_coding}")
+            at += value_len
             record = Record(KIND_ELEMENTS, offset, buffer, etype, n, pos, values,
-                            coding=coding, parameter=parameter, position_bytes=pos_len)
+                            coding=coding, parameter=parameter, position_bytes=pos_len,
+                            value_coding=value_coding, value_parameter=value_parameter,
+                            value_bytes=value_len)
         else:
             raise PatchError(f"unknown record kind {kind}")
         if record.offset < previous_end:

@@ -17,20 +17,65 @@ CODING_NAMES = {RICE: "rice", BITMAP: "bitmap", ALL: "all"}
 MAX_RICE_PARAMETER = 31
 
 
+def rice_size(values: np.ndarray, parameter: int) -> int:
+    """Bits of the Rice code of non-negative integers `values` with parameter k."""
+    values = np.asarray(values, np.uint64)
+    return int(np.sum(values >> np.uint64(parameter))) + len(values) * (1 + parameter)
+
+
+def best_rice(values: np.ndarray) -> Tuple[int, int]:
+    """(k, bits) of the cheapest Rice code for these non-negative integers."""
+    best = min(range(MAX_RICE_PARAMETER + 1), key=lambda k: rice_size(values, k))
+    return best, rice_size(values, best)
+
+
+def rice_encode(values: np.ndarray, parameter: int) -> bytes:
+    """Each value v: (v >> k) ones, a zero, then the k low bits of v (LSB first)."""
+    values = np.asarray(values, np.uint64)
+    quotients = (values >> np.uint64(parameter)).astype(np.int64)
+    lengths = quotients + 1 + parameter
+    starts = np.cumsum(lengths) - lengths
+    bits = np.zeros(int(lengths.sum()), np.uint8)
+    run_starts = np.cumsum(quotients) - quotients
+    within = np.arange(int(quotients.sum())) - np.repeat(run_starts, quotients)
+    bits[np.repeat(starts, quotients) + within] = 1
+    for j in range(parameter):
+        bits[starts + quotients + 1 + j] = (values >> np.uint64(j)) & np.uint64(1)
+    return np.packbits(bits, bitorder="little").tobytes()
+
+
+def rice_decode(data: bytes, count: int, parameter: int, limit: int) -> np.ndarray:
+    """Decodes `count` values, each below `limit`; the stream must end in < 8 zero bits.
+
+    Raises:
+      PatchError: a short stream, stray bits, or a value >= limit.
+    """
+    if parameter > MAX_RICE_PARAMETER:
+        raise PatchError(f"Rice parameter {parameter} is out of range")
+    stream = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little").tolist()
+    values = np.empty(count, np.uint64)
+    at = 0
+    for i in range(count):
+        try:
+            end = stream.index(0, at)
+        except ValueError:
+            raise PatchError("a Rice code runs past the end of its stream") from None
+        if end + 1 + parameter > len(stream):
+            raise PatchError("a Rice code runs past the end of its stream")
+        value = (end - at) << parameter
+        for j in range(parameter):
+            value |= stream[end + 1 + j] << j
+        if value >= limit:
+            raise PatchError(f"a Rice-coded value ({value}) is out of range")
+        values[i] = value
+        at = end + 1 + parameter
+    if len(stream) - at >= 8 or any(stream[at:]):
+        raise PatchError("a Rice stream has stray bits after its last code")
+    return values
+
+
 def _gaps(positions: np.ndarray) -> np.ndarray:
     return np.diff(positions, prepend=-1).astype(np.int64) - 1
-
-
-def rice_bits(positions: np.ndarray, parameter: int) -> int:
-    """Exact size in bits of the Rice code of these positions."""
-    gaps = _gaps(positions)
-    return int(np.sum(gaps >> parameter)) + len(gaps) * (1 + parameter)
-
-
-def best_rice_parameter(positions: np.ndarray) -> Tuple[int, int]:
-    """The parameter with the fewest bits, and that size."""
-    best = min(range(MAX_RICE_PARAMETER + 1), key=lambda k: rice_bits(positions, k))
-    return best, rice_bits(positions, best)
 
 
 def choose(positions: np.ndarray, count: int) -> Tuple[int, int, int]:
@@ -41,7 +86,7 @@ def choose(positions: np.ndarray, count: int) -> Tuple[int, int, int]:
     """
     if len(positions) == count:
         return ALL, 0, 0
-    parameter, bits = best_rice_parameter(positions)
+    parameter, bits = best_rice(_gaps(positions))
     if (bits + 7) // 8 < (count + 7) // 8:
         return RICE, parameter, (bits + 7) // 8
     return BITMAP, 0, (count + 7) // 8
@@ -54,18 +99,7 @@ def encode(positions: np.ndarray, count: int, coding: int, parameter: int) -> by
         bits = np.zeros(count, np.uint8)
         bits[positions] = 1
         return np.packbits(bits, bitorder="little").tobytes()
-    gaps = _gaps(positions)
-    quotients = gaps >> parameter
-    lengths = quotients + 1 + parameter
-    starts = np.cumsum(lengths) - lengths
-    bits = np.zeros(int(lengths.sum()), np.uint8)
-    # Unary quotient: q ones, then the zero that is already there.
-    run_starts = np.cumsum(quotients) - quotients
-    within = np.arange(int(quotients.sum())) - np.repeat(run_starts, quotients)
-    bits[np.repeat(starts, quotients) + within] = 1
-    for j in range(parameter):  # remainder, least significant bit first
-        bits[starts + quotients + 1 + j] = (gaps >> j) & 1
-    return np.packbits(bits, bitorder="little").tobytes()
+    return rice_encode(_gaps(positions), parameter)
 
 
 def decode(data: bytes, count: int, changed: int, coding: int, parameter: int) -> np.ndarray:
@@ -88,28 +122,12 @@ def decode(data: bytes, count: int, changed: int, coding: int, parameter: int) -
         if len(positions) != changed:
             raise PatchError(f"bitmap marks {len(positions)} elements, record claims {changed}")
         return positions.astype(np.int64)
-    if coding != RICE or parameter > MAX_RICE_PARAMETER:
-        raise PatchError(f"unknown position coding {coding} (parameter {parameter})")
-    stream = bits.tolist()
-    positions = np.empty(changed, np.int64)
-    at, previous = 0, -1
-    for i in range(changed):
-        try:
-            end = stream.index(0, at)
-        except ValueError:
-            raise PatchError("position stream ends inside a Rice code") from None
-        if end + 1 + parameter > len(stream):
-            raise PatchError("position stream ends inside a Rice code")
-        gap = (end - at) << parameter
-        for j in range(parameter):
-            gap |= stream[end + 1 + j] << j
-        previous += gap + 1
-        if previous >= count:
-            raise PatchError(f"position {previous} is outside a buffer of {count} elements")
-        positions[i] = previous
-        at = end + 1 + parameter
-    if (len(stream) - at) >= 8 or any(stream[at:]):
-        raise PatchError("position stream has stray bits after its last code")
+    if coding != RICE:
+        raise PatchError(f"unknown position coding {coding}")
+    gaps = rice_decode(data, changed, parameter, count)
+    positions = np.cumsum(gaps.astype(np.int64) + 1) - 1
+    if changed and positions[-1] >= count:
+        raise PatchError(f"position {positions[-1]} is outside a buffer of {count} elements")
     return positions
 
 

@@ -8,7 +8,9 @@
 #define CODING_RICE 0u
 #define CODING_BITMAP 1u
 #define CODING_ALL 2u
-#define ELEMENTS_HEADER 28u
+#define ELEMENTS_HEADER 36u
+#define VALUES_RAW 0u
+#define VALUES_DELTA 1u
 #define RAW_HEADER 16u
 #define MAX_RECORDS (1u << 20)
 #define FLAG_SIGNED 1u
@@ -134,26 +136,54 @@ static dpu_status hash_range(dpu_applier *a, int base, uint32_t offset, uint32_t
 
 /* ---------------------------------------------------------- bit reader */
 
-static dpu_status read_bit(dpu_applier *a, uint32_t *bit) {
+static void bits_open(dpu_bits *r, uint32_t start, uint32_t bytes) {
+  r->start = start;
+  r->nbits = bytes * 8;
+  r->pos = 0;
+  r->buf_off = 0;
+  r->buf_len = 0;
+}
+
+static dpu_status read_bit(dpu_applier *a, dpu_bits *r, uint32_t *bit) {
   uint32_t byte;
-  if (a->bit_pos >= a->stream_bits) return DPU_ERR_MALFORMED;
-  byte = a->stream_start + (a->bit_pos >> 3);
-  if (byte < a->buf_off || byte >= a->buf_off + a->buf_len) {
-    uint32_t end = a->stream_start + a->stream_bits / 8;
-    uint32_t take = end - byte < sizeof(a->bits) ? end - byte : (uint32_t)sizeof(a->bits);
-    dpu_status s = read_patch(a, byte, a->bits, take);
+  if (r->pos >= r->nbits) return DPU_ERR_MALFORMED;
+  byte = r->start + (r->pos >> 3);
+  if (byte < r->buf_off || byte >= r->buf_off + r->buf_len) {
+    uint32_t end = r->start + r->nbits / 8;
+    uint32_t take = end - byte < sizeof(r->buf) ? end - byte : (uint32_t)sizeof(r->buf);
+    dpu_status s = read_patch(a, byte, r->buf, take);
     if (s != DPU_OK) return s;
-    a->buf_off = byte;
-    a->buf_len = take;
+    r->buf_off = byte;
+    r->buf_len = take;
   }
-  *bit = (a->bits[byte - a->buf_off] >> (a->bit_pos & 7)) & 1u;
-  a->bit_pos++;
+  *bit = (r->buf[byte - r->buf_off] >> (r->pos & 7)) & 1u;
+  r->pos++;
   return DPU_OK;
+}
+
+/* One Rice code: (v >> k) ones, a zero, the k low bits of v; v must be < limit. */
+static dpu_status read_rice(dpu_applier *a, dpu_bits *r, uint8_t k, uint64_t limit,
+                            uint64_t *value) {
+  uint64_t quotient = 0, remainder = 0;
+  uint32_t bit = 0, j;
+  dpu_status s;
+  for (;;) {
+    if ((s = read_bit(a, r, &bit)) != DPU_OK) return s;
+    if (!bit) break;
+    if (++quotient > (limit >> k)) return DPU_ERR_MALFORMED;
+  }
+  for (j = 0; j < k; j++) {
+    if ((s = read_bit(a, r, &bit)) != DPU_OK) return s;
+    remainder |= (uint64_t)bit << j;
+  }
+  *value = (quotient << k) | remainder;
+  return *value < limit ? DPU_OK : DPU_ERR_MALFORMED;
 }
 
 /* Decodes the next changed position of the current record into a->position. */
 static dpu_status next_position(dpu_applier *a) {
-  uint32_t bit = 0, j;
+  uint32_t bit = 0;
+  uint64_t gap, next;
   dpu_status s;
   if (a->coding == CODING_ALL) {
     a->position = a->element;
@@ -161,39 +191,53 @@ static dpu_status next_position(dpu_applier *a) {
   }
   if (a->coding == CODING_BITMAP) {
     do {
-      if (a->bit_pos >= a->count) return DPU_ERR_MALFORMED;
-      a->position = a->bit_pos;
-      if ((s = read_bit(a, &bit)) != DPU_OK) return s;
+      if (a->positions.pos >= a->count) return DPU_ERR_MALFORMED;
+      a->position = a->positions.pos;
+      if ((s = read_bit(a, &a->positions, &bit)) != DPU_OK) return s;
     } while (!bit);
     return DPU_OK;
-  } else {
-    uint64_t quotient = 0, remainder = 0, next;
-    for (;;) {
-      if ((s = read_bit(a, &bit)) != DPU_OK) return s;
-      if (!bit) break;
-      if (++quotient > a->count) return DPU_ERR_MALFORMED;
-    }
-    for (j = 0; j < a->rice_k; j++) {
-      if ((s = read_bit(a, &bit)) != DPU_OK) return s;
-      remainder |= (uint64_t)bit << j;
-    }
-    next = (uint64_t)(a->previous + 1) + ((quotient << a->rice_k) | remainder);
-    if (next >= a->count) return DPU_ERR_MALFORMED;
-    a->previous = (int64_t)next;
-    a->position = (uint32_t)next;
-    return DPU_OK;
   }
+  if ((s = read_rice(a, &a->positions, a->rice_k, a->count, &gap)) != DPU_OK) return s;
+  next = (uint64_t)(a->previous + 1) + gap;
+  if (next >= a->count) return DPU_ERR_MALFORMED;
+  a->previous = (int64_t)next;
+  a->position = (uint32_t)next;
+  return DPU_OK;
 }
 
-/* Bits left after the last position must be padding: zero, and under a byte
- * for Rice codes; a bitmap must mark exactly `changed` elements. */
-static dpu_status check_stream_end(dpu_applier *a) {
+/* Reads the new value of the current element into a->value (little-endian).
+ * Delta-coded values are added, modulo the element width, to the base's value,
+ * read through read_base; with base = 0 only the stream is checked. */
+static dpu_status next_value(dpu_applier *a, int base) {
+  uint8_t old[8];
+  uint64_t zigzag, mask, step, value = 0;
+  unsigned i;
+  dpu_status s;
+  if (a->value_coding == VALUES_RAW) {
+    if (!base) return DPU_OK;
+    return read_patch(a, a->values_at + a->element * a->elem_size, a->value, a->elem_size);
+  }
+  mask = (a->elem_size == 4) ? 0xffffffffu : ((uint64_t)1 << (8 * a->elem_size)) - 1;
+  if ((s = read_rice(a, &a->values, a->value_k, mask + 1, &zigzag)) != DPU_OK) return s;
+  if (!base) return DPU_OK;
+  step = (zigzag & 1u) ? (mask - ((zigzag + 1) >> 1) + 1) & mask : zigzag >> 1;
+  if (a->io->read_base(a->io->ctx, a->rec_offset + a->position * a->elem_size, old,
+                       a->elem_size))
+    return DPU_ERR_IO;
+  for (i = 0; i < a->elem_size; i++) value |= (uint64_t)old[i] << (8 * i);
+  value = (value + step) & mask;
+  for (i = 0; i < a->elem_size; i++) a->value[i] = (uint8_t)(value >> (8 * i));
+  return DPU_OK;
+}
+
+/* Bits left after a stream's last code must be padding: zero, under a byte for
+ * Rice codes; a bitmap must mark exactly `changed` elements. */
+static dpu_status check_stream_end(dpu_applier *a, dpu_bits *r, int rice) {
   uint32_t bit = 0;
   dpu_status s;
-  if (a->coding == CODING_ALL) return DPU_OK;
-  if (a->coding == CODING_RICE && a->stream_bits - a->bit_pos >= 8) return DPU_ERR_MALFORMED;
-  while (a->bit_pos < a->stream_bits) {
-    if ((s = read_bit(a, &bit)) != DPU_OK) return s;
+  if (rice && r->nbits - r->pos >= 8) return DPU_ERR_MALFORMED;
+  while (r->pos < r->nbits) {
+    if ((s = read_bit(a, r, &bit)) != DPU_OK) return s;
     if (bit) return DPU_ERR_MALFORMED;
   }
   return DPU_OK;
@@ -220,32 +264,38 @@ static dpu_status load_record(dpu_applier *a) {
     span = a->count;
     end = (uint64_t)a->values_at + a->count;
   } else if (a->kind == KIND_ELEMENTS) {
-    uint32_t position_bytes;
+    uint32_t position_bytes, value_bytes;
     if ((uint64_t)a->cursor + ELEMENTS_HEADER > a->body_end) return DPU_ERR_MALFORMED;
     if ((s = read_patch(a, a->cursor, h, ELEMENTS_HEADER)) != DPU_OK) return s;
     a->elem_size = element_size(h[1]);
     a->coding = h[2];
     a->rice_k = h[3];
-    offset = le64(h + 8);
-    a->count = le32(h + 16);
-    a->changed = le32(h + 20);
-    position_bytes = le32(h + 24);
+    a->value_coding = h[4];
+    a->value_k = h[5];
+    offset = le64(h + 12);
+    a->count = le32(h + 20);
+    a->changed = le32(h + 24);
+    position_bytes = le32(h + 28);
+    value_bytes = le32(h + 32);
     if (a->elem_size == 0 || a->coding > CODING_ALL || a->rice_k > 31 || a->changed == 0 ||
-        a->changed > a->count)
+        a->changed > a->count || a->value_k > 31 || h[6] != 0 || h[7] != 0)
       return DPU_ERR_MALFORMED;
     if (a->coding == CODING_ALL && (a->changed != a->count || position_bytes != 0))
       return DPU_ERR_MALFORMED;
     if (a->coding == CODING_BITMAP && position_bytes != a->count / 8 + (a->count % 8 != 0))
       return DPU_ERR_MALFORMED;
-    if (position_bytes > 0x1fffffffu) return DPU_ERR_MALFORMED;
-    a->stream_start = a->cursor + ELEMENTS_HEADER;
-    a->stream_bits = position_bytes * 8;
-    a->bit_pos = 0;
-    a->buf_len = 0;
+    if (a->value_coding == VALUES_RAW) {
+      if ((uint64_t)value_bytes != (uint64_t)a->changed * a->elem_size) return DPU_ERR_MALFORMED;
+    } else if (a->value_coding != VALUES_DELTA || a->elem_size > 4) {
+      return DPU_ERR_MALFORMED;
+    }
+    if (position_bytes > 0x1fffffffu || value_bytes > 0x1fffffffu) return DPU_ERR_MALFORMED;
+    bits_open(&a->positions, a->cursor + ELEMENTS_HEADER, position_bytes);
+    a->values_at = a->cursor + ELEMENTS_HEADER + position_bytes;
+    bits_open(&a->values, a->values_at, value_bytes);
     a->previous = -1;
-    a->values_at = a->stream_start + position_bytes;
     span = (uint64_t)a->count * a->elem_size;
-    end = (uint64_t)a->values_at + (uint64_t)a->changed * a->elem_size;
+    end = (uint64_t)a->values_at + value_bytes;
   } else {
     return DPU_ERR_MALFORMED;
   }
@@ -268,9 +318,15 @@ static dpu_status validate_records(dpu_applier *a) {
   for (r = 0; r < a->info.record_count; r++) {
     if ((s = load_record(a)) != DPU_OK) return s;
     if (a->kind == KIND_ELEMENTS) {
-      for (a->element = 0; a->element < a->changed; a->element++)
+      for (a->element = 0; a->element < a->changed; a->element++) {
         if ((s = next_position(a)) != DPU_OK) return s;
-      if ((s = check_stream_end(a)) != DPU_OK) return s;
+        if ((s = next_value(a, 0)) != DPU_OK) return s;
+      }
+      if (a->coding != CODING_ALL &&
+          (s = check_stream_end(a, &a->positions, a->coding == CODING_RICE)) != DPU_OK)
+        return s;
+      if (a->value_coding == VALUES_DELTA && (s = check_stream_end(a, &a->values, 1)) != DPU_OK)
+        return s;
     }
     a->cursor = a->next_cursor;
   }
@@ -283,7 +339,7 @@ static dpu_status start_record(dpu_applier *a) {
   if (s != DPU_OK || a->kind == KIND_RAW) return s;
   if ((s = next_position(a)) != DPU_OK) return s;
   a->element_bytes_done = 0;
-  return read_patch(a, a->values_at, a->value, a->elem_size);
+  return next_value(a, 1);
 }
 
 /* Writes into a->chunk every change that falls in [start, start + len). */
@@ -311,9 +367,7 @@ static dpu_status apply_to_chunk(dpu_applier *a, uint32_t start, uint32_t len) {
       if (++a->element < a->changed) {
         if ((s = next_position(a)) != DPU_OK) return s;
         a->element_bytes_done = 0;
-        if ((s = read_patch(a, a->values_at + a->element * a->elem_size, a->value,
-                            a->elem_size)) != DPU_OK)
-          return s;
+        if ((s = next_value(a, 1)) != DPU_OK) return s;
         continue;
       }
     }

@@ -14,7 +14,7 @@
  *   On any error the output slot must not be used (A/B: keep booting the
  *   old model).
  *
- * RAM: one dpu_applier (sizeof(dpu_applier) bytes, 384 on x86-64 with the
+ * RAM: one dpu_applier (sizeof(dpu_applier) bytes, 424 on x86-64 with the
  * default DPU_CHUNK of 64) supplied by the caller, plus under 200 bytes of stack.
  */
 #ifndef DPU_PATCH_H
@@ -79,6 +79,12 @@ typedef struct {
   uint8_t result_sha256[32];
 } dpu_info;
 
+/* A reader of one bit stream stored in the patch (LSB first). */
+typedef struct {
+  uint32_t start, nbits, pos, buf_off, buf_len;
+  uint8_t buf[16];
+} dpu_bits;
+
 /* All the applier's working memory; the caller owns it (static or stack). */
 typedef struct {
   const dpu_io *io;
@@ -87,13 +93,11 @@ typedef struct {
   dpu_sha256 sha;
   uint8_t chunk[DPU_CHUNK];
   uint32_t body_end;
-  /* bit reader over a record's position stream */
-  uint8_t bits[16];
-  uint32_t stream_start, stream_bits, bit_pos, buf_off, buf_len;
+  dpu_bits positions, values; /* the current record's two streams */
   /* the record being read */
   uint32_t cursor; /* patch offset of the next record header */
   uint32_t next_cursor, records_left, previous_end;
-  uint8_t kind, elem_size, coding, rice_k;
+  uint8_t kind, elem_size, coding, rice_k, value_coding, value_k;
   uint32_t rec_offset, count, changed, values_at, done;
   uint32_t element, position, element_bytes_done;
   int64_t previous;
