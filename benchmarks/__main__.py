@@ -14,6 +14,8 @@ Keys written:
   round_seconds_dpu_vs_fu: wall time of a DPU round over an FU round (same
       epochs in total: two steps of E against one of 2E; no export on either).
   int8_vs_float_max_gap_points: the largest |int8 - float| test accuracy of a round.
+  scaling: patch bytes and apply times for 10k-1M parameters at k = 1 % (--quick),
+      10k-10M at k = 0.1 %, 1 %, 10 % otherwise.
 """
 
 import dataclasses
@@ -73,15 +75,22 @@ def main(argv):
     results["int8_vs_float_max_gap_points"] = round(100 * max(
         abs(r["tflite_test_accuracy"] - r["test_accuracy"]) for r in dpu.rounds), 2)
     results["bytes_table"] = table
+    from benchmarks import scaling  # pylint: disable=import-outside-toplevel
+    results["scaling"] = scaling.measure(("10k", "100k", "1M") if quick else
+                                         ("10k", "100k", "1M", "10M"),
+                                         (0.01,) if quick else (0.001, 0.01, 0.1))
     text = json.dumps(results, indent=2)
     print(text)
     print(patch_size.markdown(table))
+    print(scaling.markdown(results["scaling"]))
     if _OUT.value:
         os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
         with open(_OUT.value, "w") as f:
             f.write(text + "\n")
         with open(os.path.splitext(_OUT.value)[0] + "_bytes.md", "w") as f:
             f.write(patch_size.markdown(table))
+        with open(os.path.splitext(_OUT.value)[0] + "_scaling.md", "w") as f:
+            f.write(scaling.markdown(results["scaling"]))
 
 
 if __name__ == "__main__":

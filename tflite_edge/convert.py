@@ -38,11 +38,17 @@ def convert_int8(model, representative: np.ndarray) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    with warnings.catch_warnings():
-        # "Statistics for quantized inputs were expected": the input range comes
-        # from the representative data, which is what we want.
-        warnings.simplefilter("ignore", UserWarning)
-        return converter.convert()
+    from absl import logging  # pylint: disable=import-outside-toplevel
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)  # the converter logs every SavedModel step
+    try:
+        with warnings.catch_warnings():
+            # "Statistics for quantized inputs were expected": the input range
+            # comes from the representative data, which is what we want.
+            warnings.simplefilter("ignore", UserWarning)
+            return converter.convert()
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,6 +47,7 @@ int main(int argc, char **argv) {
   dpu_io io;
   dpu_status status;
   unsigned long min_round = 0, repeats = 1, r;
+  int bench = 0;
   long patch_size, base_size;
   int arg = 1;
   clock_t started;
@@ -60,6 +61,7 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[arg], "--bench") == 0) {
       repeats = strtoul(argv[arg + 1], NULL, 10);
       if (repeats == 0) repeats = 1;
+      bench = 1;
     } else {
       break;
     }
@@ -97,7 +99,7 @@ int main(int argc, char **argv) {
     status = dpu_apply(&applier, &io, (uint32_t)patch_size, (uint32_t)base_size,
                        (uint32_t)min_round);
   }
-  if (repeats > 1 && status == DPU_OK) {
+  if (bench && status == DPU_OK) {
     printf("%.9f\n", (double)(clock() - started) / CLOCKS_PER_SEC / (double)repeats);
   }
   if (fclose(fs.out) != 0 && status == DPU_OK) status = DPU_ERR_IO;

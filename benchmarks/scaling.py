@@ -1,0 +1,97 @@
+"""Patch size and apply time as the model and the update ratio grow.
+
+MLPs of 10k to 10M parameters are converted to int8; for each ratio k a
+random k-fraction of the kernel elements moves by a few quantization steps,
+is re-quantized under the frozen scales, and the patch between the two files
+is created and applied with both appliers.
+"""
+
+import os
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+
+from tflite_edge import patch_format
+from tflite_edge.apply import apply_patch
+from tflite_edge.convert import build_map, convert_int8, requantize
+from tflite_edge.create import create_patch
+from tflite_edge.model_file import ModelFile
+
+# hidden width -> about 10k, 130k, 1M, 10M parameters (256 inputs, two hidden layers)
+WIDTHS = {"10k": 32, "100k": 256, "1M": 900, "10M": 3000}
+_C_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "tflite_edge", "c")
+
+
+def _model(width: int, seed: int = 0):
+    import tf_keras as keras  # pylint: disable=import-outside-toplevel
+    init = keras.initializers.GlorotUniform(seed=seed)
+    inputs = keras.Input((256,))
+    x = keras.layers.Dense(width, activation="relu", kernel_initializer=init,
+                           bias_initializer="ones")(inputs)
+    x = keras.layers.Dense(width, activation="relu", kernel_initializer=init,
+                           bias_initializer="ones")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, kernel_initializer=init,
+                                                  bias_initializer="ones")(x))
+
+
+def _c_seconds(binary, base, patch, repeats):
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [os.path.join(folder, n) for n in ("base", "patch", "out")]
+        for path, data in zip(paths, (base, patch)):
+            with open(path, "wb") as f:
+                f.write(data)
+        return float(subprocess.run([binary, "--bench", str(repeats), *paths], check=True,
+                                    capture_output=True, text=True).stdout)
+
+
+def measure(sizes=("10k", "100k", "1M", "10M"), ratios=(0.001, 0.01, 0.1)) -> list:
+    rng = np.random.RandomState(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as build:
+        subprocess.run(["make", "-s", "-C", _C_DIR, f"OUT={build}"], check=True)
+        binary = os.path.join(build, "dpu_apply")
+        for size in sizes:
+            model = _model(WIDTHS[size])
+            params = model.count_params()
+            base = convert_int8(model, rng.randn(20, 256).astype(np.float32))
+            mapping = build_map(model, ModelFile(base))
+            old = model.get_weights()
+            for k in ratios:
+                new = [w.copy() for w in old]
+                for entry in mapping:
+                    w = new[entry.kernel_index]
+                    chosen = rng.rand(*w.shape) < k
+                    step = entry.kernel_tensor.scales  # one int8 step per output channel
+                    w[chosen] += (rng.randint(-4, 5, w.shape) * step)[chosen]
+                target, _ = requantize(base, mapping, new, old)
+                started = time.perf_counter()
+                patch = create_patch(base, target, 1)
+                create_s = time.perf_counter() - started
+                repeats = max(1, int(2e6 // len(base)))
+                started = time.perf_counter()
+                for _ in range(repeats):
+                    apply_patch(base, patch)
+                python_s = (time.perf_counter() - started) / repeats
+                c_s = _c_seconds(binary, base, patch, repeats)
+                changed = sum(len(r.positions) for r in patch_format.decode(patch).records)
+                rows.append({"model": size, "parameters": params, "ratio": k,
+                             "model_bytes": len(base), "patch_bytes": len(patch),
+                             "patch_fraction": round(len(patch) / len(base), 5),
+                             "bytes_per_change": round(len(patch) / max(1, changed), 3),
+                             "create_s": round(create_s, 4), "apply_python_s": round(python_s, 5),
+                             "apply_c_s": round(c_s, 5)})
+    return rows
+
+
+def markdown(rows) -> str:
+    lines = ["| model | parameters | k | .tflite | patch | patch / file | bytes per change | "
+             "create | apply (Python) | apply (C) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['ratio']:g} | "
+                     f"{r['model_bytes']:,} | {r['patch_bytes']:,} | {r['patch_fraction']:.4f} | "
+                     f"{r['bytes_per_change']:.2f} | {r['create_s'] * 1e3:.1f} ms | "
+                     f"{r['apply_python_s'] * 1e3:.1f} ms | {r['apply_c_s'] * 1e3:.1f} ms |")
+    return "\n".join(lines) + "\n"
