@@ -111,6 +111,26 @@ def test_headroom_widens_scales_and_keeps_the_model(mlp, mnist):
     assert np.allclose(bounds[0][0], 127 * remapped[0].kernel_tensor.scales)
 
 
+def test_dead_channels_get_a_usable_scale(mnist):
+    """An all-zero channel (pruning, a frozen layer) must be able to come back."""
+    model = build_model("mlp", (28, 28, 1), 10, seed=0, initializer="torch")
+    weights = model.get_weights()
+    weights[0][:, :4] = 0.0
+    weights[1][:4] = [0.3, -0.2, 0.0, 1e-3]   # the converter fits these into int32 extremes
+    model.set_weights(weights)
+    data = convert.convert_int8(model, mnist.x_train[:50])
+    mapping = convert.build_map(model, ModelFile(data))       # verifies despite float32 bias math
+    assert mapping[0].kernel_tensor.scales[:4].max() < 1e-6
+    wide = convert.with_headroom(data, mapping, weights, 1.5)
+    remapped = convert.build_map(model, ModelFile(wide))
+    live = mapping[0].kernel_tensor.scales[4:]
+    assert np.allclose(remapped[0].kernel_tensor.scales[:4], 1.5 * np.median(live), rtol=1e-5)
+    revived = [w.copy() for w in weights]
+    revived[0][:, 0] = 0.5 * weights[0][:, 5]
+    _, stats = convert.requantize(wide, remapped, revived, weights)
+    assert stats.changed_floats > 0 and stats.clipped == 0
+
+
 def test_patch_cost_is_the_real_patch_size(mlp):
     model, data, mapping = mlp
     old = model.get_weights()

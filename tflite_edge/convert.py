@@ -189,39 +189,55 @@ def _verify(entry: LayerMap, weights, model_file: ModelFile) -> None:
             raise PatchError(f"layer {entry.layer}: bias does not match tensor "
                              f"{entry.bias_tensor.name!r}")
         got = model_file.array(entry.bias_tensor).astype(np.int64)
-        if np.abs(quantize_bias(bias, entry.bias_tensor).astype(np.int64) - got).max(initial=0) > 1:
+        # The converter computes in float32: large int32 values may be a few
+        # units off (relative error ~6e-8).
+        tolerance = np.maximum(1, np.abs(got) * 2.0 ** -22)
+        if np.any(np.abs(quantize_bias(bias, entry.bias_tensor).astype(np.int64) - got)
+                  > tolerance):
             raise PatchError(f"layer {entry.layer}: re-quantized bias does not reproduce the "
                              "converter's values")
 
 
 def with_headroom(data: bytes, mapping: Sequence[LayerMap], weights: Sequence[np.ndarray],
                   headroom: float) -> bytes:
-    """Widens every weight scale by `headroom` and re-quantizes, in place.
+    """Widens every weight scale by `headroom`, revives dead channels, re-quantizes in place.
 
     Scales are frozen after round 0, and the elements a partial update moves
     are exactly the ones that move most; without room above round 0's largest
     magnitude they would clip. A headroom of h costs log2(h) bits of weight
-    resolution. Bias scales (input scale x weight scale) widen alike; the
-    scale vectors are overwritten with the same number of bytes, so the file
-    keeps its layout.
+    resolution. A channel whose weights are all zero gets a scale near 0 from
+    the converter (chosen so that its bias fills int32), which would freeze it
+    at zero forever; it gets its layer's median live scale instead. Bias
+    scales follow (input scale x weight scale). The scale vectors are
+    overwritten with the same number of bytes, so the file keeps its layout.
     """
-    if headroom == 1.0:
-        return data
     out = bytearray(data)
+    view = ModelFile(data)
     for entry in mapping:
-        pairs = [(entry.kernel_tensor, to_tflite_layout(entry.layout, weights[entry.kernel_index]),
-                  quantize_kernel)]
+        tensor = entry.kernel_tensor
+        kernel = to_tflite_layout(entry.layout, weights[entry.kernel_index])
+        scales = tensor.scales.astype(np.float64) * headroom
+        if len(scales) > 1:
+            axes = tuple(a for a in range(kernel.ndim) if a != tensor.quantized_dimension)
+            dead = ~np.any(kernel != 0, axis=axes)
+            if dead.any():
+                scales[dead] = np.median(scales[~dead]) if (~dead).any() else headroom / 127.0
+        pairs = [(tensor, scales, kernel, quantize_kernel)]
         if entry.bias_tensor is not None:
-            pairs.append((entry.bias_tensor, weights[entry.bias_index], quantize_bias))
-        for tensor, values, quantize in pairs:
-            if not tensor.scale_offset:
-                raise PatchError(f"tensor {tensor.name!r} has no scale vector to widen")
-            widened = dataclasses.replace(tensor, scales=(tensor.scales * headroom).astype(np.float32))
-            scales = widened.scales.astype("<f4").tobytes()
-            out[tensor.scale_offset:tensor.scale_offset + len(scales)] = scales
+            # The converter's bias scale is input scale x weight scale, per channel.
+            input_scale = float(entry.bias_tensor.scales[0]) / float(tensor.scales[0])
+            pairs.append((entry.bias_tensor, scales * input_scale, weights[entry.bias_index],
+                          quantize_bias))
+        for target, new_scales, values, quantize in pairs:
+            if not target.scale_offset:
+                raise PatchError(f"tensor {target.name!r} has no scale vector to widen")
+            widened = dataclasses.replace(target, scales=new_scales.astype(np.float32))
+            raw = widened.scales.astype("<f4").tobytes()
+            out[target.scale_offset:target.scale_offset + len(raw)] = raw
             quantized = quantize(values, widened)
-            offset = ModelFile(data).buffers[tensor.buffer].offset
-            out[offset:offset + quantized.nbytes] = quantized.astype(quantized.dtype.newbyteorder("<")).tobytes()
+            offset = view.buffers[target.buffer].offset
+            out[offset:offset + quantized.nbytes] = quantized.astype(
+                quantized.dtype.newbyteorder("<")).tobytes()
     return bytes(out)
 
 
