@@ -264,6 +264,10 @@ def _decode_records(data, at, end, count, file_size) -> List[Record]:
             if changed > n or changed == 0:
                 raise PatchError(f"record changes {changed} of {n} elements")
             dtype = ELEMENT_DTYPES[etype]
+            # Bound every size by the model before decoding (or allocating) anything.
+            if offset + n * dtype.itemsize > file_size:
+                raise PatchError(f"record at offset {offset} runs past the end of the "
+                                 f"{file_size}-byte model")
             if at + pos_len + value_len > end:
                 raise PatchError("patch body ends inside a record's data")
             pos = codes.decode(data[at:at + pos_len], n, changed, coding, parameter)

@@ -52,6 +52,8 @@ def rice_decode(data: bytes, count: int, parameter: int, limit: int) -> np.ndarr
     """
     if parameter > MAX_RICE_PARAMETER:
         raise PatchError(f"Rice parameter {parameter} is out of range")
+    if count * (1 + parameter) > 8 * len(data):  # every code takes k + 1 bits or more
+        raise PatchError(f"a Rice stream of {len(data)} bytes cannot hold {count} codes")
     stream = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little").tolist()
     values = np.empty(count, np.uint64)
     at = 0
