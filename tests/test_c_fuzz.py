@@ -1,0 +1,53 @@
+"""A short fuzzing run of the C applier under AddressSanitizer and UBSan.
+
+`make -C tflite_edge/c fuzz` runs the same target under libFuzzer (clang);
+this suite uses the standalone mutation driver, which any sanitizer-capable
+compiler builds.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import C_DIR, ROOT
+
+sys.path.insert(0, os.path.join(C_DIR, "fuzz"))
+import make_seeds  # noqa: E402  pylint: disable=wrong-import-position
+
+from tflite_edge import patch_format  # noqa: E402
+from tflite_edge.apply import apply_patch  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fuzzer(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fuzz")
+    proc = subprocess.run(["make", "-s", "-C", C_DIR, f"OUT={out}", "fuzz-standalone"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 and "sanitize" in proc.stderr:
+        pytest.skip("the compiler has no AddressSanitizer/UBSan runtime")
+    assert proc.returncode == 0, proc.stderr
+    return str(out / "dpu_fuzz_standalone")
+
+
+def test_seeds_are_valid_patches_for_the_fuzz_base():
+    base = make_seeds.fuzz_base()
+    codings = set()
+    for patch in make_seeds.seed_patches():
+        apply_patch(base, patch)  # raises unless the result hashes to the target
+        codings |= {(r.kind, r.coding, r.value_coding)
+                    for r in patch_format.decode(patch).records}
+    assert {c[1] for c in codings if c[0] == 1} >= {0, 2}   # Rice and "all" positions
+    assert {c[2] for c in codings if c[0] == 1} == {0, 1}   # raw and delta values
+
+
+def test_fuzzing_finds_no_crash_or_undefined_behaviour(fuzzer, tmp_path):
+    seeds = make_seeds.write(str(tmp_path / "corpus"))
+    env = dict(os.environ, ASAN_OPTIONS="abort_on_error=1:detect_leaks=0",
+               UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+    proc = subprocess.run([fuzzer, "40000", "20261124", *seeds], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "40000 inputs, 0 crashes" in proc.stdout
+    assert "runtime error" not in proc.stderr and "AddressSanitizer" not in proc.stderr
