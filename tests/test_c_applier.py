@@ -6,6 +6,8 @@ import subprocess
 import numpy as np
 import pytest
 
+from conftest import C_DIR
+
 from tflite_edge import patch_format
 from tflite_edge.create import create_patch
 from tflite_edge.model_file import ModelFile
@@ -86,3 +88,43 @@ def test_min_round_refuses_replays(c_applier, files, tmp_path):
                            str(tmp_path / "p"), str(tmp_path / "o")], capture_output=True,
                           text=True)
     assert proc.returncode == 2 and "not newer" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def c_signed_applier(tmp_path_factory):
+    out = tmp_path_factory.mktemp("c_ed25519")
+    proc = subprocess.run(["make", "-s", "-C", C_DIR, f"OUT={out}", f"{out}/dpu_apply_ed25519"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 and "openssl" in proc.stderr.lower():
+        pytest.skip("OpenSSL headers are not installed")
+    assert proc.returncode == 0, proc.stderr
+    return str(out / "dpu_apply_ed25519")
+
+
+def test_c_signature_callback_with_a_real_ed25519(c_signed_applier, c_applier, files, tmp_path):
+    from tflite_edge import signing
+    keys = {}
+    for name in ("good", "other"):
+        signing.generate_keypair(str(tmp_path / f"{name}.pem"), str(tmp_path / f"{name}.pub"))
+        keys[name] = signing.load_signer(str(tmp_path / f"{name}.pem"))
+    base, target = files[0], files[1]
+    cases = {
+        "signed": (create_patch(base, target, 1, keys["good"]), 0, None),
+        "wrong key": (create_patch(base, target, 1, keys["other"]), 2, "signature is not valid"),
+        "unsigned": (create_patch(base, target, 1), 2, "not signed"),
+    }
+    (tmp_path / "base").write_bytes(base)
+    for label, (patch, code, message) in cases.items():
+        (tmp_path / "patch").write_bytes(patch)
+        proc = subprocess.run([c_signed_applier, "--public-key", str(tmp_path / "good.pub"),
+                               str(tmp_path / "base"), str(tmp_path / "patch"),
+                               str(tmp_path / "out")], capture_output=True, text=True)
+        assert proc.returncode == code, (label, proc.stderr)
+        if message:
+            assert message in proc.stderr, label
+        else:
+            assert (tmp_path / "out").read_bytes() == target
+    plain = subprocess.run([c_applier, "--public-key", str(tmp_path / "good.pub"),
+                            str(tmp_path / "base"), str(tmp_path / "patch"), str(tmp_path / "o")],
+                           capture_output=True, text=True)
+    assert plain.returncode == 2 and "no signature support" in plain.stderr

@@ -1,5 +1,8 @@
 /* Command-line driver for the C applier (host builds and tests):
- *   dpu_apply [--min-round N] [--bench REPEATS] BASE PATCH OUT
+ *   dpu_apply [--min-round N] [--bench REPEATS] [--public-key KEY] BASE PATCH OUT
+ * --public-key (builds with -DDPU_WITH_OPENSSL) plugs OpenSSL's Ed25519 into
+ * the verify callback, as firmware would plug in its own library; KEY holds
+ * the raw 32-byte public key.
  * --bench applies the patch REPEATS times in one process and prints the
  * seconds per application (CPU time), for the benchmarks.
  * Reads through the same callbacks a firmware would implement. On any error
@@ -13,6 +16,7 @@
 
 typedef struct {
   FILE *patch, *base, *out;
+  unsigned char public_key[32];
 } files;
 
 static int read_at(FILE *f, uint32_t offset, uint8_t *buf, uint32_t len) {
@@ -34,6 +38,30 @@ static int write_out(void *ctx, uint32_t offset, const uint8_t *buf, uint32_t le
   return fwrite(buf, 1, len, f) == len ? 0 : -1;
 }
 
+#ifdef DPU_WITH_OPENSSL
+#include <openssl/evp.h>
+
+static int verify_ed25519(void *ctx, uint32_t length, const uint8_t signature[64]) {
+  files *fs = (files *)ctx;
+  unsigned char *message = malloc(length ? length : 1);
+  EVP_PKEY *key;
+  EVP_MD_CTX *md;
+  int ok = 0;
+  if (!message || read_at(fs->patch, 0, message, length) != 0) {
+    free(message);
+    return -1;
+  }
+  key = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, fs->public_key, 32);
+  md = EVP_MD_CTX_new();
+  if (key && md && EVP_DigestVerifyInit(md, NULL, NULL, NULL, key) == 1)
+    ok = EVP_DigestVerify(md, signature, 64, message, length) == 1;
+  EVP_MD_CTX_free(md);
+  EVP_PKEY_free(key);
+  free(message);
+  return ok ? 0 : -1;
+}
+#endif
+
 static long size_of(FILE *f) {
   long size;
   if (fseek(f, 0, SEEK_END) != 0) return -1;
@@ -49,7 +77,7 @@ int main(int argc, char **argv) {
   unsigned long min_round = 0, repeats = 1, r;
   int bench = 0;
   long patch_size, base_size;
-  int arg = 1;
+  int arg = 1, with_key = 0;
   clock_t started;
   if (argc == 2 && strcmp(argv[1], "--sizeof") == 0) {
     printf("%lu\n", (unsigned long)sizeof(dpu_applier));
@@ -58,6 +86,19 @@ int main(int argc, char **argv) {
   while (argc - arg > 3) {
     if (strcmp(argv[arg], "--min-round") == 0) {
       min_round = strtoul(argv[arg + 1], NULL, 10);
+    } else if (strcmp(argv[arg], "--public-key") == 0) {
+      FILE *k = fopen(argv[arg + 1], "rb");
+      size_t got = k ? fread(fs.public_key, 1, sizeof(fs.public_key), k) : 0;
+      if (k) fclose(k);
+      if (got != sizeof(fs.public_key)) {
+        fprintf(stderr, "error: %s is not a raw 32-byte Ed25519 public key\n", argv[arg + 1]);
+        return 2;
+      }
+#ifndef DPU_WITH_OPENSSL
+      fprintf(stderr, "error: this build has no signature support (build with OpenSSL)\n");
+      return 2;
+#endif
+      with_key = 1;
     } else if (strcmp(argv[arg], "--bench") == 0) {
       repeats = strtoul(argv[arg + 1], NULL, 10);
       if (repeats == 0) repeats = 1;
@@ -93,6 +134,10 @@ int main(int argc, char **argv) {
   io.read_base = read_base;
   io.write_out = write_out;
   io.verify_signature = NULL;
+#ifdef DPU_WITH_OPENSSL
+  if (with_key) io.verify_signature = verify_ed25519;
+#endif
+  (void)with_key;
   started = clock();
   status = DPU_OK;
   for (r = 0; r < repeats && status == DPU_OK; r++) {
