@@ -148,3 +148,35 @@ def test_corrupt_patch_leaves_the_base_file_untouched(pair, tmp_path):
         apply_patch_file(str(tmp_path / "m.tflite"), str(tmp_path / "p"))
     assert hashlib.sha256((tmp_path / "m.tflite").read_bytes()).digest() == hashlib.sha256(
         base).digest()
+
+
+def test_state_file_refuses_replays_and_downgrades(exported_run, tmp_path):
+    result, _ = exported_run
+    files = [open(os.path.join(result.out_dir, f"round_{r:03d}", "model.tflite"), "rb").read()
+             for r in range(3)]
+    model, state = tmp_path / "m.tflite", tmp_path / "m.tflite.state"
+    model.write_bytes(files[0])
+    for r in (1, 2):
+        (tmp_path / f"p{r}").write_bytes(create_patch(files[r - 1], files[r], r))
+    assert _cli("apply", f"--base={model}", f"--patch={tmp_path}/p1").returncode == 0
+    assert json_round(state) == 1
+    # An attacker replays round 1's patch against a device that was reset to
+    # round 0's file: the base matches, the round does not.
+    model.write_bytes(files[0])
+    replay = _cli("apply", f"--base={model}", f"--patch={tmp_path}/p1")
+    assert replay.returncode == 2 and "replayed or downgraded" in replay.stderr
+    assert model.read_bytes() == files[0]
+    # A patch claiming an older round (a downgrade) is refused too.
+    model.write_bytes(files[1])
+    (tmp_path / "old").write_bytes(create_patch(files[1], files[2], 1))
+    assert "replayed or downgraded" in _cli("apply", f"--base={model}",
+                                            f"--patch={tmp_path}/old").stderr
+    assert _cli("apply", f"--base={model}", f"--patch={tmp_path}/p2").returncode == 0
+    assert json_round(state) == 2 and model.read_bytes() == files[2]
+    state.write_text("garbage")
+    assert "state file" in _cli("apply", f"--base={model}", f"--patch={tmp_path}/p2").stderr
+
+
+def json_round(path):
+    import json
+    return json.loads(path.read_text())["round"]

@@ -1,7 +1,7 @@
 """Command line for model patches: create, apply, inspect, keygen.
 
     python -m tflite_edge.patch create --base=A.tflite --target=B.tflite --out=P [--round=N] [--sign_key=K]
-    python -m tflite_edge.patch apply --base=A.tflite --patch=P --out=B.tflite [--public_key=K]
+    python -m tflite_edge.patch apply --base=A.tflite --patch=P --out=B.tflite [--public_key=K] [--state=S]
     python -m tflite_edge.patch inspect --patch=P
     python -m tflite_edge.patch keygen --private=K --public=K.pub
 
@@ -37,6 +37,10 @@ def _parser():
     apply.add_argument("--patch", required=True)
     apply.add_argument("--out", help="output model (default: replace --base safely)")
     apply.add_argument("--public_key", help="refuse patches not signed by this key")
+    apply.add_argument("--state", help="device state file (round, model hash); default: the "
+                       "output model's path + .state")
+    apply.add_argument("--no_state", action="store_true",
+                       help="do not check or record the device's round")
     inspect = commands.add_parser("inspect", help="show a patch's header and records")
     inspect.add_argument("--patch", required=True)
     keygen = commands.add_parser("keygen", help="generate an Ed25519 key pair")
@@ -83,7 +87,8 @@ def main(argv=None) -> int:
             if args.public_key:
                 from tflite_edge.signing import load_public_key  # pylint: disable=import-outside-toplevel
                 key = load_public_key(args.public_key)
-            result = apply_patch_file(args.base, args.patch, args.out, key)
+            state = None if args.no_state else (args.state or f"{args.out or args.base}.state")
+            result = apply_patch_file(args.base, args.patch, args.out, key, state)
             print(f"wrote {args.out or args.base}: {len(result)} bytes, verified")
         elif args.command == "inspect":
             print(describe(read_file(args.patch, "patch")))
