@@ -264,6 +264,9 @@ def _decode_records(data, at, end, count, file_size) -> List[Record]:
             if changed > n or changed == 0:
                 raise PatchError(f"record changes {changed} of {n} elements")
             dtype = ELEMENT_DTYPES[etype]
+            if offset % dtype.itemsize:
+                raise PatchError(f"record at offset {offset} is not aligned to its "
+                                 f"{dtype.itemsize}-byte elements")
             # Bound every size by the model before decoding (or allocating) anything.
             if offset + n * dtype.itemsize > file_size:
                 raise PatchError(f"record at offset {offset} runs past the end of the "

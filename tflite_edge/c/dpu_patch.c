@@ -14,6 +14,14 @@
 #define RAW_HEADER 16u
 #define MAX_RECORDS (1u << 20)
 #define FLAG_SIGNED 1u
+#define JOURNAL_NONE 0u
+#define JOURNAL_IN_PROGRESS 1u
+#define JOURNAL_DONE 2u
+
+/* Elements are at most 8 bytes and aligned to their size, so a chunk that is a
+ * multiple of 8 never splits one: each chunk's new bytes depend on its old
+ * bytes alone, which is what makes resuming an in-place apply exact. */
+typedef char dpu_chunk_is_a_multiple_of_8[(DPU_CHUNK % 8u == 0u && DPU_CHUNK >= 8u) ? 1 : -1];
 
 /* ---------------------------------------------------------------- SHA-256 */
 
@@ -205,22 +213,26 @@ static dpu_status next_position(dpu_applier *a) {
   return DPU_OK;
 }
 
-/* Reads the new value of the current element into a->value (little-endian).
- * Delta-coded values are added, modulo the element width, to the base's value,
- * read through read_base; with base = 0 only the stream is checked. */
-static dpu_status next_value(dpu_applier *a, int base) {
-  uint8_t old[8];
-  uint64_t zigzag, mask, step, value = 0;
-  unsigned i;
-  dpu_status s;
-  if (a->value_coding == VALUES_RAW) {
-    if (!base) return DPU_OK;
-    return read_patch(a, a->values_at + a->element * a->elem_size, a->value, a->elem_size);
-  }
+/* Decodes the current element's value code, in stream order: a delta is kept
+ * in a->zigzag until the element's chunk is written (see materialize). */
+static dpu_status next_value(dpu_applier *a) {
+  uint64_t mask;
+  a->value_ready = 0;
+  if (a->value_coding == VALUES_RAW) return DPU_OK;
   mask = (a->elem_size == 4) ? 0xffffffffu : ((uint64_t)1 << (8 * a->elem_size)) - 1;
-  if ((s = read_rice(a, &a->values, a->value_k, mask + 1, &zigzag)) != DPU_OK) return s;
-  if (!base) return DPU_OK;
-  step = (zigzag & 1u) ? (mask - ((zigzag + 1) >> 1) + 1) & mask : zigzag >> 1;
+  return read_rice(a, &a->values, a->value_k, mask + 1, &a->zigzag);
+}
+
+/* The current element's new bytes: raw from the patch, or the base's value plus
+ * the delta modulo the element width. */
+static dpu_status materialize(dpu_applier *a) {
+  uint8_t old[8];
+  uint64_t mask, step, value = 0;
+  unsigned i;
+  if (a->value_coding == VALUES_RAW)
+    return read_patch(a, a->values_at + a->element * a->elem_size, a->value, a->elem_size);
+  mask = (a->elem_size == 4) ? 0xffffffffu : ((uint64_t)1 << (8 * a->elem_size)) - 1;
+  step = (a->zigzag & 1u) ? (mask - ((a->zigzag + 1) >> 1) + 1) & mask : a->zigzag >> 1;
   if (a->io->read_base(a->io->ctx, a->rec_offset + a->position * a->elem_size, old,
                        a->elem_size))
     return DPU_ERR_IO;
@@ -299,7 +311,8 @@ static dpu_status load_record(dpu_applier *a) {
   } else {
     return DPU_ERR_MALFORMED;
   }
-  if (end > a->body_end || offset < a->previous_end || offset + span > a->info.model_size)
+  if (end > a->body_end || offset < a->previous_end || offset + span > a->info.model_size ||
+      offset % a->elem_size != 0)
     return DPU_ERR_MALFORMED;
   a->rec_offset = (uint32_t)offset;
   a->previous_end = (uint32_t)(offset + span);
@@ -320,7 +333,7 @@ static dpu_status validate_records(dpu_applier *a) {
     if (a->kind == KIND_ELEMENTS) {
       for (a->element = 0; a->element < a->changed; a->element++) {
         if ((s = next_position(a)) != DPU_OK) return s;
-        if ((s = next_value(a, 0)) != DPU_OK) return s;
+        if ((s = next_value(a)) != DPU_OK) return s;
       }
       if (a->coding != CODING_ALL &&
           (s = check_stream_end(a, &a->positions, a->coding == CODING_RICE)) != DPU_OK)
@@ -339,10 +352,11 @@ static dpu_status start_record(dpu_applier *a) {
   if (s != DPU_OK || a->kind == KIND_RAW) return s;
   if ((s = next_position(a)) != DPU_OK) return s;
   a->element_bytes_done = 0;
-  return next_value(a, 1);
+  return next_value(a);
 }
 
-/* Writes into a->chunk every change that falls in [start, start + len). */
+/* Writes into a->chunk every change that falls in [start, start + len); in skip
+ * mode only advances the decoders past them. */
 static dpu_status apply_to_chunk(dpu_applier *a, uint32_t start, uint32_t len) {
   uint64_t end = (uint64_t)start + len;
   dpu_status s;
@@ -352,22 +366,34 @@ static dpu_status apply_to_chunk(dpu_applier *a, uint32_t start, uint32_t len) {
       if (from >= end) return DPU_OK;
       take = (uint32_t)((uint64_t)a->rec_offset + a->count < end ? a->rec_offset + a->count - from
                                                                 : end - from);
-      if ((s = read_patch(a, a->values_at + a->done, a->chunk + (from - start), take)) != DPU_OK)
-        return s;
+      if (!a->skip) {
+        if ((s = read_patch(a, a->values_at + a->done, a->chunk + (from - start), take)) != DPU_OK)
+          return s;
+        a->touched = 1;
+      }
       a->done += take;
       if (a->done < a->count) return DPU_OK;
     } else {
       uint64_t at = (uint64_t)a->rec_offset + (uint64_t)a->position * a->elem_size +
                     a->element_bytes_done;
+      if (at >= end) return DPU_OK;
+      if (!a->skip && !a->value_ready) {
+        if ((s = materialize(a)) != DPU_OK) return s;
+        a->value_ready = 1;
+      }
       while (a->element_bytes_done < a->elem_size && at < end) {
-        a->chunk[at - start] = a->value[a->element_bytes_done++];
+        if (!a->skip) {
+          a->chunk[at - start] = a->value[a->element_bytes_done];
+          a->touched = 1;
+        }
+        a->element_bytes_done++;
         at++;
       }
       if (a->element_bytes_done < a->elem_size) return DPU_OK;
       if (++a->element < a->changed) {
         if ((s = next_position(a)) != DPU_OK) return s;
         a->element_bytes_done = 0;
-        if ((s = next_value(a, 1)) != DPU_OK) return s;
+        if ((s = next_value(a)) != DPU_OK) return s;
         continue;
       }
     }
@@ -380,12 +406,14 @@ static dpu_status apply_to_chunk(dpu_applier *a, uint32_t start, uint32_t len) {
 
 /* ---------------------------------------------------------------- apply */
 
-dpu_status dpu_apply(dpu_applier *a, const dpu_io *io, uint32_t patch_size, uint32_t base_size,
-                     uint32_t min_round) {
+/* Steps 1-2 of the format's checks and the round: everything that needs only
+ * the patch. Leaves a->info filled in and a->patch_id = the patch's checksum. */
+static dpu_status open_patch(dpu_applier *a, const dpu_io *io, uint32_t patch_size,
+                             uint32_t min_round) {
   uint8_t h[DPU_HEADER_SIZE];
-  uint8_t digest[32], expected[32];
+  uint8_t digest[32];
   uint64_t declared, size;
-  uint32_t flags, out;
+  uint32_t flags;
   dpu_status s;
 
   memset(a, 0, sizeof(*a));
@@ -407,19 +435,19 @@ dpu_status dpu_apply(dpu_applier *a, const dpu_io *io, uint32_t patch_size, uint
              (a->info.signed_patch ? DPU_SIGNATURE_SIZE : 0) + DPU_CHECKSUM_SIZE;
   if (declared != patch_size) return DPU_ERR_TRUNCATED;
 
-  /* 1. the patch is intact */
+  /* the patch is intact */
   dpu_sha256_init(&a->sha);
   if ((s = hash_range(a, 0, 0, patch_size - DPU_CHECKSUM_SIZE)) != DPU_OK) return s;
   dpu_sha256_final(&a->sha, digest);
-  if ((s = read_patch(a, patch_size - DPU_CHECKSUM_SIZE, expected, 32)) != DPU_OK) return s;
-  if (memcmp(digest, expected, 32) != 0) return DPU_ERR_CHECKSUM;
+  if ((s = read_patch(a, patch_size - DPU_CHECKSUM_SIZE, a->patch_id, 32)) != DPU_OK) return s;
+  if (memcmp(digest, a->patch_id, 32) != 0) return DPU_ERR_CHECKSUM;
   if (flags & ~FLAG_SIGNED) return DPU_ERR_VERSION;
   if (size != le64(h + 20) || size > 0xffffffffu || a->info.record_count > MAX_RECORDS)
     return DPU_ERR_MALFORMED;
   a->info.model_size = (uint32_t)size;
   a->body_end = DPU_HEADER_SIZE + a->info.body_length;
 
-  /* 2. it comes from the key holder */
+  /* it comes from the key holder */
   if (io->verify_signature) {
     uint8_t signature[DPU_SIGNATURE_SIZE];
     if (!a->info.signed_patch) return DPU_ERR_UNSIGNED;
@@ -427,24 +455,41 @@ dpu_status dpu_apply(dpu_applier *a, const dpu_io *io, uint32_t patch_size, uint
     if (io->verify_signature(io->ctx, a->body_end, signature) != 0) return DPU_ERR_SIGNATURE;
   }
   if (a->info.round < min_round) return DPU_ERR_ROUND;
+  return DPU_OK;
+}
 
-  /* 3. it applies to this model */
-  if (size != base_size) return DPU_ERR_BASE;
+/* The model (through read_base) hashes to the patch's base, or says why not. */
+static dpu_status check_base(dpu_applier *a, uint32_t base_size) {
+  uint8_t digest[32];
+  dpu_status s;
+  if (a->info.model_size != base_size) return DPU_ERR_BASE;
   dpu_sha256_init(&a->sha);
   if ((s = hash_range(a, 1, 0, base_size)) != DPU_OK) return s;
   dpu_sha256_final(&a->sha, digest);
   if (memcmp(digest, a->info.base_sha256, 32) != 0)
     return memcmp(digest, a->info.result_sha256, 32) == 0 ? DPU_ERR_ALREADY_APPLIED
                                                            : DPU_ERR_BASE;
+  return DPU_OK;
+}
 
-  /* 4. every record is well formed */
-  if ((s = validate_records(a)) != DPU_OK) return s;
-
-  /* 5. write base + changes, hashing what is written */
+static dpu_status begin_writing(dpu_applier *a) {
   a->cursor = DPU_HEADER_SIZE;
   a->previous_end = 0;
   a->records_left = a->info.record_count;
-  if (a->records_left > 0 && (s = start_record(a)) != DPU_OK) return s;
+  return a->records_left > 0 ? start_record(a) : DPU_OK;
+}
+
+dpu_status dpu_apply(dpu_applier *a, const dpu_io *io, uint32_t patch_size, uint32_t base_size,
+                     uint32_t min_round) {
+  uint8_t digest[32];
+  uint32_t out;
+  dpu_status s;
+  if ((s = open_patch(a, io, patch_size, min_round)) != DPU_OK) return s;
+  if ((s = check_base(a, base_size)) != DPU_OK) return s;
+  if ((s = validate_records(a)) != DPU_OK) return s;
+
+  /* write base + changes, hashing what is written */
+  if ((s = begin_writing(a)) != DPU_OK) return s;
   dpu_sha256_init(&a->sha);
   for (out = 0; out < base_size;) {
     uint32_t take = base_size - out < DPU_CHUNK ? base_size - out : DPU_CHUNK;
@@ -456,6 +501,116 @@ dpu_status dpu_apply(dpu_applier *a, const dpu_io *io, uint32_t patch_size, uint
   }
   dpu_sha256_final(&a->sha, digest);
   return memcmp(digest, a->info.result_sha256, 32) == 0 ? DPU_OK : DPU_ERR_RESULT;
+}
+
+/* ------------------------------------------------------------- in place */
+
+/* Journal slot layout: "DPUJ", patch id (32), sequence u32, phase u32, chunk
+ * offset u32, chunk length u32, chunk bytes (DPU_CHUNK), SHA-256 of all the
+ * preceding bytes. Entry n goes to slot n % 2. */
+static void put_le32(uint8_t *p, uint32_t v) {
+  unsigned i;
+  for (i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static dpu_status write_journal(dpu_applier *a, uint32_t phase, uint32_t offset, uint32_t len) {
+  uint8_t *j = a->journal;
+  dpu_sha256 sha;
+  uint32_t seq = ++a->journal_seq;
+  memcpy(j, "DPUJ", 4);
+  memcpy(j + 4, a->patch_id, 32);
+  put_le32(j + 36, seq);
+  put_le32(j + 40, phase);
+  put_le32(j + 44, offset);
+  put_le32(j + 48, len);
+  memset(j + 52, 0, DPU_CHUNK);
+  if (len) memcpy(j + 52, a->chunk, len);
+  dpu_sha256_init(&sha);
+  dpu_sha256_update(&sha, j, 52 + DPU_CHUNK);
+  dpu_sha256_final(&sha, j + 52 + DPU_CHUNK);
+  return a->io->write_journal(a->io->ctx, (seq & 1u) * DPU_JOURNAL_SLOT, j, DPU_JOURNAL_SLOT)
+             ? DPU_ERR_IO
+             : DPU_OK;
+}
+
+/* Reads one slot into a->journal; returns its sequence number, 0 if the slot is
+ * blank, torn or for another patch. */
+static dpu_status read_slot(dpu_applier *a, uint32_t slot, uint32_t *seq) {
+  uint8_t *j = a->journal;
+  uint8_t digest[32];
+  dpu_sha256 sha;
+  *seq = 0;
+  if (a->io->read_journal(a->io->ctx, slot * DPU_JOURNAL_SLOT, j, DPU_JOURNAL_SLOT))
+    return DPU_ERR_IO;
+  dpu_sha256_init(&sha);
+  dpu_sha256_update(&sha, j, 52 + DPU_CHUNK);
+  dpu_sha256_final(&sha, digest);
+  if (memcmp(j, "DPUJ", 4) == 0 && memcmp(digest, j + 52 + DPU_CHUNK, 32) == 0 &&
+      memcmp(j + 4, a->patch_id, 32) == 0)
+    *seq = le32(j + 36);
+  return DPU_OK;
+}
+
+/* The newest valid entry for this patch, left in a->journal; its phase is
+ * JOURNAL_NONE when neither slot has one. */
+static dpu_status read_journal(dpu_applier *a, uint32_t *phase) {
+  uint32_t seq0, seq1;
+  dpu_status s;
+  *phase = JOURNAL_NONE;
+  if ((s = read_slot(a, 0, &seq0)) != DPU_OK) return s;
+  if ((s = read_slot(a, 1, &seq1)) != DPU_OK) return s;
+  if (seq0 == 0 && seq1 == 0) return DPU_OK;
+  if (seq0 > seq1 && (s = read_slot(a, 0, &seq0)) != DPU_OK) return s;
+  a->journal_seq = seq0 > seq1 ? seq0 : seq1;
+  *phase = le32(a->journal + 40);
+  if (*phase != JOURNAL_IN_PROGRESS && *phase != JOURNAL_DONE) *phase = JOURNAL_NONE;
+  return DPU_OK;
+}
+
+dpu_status dpu_apply_in_place(dpu_applier *a, const dpu_io *io, uint32_t patch_size,
+                              uint32_t model_size, uint32_t min_round) {
+  uint8_t digest[32];
+  uint32_t phase, out, resume = 0;
+  dpu_status s;
+  if ((s = open_patch(a, io, patch_size, min_round)) != DPU_OK) return s;
+  if (!io->read_journal || !io->write_journal) return DPU_ERR_IO;
+  if (a->info.model_size != model_size) return DPU_ERR_BASE;
+  if ((s = read_journal(a, &phase)) != DPU_OK) return s;
+  if (phase == JOURNAL_DONE) return DPU_ERR_ALREADY_APPLIED;
+  /* A fresh start checks the base; a resumed one cannot (the model is half
+   * new) and relies on the journal naming this very patch. */
+  if (phase == JOURNAL_NONE && (s = check_base(a, model_size)) != DPU_OK) return s;
+  if ((s = validate_records(a)) != DPU_OK) return s;
+  if (phase == JOURNAL_NONE) {
+    if ((s = write_journal(a, JOURNAL_IN_PROGRESS, 0, 0)) != DPU_OK) return s;
+  } else {
+    uint32_t offset = le32(a->journal + 44), len = le32(a->journal + 48);
+    if (len > DPU_CHUNK || offset % DPU_CHUNK != 0 || (uint64_t)offset + len > model_size)
+      return DPU_ERR_MALFORMED;
+    if (len) { /* the chunk that may have been cut off: write it again, whole */
+      if (io->write_out(io->ctx, offset, a->journal + 52, len)) return DPU_ERR_IO;
+      resume = offset + len;
+    }
+  }
+  if ((s = begin_writing(a)) != DPU_OK) return s;
+  for (out = 0; out < model_size;) {
+    uint32_t take = model_size - out < DPU_CHUNK ? model_size - out : DPU_CHUNK;
+    a->skip = out < resume;
+    a->touched = 0;
+    if (!a->skip && io->read_base(io->ctx, out, a->chunk, take)) return DPU_ERR_IO;
+    if ((s = apply_to_chunk(a, out, take)) != DPU_OK) return s;
+    if (a->touched) {
+      if ((s = write_journal(a, JOURNAL_IN_PROGRESS, out, take)) != DPU_OK) return s;
+      if (io->write_out(io->ctx, out, a->chunk, take)) return DPU_ERR_IO;
+    }
+    out += take;
+  }
+  a->skip = 0;
+  dpu_sha256_init(&a->sha);
+  if ((s = hash_range(a, 1, 0, model_size)) != DPU_OK) return s;
+  dpu_sha256_final(&a->sha, digest);
+  if (memcmp(digest, a->info.result_sha256, 32) != 0) return DPU_ERR_RESULT;
+  return write_journal(a, JOURNAL_DONE, 0, 0);
 }
 
 const char *dpu_strerror(dpu_status status) {

@@ -14,8 +14,15 @@
  *   On any error the output slot must not be used (A/B: keep booting the
  *   old model).
  *
- * RAM: one dpu_applier (sizeof(dpu_applier) bytes, 424 on x86-64 with the
- * default DPU_CHUNK of 64) supplied by the caller, plus under 200 bytes of stack.
+ * In-place mode (dpu_apply_in_place) for devices without room for two model
+ * copies: the model is patched where it lies, chunk by chunk, each new chunk
+ * first saved in a 296-byte journal (a state area reached through two more
+ * callbacks), so that an apply cut off at any moment (power loss, reset)
+ * resumes to exactly the result when dpu_apply_in_place is called again.
+ *
+ * RAM: one dpu_applier (sizeof(dpu_applier) bytes, 624 on x86-64 with the
+ * default DPU_CHUNK of 64, a multiple of 8) supplied by the caller, plus under
+ * 200 bytes of stack.
  */
 #ifndef DPU_PATCH_H
 #define DPU_PATCH_H
@@ -59,7 +66,16 @@ typedef struct {
    * patches are refused. */
   int (*verify_signature)(void *ctx, uint32_t message_length,
                           const uint8_t signature[DPU_SIGNATURE_SIZE]);
+  /* In-place mode only: the journal, DPU_JOURNAL_SIZE bytes of persistent
+   * storage (erased or garbage the first time is fine), addressed by offset. */
+  int (*read_journal)(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len);
+  int (*write_journal)(void *ctx, uint32_t offset, const uint8_t *buf, uint32_t len);
 } dpu_io;
+
+/* Two journal slots written alternately, so a write torn by a power cut always
+ * leaves the previous entry intact. */
+#define DPU_JOURNAL_SLOT (52u + DPU_CHUNK + 32u)
+#define DPU_JOURNAL_SIZE (2u * DPU_JOURNAL_SLOT)
 
 typedef struct {
   uint32_t state[8];
@@ -102,6 +118,13 @@ typedef struct {
   uint32_t element, position, element_bytes_done;
   int64_t previous;
   uint8_t value[8];
+  uint64_t zigzag;     /* the current element's decoded delta */
+  uint8_t value_ready; /* a->value holds the current element's new bytes */
+  uint8_t skip;        /* decode without reading the base or writing (resuming) */
+  uint8_t touched;     /* the current chunk received a change */
+  uint8_t patch_id[32];
+  uint32_t journal_seq;
+  uint8_t journal[DPU_JOURNAL_SLOT];
 } dpu_applier;
 
 /*
@@ -111,6 +134,16 @@ typedef struct {
  */
 dpu_status dpu_apply(dpu_applier *applier, const dpu_io *io, uint32_t patch_size,
                      uint32_t base_size, uint32_t min_round);
+
+/*
+ * Applies the patch to the model in place (io->read_base and io->write_out both
+ * address the model). Call it again with the same patch after an interruption:
+ * it resumes from the journal. Returns DPU_ERR_ALREADY_APPLIED when the journal
+ * or the model shows the patch complete. Element records must be aligned to
+ * their element size (the format requires it), so no element straddles a chunk.
+ */
+dpu_status dpu_apply_in_place(dpu_applier *applier, const dpu_io *io, uint32_t patch_size,
+                              uint32_t model_size, uint32_t min_round);
 
 const char *dpu_strerror(dpu_status status);
 
