@@ -82,6 +82,7 @@ class RunConfig:
     int8_headroom: float = 1.5
     sign_key: Optional[str] = None
     out_dir: Optional[str] = None
+    resume: bool = False
 
     def resolved(self) -> "RunConfig":
         """Returns a validated copy with every automatic choice made explicit."""
@@ -166,6 +167,8 @@ class RunConfig:
             raise ConfigError("--export_tflite needs --out_dir")
         if not 1.0 <= self.int8_headroom <= 16.0:
             raise ConfigError(f"--int8_headroom must be in [1, 16], got {self.int8_headroom!r}")
+        if self.resume and not self.out_dir:
+            raise ConfigError("--resume continues the run in --out_dir; give --out_dir")
         if self.qat and not self.export_tflite:
             raise ConfigError("--qat trains against the deployed int8 model; add --export_tflite")
         if self.budget_bytes is not None:
@@ -191,3 +194,11 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def same_run(self, other: dict) -> Optional[str]:
+        """The first setting that differs from a saved config (ignoring resume), or None."""
+        mine = self.to_dict()
+        for key in sorted(set(mine) | set(other)):
+            if key != "resume" and mine.get(key) != other.get(key):
+                return key
+        return None

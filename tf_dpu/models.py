@@ -79,7 +79,7 @@ def build_model(name: str, input_shape, num_classes: int, seed: int,
     if initializer not in INITIALIZERS:
         raise ConfigError(f"unknown initializer {initializer!r}")
     seeds = _Seeds(seed, initializer)
-    inputs = keras.Input(shape=tuple(input_shape))
+    inputs = keras.Input(shape=tuple(input_shape), name="input")
     if name == "mlp":
         outputs = _mlp(inputs, num_classes, seeds)
     elif name == "cnn":
@@ -91,7 +91,15 @@ def build_model(name: str, input_shape, num_classes: int, seed: int,
                           seeds)
     else:
         raise ConfigError(f"unknown model {name!r}")
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    # Keras names layers from a process-wide counter (dense, dense_1, ...), and
+    # the converter writes those names into the .tflite: without fixed names
+    # the same weights would give different files (and patches) depending on
+    # how many models the process built before, e.g. after a resume.
+    for index, layer in enumerate(model.layers):
+        layer._name = f"{type(layer).__name__.lower()}_{index}"  # pylint: disable=protected-access
+    # Input and output names are fixed when a Model is built: build it again.
+    return keras.Model(model.inputs, model.outputs, name=name)
 
 
 def _as_image(inputs, name):

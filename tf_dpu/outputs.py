@@ -8,7 +8,7 @@ import csv
 import io
 import json
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -46,6 +46,23 @@ def save_weights(model, weights: Sequence[np.ndarray], folder: str) -> str:
     return path
 
 
+def save_resume_state(folder: str, shuffle_state, values: Dict) -> None:
+    """What a resumed run needs beyond the weights and metrics: RNG state, counters."""
+    name, keys, position, has_gauss, cached = shuffle_state
+    buffer = io.BytesIO()
+    np.savez(buffer, rng_keys=keys, rng_meta=np.array([position, has_gauss], np.int64),
+             rng_cached=np.array(cached), rng_name=np.array(name),
+             values=np.array(json.dumps(values)))
+    write_atomic(os.path.join(folder, "resume.npz"), buffer.getvalue())
+
+
+def load_resume_state(folder: str):
+    with np.load(os.path.join(folder, "resume.npz"), allow_pickle=False) as saved:
+        state = (str(saved["rng_name"]), saved["rng_keys"], int(saved["rng_meta"][0]),
+                 int(saved["rng_meta"][1]), float(saved["rng_cached"]))
+        return state, json.loads(str(saved["values"]))
+
+
 def load_weights(model, folder: str) -> List[np.ndarray]:
     model.load_weights(weights_path(folder))
     return model.get_weights()
@@ -77,10 +94,18 @@ class RunWriter:
         self._tf = tf
         self._summary = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard"))
 
-    def write_round(self, model, weights, rounds: List[Dict]) -> None:
-        """Saves a round's deployed weights and rewrites the metrics files."""
+    def write_round(self, model, weights, rounds: List[Dict], shuffle_state=None,
+                    resume_values: Optional[Dict] = None) -> None:
+        """Saves a round's deployed weights and resume state, then the metrics files.
+
+        metrics.json is written last: a round counts as finished only once it
+        lists the round, so a resumed run never starts from a half-saved one.
+        """
         record = rounds[-1]
-        save_weights(model, weights, round_dir(self.out_dir, record["round"]))
+        folder = round_dir(self.out_dir, record["round"])
+        save_weights(model, weights, folder)
+        if shuffle_state is not None:
+            save_resume_state(folder, shuffle_state, resume_values or {})
         self.write_metrics(rounds)
         with self._summary.as_default(step=record["round"]):
             for key in ("val_accuracy", "test_accuracy", "updated_elements",

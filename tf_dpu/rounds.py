@@ -11,6 +11,8 @@ Usage:
 """
 
 import dataclasses
+import json
+import os
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -21,7 +23,9 @@ from tf_dpu import methods, selection
 from tf_dpu.config import PARTIAL_METHODS, RunConfig
 from tf_dpu.data import Dataset, RoundSchedule, load_dataset
 from tf_dpu.models import build_model
-from tf_dpu.outputs import RunWriter, format_table, round_dir
+from tf_dpu.errors import ConfigError
+from tf_dpu.outputs import (RunWriter, format_table, load_resume_state, load_weights,
+                            round_dir, save_weights)
 from tf_dpu.training import Trainer
 from tf_dpu.weights import BIAS, KERNEL, STATE, Layout, count_changed, zeros_like
 
@@ -92,10 +96,10 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
     budget = config.budget(total)
     x_val, y_val = _tensors(data.x_val, data.y_val)
     x_test, y_test = _tensors(data.x_test, data.y_test)
+    finished = _finished_rounds(config) if config.resume else []
     writer = RunWriter(config.out_dir, config.to_dict()) if config.out_dir else None
     export = None
-    if writer:
-        from tf_dpu.outputs import save_weights  # pylint: disable=import-outside-toplevel
+    if writer and not finished:
         save_weights(model, w0, f"{config.out_dir}/init")
     if config.export_tflite:
         from tf_dpu.deployment import TfliteExport  # pylint: disable=import-outside-toplevel
@@ -112,8 +116,17 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
     deployed, deployed_val = w0, trainer.accuracy(x_val, y_val)
     deployed_test = trainer.accuracy(x_test, y_test)
     init_size = schedule.size(0)
-    rounds: List[Dict] = []
-    for r in range(config.rounds):
+    rounds: List[Dict] = list(finished)
+    if finished:
+        last = round_dir(config.out_dir, finished[-1]["round"])
+        deployed = load_weights(model, last)
+        trainer.shuffle_state, saved = load_resume_state(last)
+        deployed_val, deployed_test, init_size = (saved["deployed_val"], saved["deployed_test"],
+                                                  saved["init_size"])
+        if export:
+            _restore_export(export, trainer, model, config, deployed, finished)
+        say(f"resuming {config.out_dir} after round {finished[-1]['round']}")
+    for r in range(len(finished), config.rounds):
         started = time.time()
         size = schedule.size(r)
         reinit = False
@@ -176,9 +189,7 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
             record.update(export.export(round_dir(config.out_dir, r), r, deployed, sent,
                                         data.x_train[schedule.indices(0)]))
             if r == 0:
-                trainer.set_bounds(export.bounds())
-                if config.qat:
-                    trainer.set_forward(export.qat_model())
+                _bound_training(export, trainer, config)
             say(f"round {r}: int8 test {record['tflite_test_accuracy']:.4f}, "
                 f"{record['sent_bytes']} bytes sent (model file {record['tflite_bytes']})")
         rounds.append(record)
@@ -187,10 +198,59 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
             f"{'sent' if sent else 'NOT sent (worse on validation; device keeps its model)'}"
             f" [{record['seconds']:.1f} s]")
         if writer:
-            writer.write_round(model, deployed, rounds)
+            writer.write_round(model, deployed, rounds, trainer.shuffle_state, {
+                "deployed_val": deployed_val, "deployed_test": deployed_test,
+                "init_size": init_size})
     if writer:
         writer.write_plot(rounds)
     return RunResult(config.to_dict(), rounds, deployed, w0, config.out_dir)
+
+
+def _bound_training(export, trainer: Trainer, config: RunConfig) -> None:
+    """After round 0's int8 file exists, later rounds train inside its scales."""
+    trainer.set_bounds(export.bounds())
+    if config.qat:
+        trainer.set_forward(export.qat_model())
+
+
+def _finished_rounds(config: RunConfig) -> List[Dict]:
+    """The records of the rounds a previous run in out_dir finished (none: start afresh)."""
+    path = os.path.join(config.out_dir, "metrics.json")
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot resume: {path} is unreadable ({e})") from None
+    differs = config.same_run(saved.get("config", {}))
+    if differs:
+        raise ConfigError(f"cannot resume: the run in {config.out_dir} has another "
+                          f"--{differs} ({saved['config'].get(differs)!r})")
+    rounds = saved.get("rounds", [])
+    for record in rounds:
+        folder = round_dir(config.out_dir, record["round"])
+        if not os.path.exists(os.path.join(folder, "resume.npz")):
+            raise ConfigError(f"cannot resume: {folder} has no resume state")
+    return rounds
+
+
+def _restore_export(export, trainer: Trainer, model, config: RunConfig, deployed,
+                    finished: List[Dict]) -> None:
+    """Rebuilds the int8 deployment from round 0's and the last round's files."""
+    from tflite_edge.model_file import ModelFile  # pylint: disable=import-outside-toplevel
+    from tflite_edge.convert import build_map  # pylint: disable=import-outside-toplevel
+    first = round_dir(config.out_dir, 0)
+    model.set_weights(load_weights(model, first))
+    with open(os.path.join(first, "model.tflite"), "rb") as f:
+        export.mapping = build_map(model, ModelFile(f.read()))  # verifies it again
+    with open(os.path.join(round_dir(config.out_dir, finished[-1]["round"]),
+                           "model.tflite"), "rb") as f:
+        export.file = f.read()
+    export.weights = [w.copy() for w in deployed]
+    export.accuracy = finished[-1]["tflite_test_accuracy"]
+    model.set_weights(deployed)
+    _bound_training(export, trainer, config)
 
 
 __all__ = ["run", "RunResult", "PARTIAL_METHODS"]

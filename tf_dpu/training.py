@@ -132,6 +132,15 @@ class Trainer:
             self._bounds.append(None if limit is None else tf.constant(limit, variable.dtype))
         self._epoch_fns.clear()  # the bound constants are compiled into the step
 
+    @property
+    def shuffle_state(self):
+        """The epoch-shuffling RNG's state (saved with each round, for resuming)."""
+        return self._rng.get_state()
+
+    @shuffle_state.setter
+    def shuffle_state(self, state) -> None:
+        self._rng.set_state(state)
+
     def reset_contribution(self) -> None:
         for c in self._contribution:
             c.assign(tf.zeros_like(c))
