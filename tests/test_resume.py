@@ -15,8 +15,9 @@ from tf_dpu.models import build_model
 from tf_dpu.outputs import load_weights
 from tf_dpu.rounds import run
 
-SETTINGS = dict(rounds=4, initial_samples=100, samples_per_round=100, epochs=2, batch_size=64,
-                seed=7, method="dpu", initial_deployment="partial", export_tflite=True)
+SETTINGS = dict(rounds=4, initial_samples=100, samples_per_round=100, epochs=3, batch_size=64,
+                seed=7, method="dpu", initial_deployment="partial", export_tflite=True,
+                checkpoint_seconds=0)
 
 
 class Killed(Exception):
@@ -48,7 +49,8 @@ def uninterrupted(small_mnist, tmp_path_factory):
 
 @pytest.mark.parametrize("kill_at", [
     "round 1: 200 training samples",      # a round's start
-    "round 2 step 2 epoch 1/2",           # inside step 2
+    "round 2 step 2 epoch 2/3",           # inside step 2: resumes after its epoch 1
+    "round 1 step 1 epoch 3/3",           # a finished step 1, restored on resume
     "round 3: int8 test",                 # after the files, before metrics.json
 ])
 def test_resume_after_an_interruption_matches(small_mnist, uninterrupted, tmp_path, kill_at):
@@ -60,9 +62,12 @@ def test_resume_after_an_interruption_matches(small_mnist, uninterrupted, tmp_pa
 
     with pytest.raises(Killed):
         run(RunConfig(out_dir=out, **SETTINGS), progress=progress, data=small_mnist)
-    resumed = run(RunConfig(out_dir=out, resume=True, **SETTINGS), progress=None,
+    lines = []
+    resumed = run(RunConfig(out_dir=out, resume=True, **SETTINGS), progress=lines.append,
                   data=small_mnist)
     assert len(resumed.rounds) == SETTINGS["rounds"]
+    if "step" in kill_at:   # it picked up inside the round, not at its start
+        assert any("resumed after epoch" in line for line in lines), lines[:5]
     assert _files(out) == _files(uninterrupted)
     model = build_model("mlp", small_mnist.input_shape, 10, seed=0)
     for r in range(SETTINGS["rounds"]):
@@ -81,7 +86,7 @@ def test_a_killed_process_resumes_to_the_same_files(tmp_path):
     """A real SIGKILL through the command line, then --resume."""
     args = [sys.executable, "-m", "tf_dpu.train", "--flagfile=flags/quickstart.flags",
             "--rounds=3", "--epochs=2", "--initial_samples=200", "--samples_per_round=200",
-            "--export_tflite"]
+            "--export_tflite", "--checkpoint_seconds=0"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     whole = str(tmp_path / "whole")
     assert subprocess.run(args + [f"--out_dir={whole}"], cwd=ROOT, env=env,
@@ -90,7 +95,7 @@ def test_a_killed_process_resumes_to_the_same_files(tmp_path):
     proc = subprocess.Popen(args + [f"--out_dir={killed}"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
-        if line.startswith("round 2 step 1 epoch 1/"):
+        if line.startswith("round 2 step 2 epoch 1/"):
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait()
@@ -99,5 +104,5 @@ def test_a_killed_process_resumes_to_the_same_files(tmp_path):
     resumed = subprocess.run(args + [f"--out_dir={killed}", "--resume"], cwd=ROOT, env=env,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout
+    assert "resuming" in resumed.stdout and "resumed after epoch" in resumed.stdout
     assert _files(killed) == _files(whole)

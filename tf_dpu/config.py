@@ -83,6 +83,7 @@ class RunConfig:
     sign_key: Optional[str] = None
     out_dir: Optional[str] = None
     resume: bool = False
+    checkpoint_seconds: float = 30.0
 
     def resolved(self) -> "RunConfig":
         """Returns a validated copy with every automatic choice made explicit."""
@@ -167,6 +168,9 @@ class RunConfig:
             raise ConfigError("--export_tflite needs --out_dir")
         if not 1.0 <= self.int8_headroom <= 16.0:
             raise ConfigError(f"--int8_headroom must be in [1, 16], got {self.int8_headroom!r}")
+        if not self.checkpoint_seconds >= 0:
+            raise ConfigError(f"--checkpoint_seconds must be >= 0, got "
+                              f"{self.checkpoint_seconds!r}")
         if self.resume and not self.out_dir:
             raise ConfigError("--resume continues the run in --out_dir; give --out_dir")
         if self.qat and not self.export_tflite:
@@ -199,6 +203,6 @@ class RunConfig:
         """The first setting that differs from a saved config (ignoring resume), or None."""
         mine = self.to_dict()
         for key in sorted(set(mine) | set(other)):
-            if key != "resume" and mine.get(key) != other.get(key):
+            if key not in ("resume", "checkpoint_seconds") and mine.get(key) != other.get(key):
                 return key
         return None

@@ -40,6 +40,7 @@ class RoundContext:
       select: picks the elements to update from scores (global top-k of the
         budget, or as many as fit a byte budget).
       byte_budget: whether `select` counts bytes rather than elements.
+      checkpoints: saves each epoch and restores finished ones on resume.
     """
 
     config: RunConfig
@@ -58,6 +59,7 @@ class RoundContext:
     progress: Callable[[str], None]
     select: Callable[[dict], selection.Masks] = None
     byte_budget: bool = False
+    checkpoints: Optional[object] = None   # tf_dpu.checkpoints.EpochCheckpoints
 
 
 @dataclasses.dataclass
@@ -95,7 +97,20 @@ def run_step(ctx: RoundContext, name: str, epochs: int, *, masks=None,
     """
     trainer, config = ctx.trainer, ctx.config
     trainer.set_masks(masks)
-    for epoch in range(epochs):
+    saver = ctx.checkpoints
+    step = saver.next_step() if saver else None
+    first = 0
+    saved = saver.load(step) if saver else None
+    if saved is not None:
+        trainer.restore(saved["state"])
+        trainer.shuffle_state = saved["shuffle"]
+        if saved["best"] is not None:
+            best = Candidate(*saved["best"])
+        first = saved["epoch"] + 1
+        ctx.progress(f"round {ctx.index} {name}: resumed after epoch {saved['epoch'] + 1}")
+        if saved["finished"]:
+            return best
+    for epoch in range(first, epochs):
         lr = learning_rate_at(config.lr_schedule, config.learning_rate, epoch, epochs)
         loss = trainer.train_epoch(ctx.x, ctx.y, lr, masked=masks is not None,
                                    accumulate=accumulate, bn_training=bn_training)
@@ -108,6 +123,9 @@ def run_step(ctx: RoundContext, name: str, epochs: int, *, masks=None,
                      f"lr {lr:.2e} loss {loss:.4f} val {val:.4f}")
         if best is None or val > best.val_accuracy:
             best = Candidate(trainer.model.get_weights(), val, name, epoch + 1)
+        if saver and saver.due():
+            saver.save(step, epoch, epoch == epochs - 1, trainer.state(), trainer.shuffle_state,
+                       best)
     if best is None:  # diverged in its first epoch: fall back to where it started
         best = Candidate(trainer.model.get_weights(), 0.0, name, 0)
     return best

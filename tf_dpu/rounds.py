@@ -23,6 +23,7 @@ from tf_dpu import methods, selection
 from tf_dpu.config import PARTIAL_METHODS, RunConfig
 from tf_dpu.data import Dataset, RoundSchedule, load_dataset
 from tf_dpu.models import build_model
+from tf_dpu.checkpoints import EpochCheckpoints
 from tf_dpu.errors import ConfigError
 from tf_dpu.outputs import (RunWriter, format_table, load_resume_state, load_weights,
                             round_dir, save_weights)
@@ -146,6 +147,9 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
                                                config.seed + 7919 * (r + 1),
                                                config.initializer).get_weights(),
             progress=say)
+        if writer:
+            ctx.checkpoints = EpochCheckpoints(os.path.join(config.out_dir, "checkpoint"), r,
+                                               config.checkpoint_seconds)
         ctx.select = lambda scores: selection.top_k(scores, budget, len(w0))
         if config.budget_bytes and export and export.mapping is not None:
             cost = export.patch_cost(config.bias_policy)
@@ -201,6 +205,7 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
             writer.write_round(model, deployed, rounds, trainer.shuffle_state, {
                 "deployed_val": deployed_val, "deployed_test": deployed_test,
                 "init_size": init_size})
+            ctx.checkpoints.clear()
     if writer:
         writer.write_plot(rounds)
     return RunResult(config.to_dict(), rounds, deployed, w0, config.out_dir)

@@ -85,9 +85,12 @@ _SIGN_KEY = flags.DEFINE_string("sign_key", None,
                                 "Ed25519 private key (PEM) that signs every patch")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/latest", "where the run is written")
 _QUIET = flags.DEFINE_bool("quiet", False, "no per-epoch progress lines")
+_CHECKPOINT_SECONDS = flags.DEFINE_float(
+    "checkpoint_seconds", 30.0, "save the training state inside a round at most this often "
+    "(0: after every epoch), so --resume continues from the last saved epoch")
 _RESUME = flags.DEFINE_bool(
-    "resume", False, "continue the run in --out_dir after its last finished round, "
-    "with the same settings (gives the same metrics and patches as an uninterrupted run)")
+    "resume", False, "continue the run in --out_dir from its last finished round and saved "
+    "epoch, with the same settings (the same metrics and patches as an uninterrupted run)")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False,
                              "print the resolved settings as JSON and exit without training")
 
@@ -109,7 +112,8 @@ def config_from_flags() -> cfg.RunConfig:
         iterative_epochs=_ITERATIVE_EPOCHS.value, seed=_SEED.value,
         deterministic=_DETERMINISTIC.value, export_tflite=_EXPORT.value,
         int8_headroom=_HEADROOM.value, budget_bytes=_BUDGET_BYTES.value, qat=_QAT.value,
-        sign_key=_SIGN_KEY.value, out_dir=_OUT_DIR.value or None, resume=_RESUME.value)
+        sign_key=_SIGN_KEY.value, out_dir=_OUT_DIR.value or None, resume=_RESUME.value,
+        checkpoint_seconds=_CHECKPOINT_SECONDS.value)
 
 
 def fail(message: str) -> None:

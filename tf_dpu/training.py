@@ -132,6 +132,22 @@ class Trainer:
             self._bounds.append(None if limit is None else tf.constant(limit, variable.dtype))
         self._epoch_fns.clear()  # the bound constants are compiled into the step
 
+    def state(self) -> List[np.ndarray]:
+        """Everything training depends on: weights, optimizer, accumulators, masks."""
+        variables = (list(self.model.weights) + list(self._optimizer.variables)
+                     + self._contribution + self._masks)
+        return [v.numpy() for v in variables] + [np.array(self._optimizer.learning_rate.numpy())]
+
+    def restore(self, state: Sequence[np.ndarray]) -> None:
+        """Puts back what `state()` returned (same model and optimizer)."""
+        variables = (list(self.model.weights) + list(self._optimizer.variables)
+                     + self._contribution + self._masks)
+        if len(state) != len(variables) + 1:
+            raise ValueError("checkpoint does not match this model")
+        for v, value in zip(variables, state):
+            v.assign(value)
+        self._optimizer.learning_rate = float(state[-1])
+
     @property
     def shuffle_state(self):
         """The epoch-shuffling RNG's state (saved with each round, for resuming)."""
