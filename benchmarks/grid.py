@@ -23,6 +23,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks.tables import mean_sd
+
 from tf_dpu import RunConfig
 from tf_dpu.data import load_dataset
 
@@ -96,13 +98,6 @@ def _gap(runs, setting, method, ratio):
     return out
 
 
-def _fmt(values):
-    if not values:
-        return "n/a"
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{np.mean(values):+.2f} ± {sd:.2f}"
-
-
 def _model_bytes(runs, setting):
     sizes = [r["tflite_bytes"] for r in runs if r["setting"] == setting and r["tflite_bytes"]]
     return sizes[0] if sizes else None
@@ -136,15 +131,15 @@ def markdown(runs, epochs: int) -> str:
                   "|---|" + "---|" * len(ratios) + "---|---|"]
         for method in METHODS:
             if method.startswith("fu"):
-                cells = ["0 (reference)" if method == "fu" else _fmt(_gap(runs, setting, method, None))
-                         ] * (1 if method == "fu" else 1)
-                cells = cells * len(ratios)
+                gap = ("0 (reference)" if method == "fu"
+                       else mean_sd(_gap(runs, setting, method, None)))
+                cells = [gap] * len(ratios)
                 sent = _bytes(runs, setting, method, None)
             else:
                 cells = []
                 for k in ratios:
                     ref = reference.get((setting, k), {}).get(method)
-                    cells.append(_fmt(_gap(runs, setting, method, k))
+                    cells.append(mean_sd(_gap(runs, setting, method, k))
                                  + (f" (ref. {ref:+.2f})" if ref is not None else ""))
                 sent = _bytes(runs, setting, method, ratios[0]) if ratios else None
             whole = 8 * size if size else None

@@ -17,6 +17,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks.tables import mean_sd
+
 from tf_dpu import RunConfig, train
 from tf_dpu.data import load_dataset
 
@@ -60,13 +62,6 @@ def _accuracies(runs, method, ratio, deployment, seed):
     return None
 
 
-def _fmt(values):
-    if not values:
-        return "n/a"
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{np.mean(values):+.2f} ± {sd:.2f}"
-
-
 def markdown(runs, ratios, methods) -> str:
     lines = ["### Reference protocol (partial round 0), average over rounds 0-7 of "
              "(method - FU), test accuracy points, mean ± sd over seeds", "",
@@ -78,10 +73,10 @@ def markdown(runs, ratios, methods) -> str:
         cells = []
         for k in ratios:
             ref = REFERENCE.get(k, {}).get(m)
-            cells += [_fmt(gaps(runs, m, k, "partial")),
+            cells += [mean_sd(gaps(runs, m, k, "partial")),
                       f"{ref[0]:+.2f} ± {ref[1]:.2f}" if ref else "n/a"]
         late = gaps(runs, m, 0.01, "partial", first_round=1)
-        cells += [_fmt(late), f"{REFERENCE_ROUNDS_1_7[m]:+.2f}" if m in REFERENCE_ROUNDS_1_7
+        cells += [mean_sd(late), f"{REFERENCE_ROUNDS_1_7[m]:+.2f}" if m in REFERENCE_ROUNDS_1_7
                   else "n/a"]
         lines.append(f"| {m.upper()} | " + " | ".join(cells) + " |")
     fu = [np.mean(r["test_accuracy"]) * 100 for r in runs
@@ -94,7 +89,7 @@ def markdown(runs, ratios, methods) -> str:
                   "re-initialization), k = 0.01, average over rounds 1-7 of (method - FU)", "",
                   "| method | gap to FU |", "|---|---|"]
         for m in ("dpu", "rpu"):
-            lines.append(f"| {m.upper()} | {_fmt(gaps(product, m, 0.01, 'full', 1))} |")
+            lines.append(f"| {m.upper()} | {mean_sd(gaps(product, m, 0.01, 'full', 1))} |")
     per_round = {}
     for m in ["fu"] + list(methods):
         k = None if m == "fu" else 0.01
