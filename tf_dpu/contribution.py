@@ -8,7 +8,7 @@ contribution) and a second-order term proportional to their squared net change
 minimises the bound under the budget.
 """
 
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 
@@ -55,7 +55,3 @@ def dpu_scores(final: Sequence[np.ndarray], start: Sequence[np.ndarray],
     """
     local_term = {i: np.asarray(local[i], np.float64) for i in indices}
     return mix(global_contribution(final, start, indices), local_term, mix_ratio)
-
-
-def as_list(scores: Dict[int, np.ndarray], length: int) -> List:
-    return [scores.get(i) for i in range(length)]

@@ -201,8 +201,8 @@ def dpu(ctx: RoundContext) -> Candidate:
     trainer.model.set_weights(ctx.start)
     trainer.reset_optimizer()
     trainer.reset_contribution()
-    step1 = run_step(ctx, "step 1", config.epochs, accumulate=True, bn_training=bn)
-    del step1  # step 1's purpose is the metric, not a deployable candidate
+    # Step 1 is there for the metric, not for a deployable candidate.
+    run_step(ctx, "step 1", config.epochs, accumulate=True, bn_training=bn)
     final = trainer.model.get_weights()
     indices = _candidates(ctx)
     scores = contribution.dpu_scores(final, ctx.start, trainer.contribution(), indices,

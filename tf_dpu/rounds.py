@@ -167,11 +167,12 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
         sent = best.val_accuracy >= deployed_val
         record = {"round": r, "train_samples": size}
         if sent:
+            # What the device builds the update on: nothing (pruning sends a whole
+            # sparse model), w0 (round 0, re-initialized rounds) or its model.
             if best.base == "zeros":
                 base = zeros_like(w0)
             else:
-                base = w0 if (reinit or r == 0) and not (full and config.method == "fu"
-                                                         and r > 0) else deployed
+                base = w0 if reinit or r == 0 else deployed
             model.set_weights(best.weights)
             deployed, deployed_val = best.weights, best.val_accuracy
             deployed_test = trainer.accuracy(x_test, y_test)

@@ -7,7 +7,7 @@ and maps Keras weights to buffers. It reads the schema bindings shipped with
 """
 
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -139,6 +139,3 @@ class ModelFile:
         dtype = ELEMENT_DTYPES[tensor.type]
         flat = np.frombuffer(self.data, dtype, buffer.length // dtype.itemsize, buffer.offset)
         return flat.reshape(tensor.shape)
-
-    def buffer_regions(self) -> Dict[int, Buffer]:
-        return {b.index: b for b in self.buffers if b.length}
