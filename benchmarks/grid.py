@@ -2,6 +2,7 @@
 
     python -m benchmarks.grid --quick --out=benchmarks/results/grid_quick     # under 15 minutes
     python -m benchmarks.grid --out=benchmarks/results/grid                   # the full grid (hours)
+    python -m benchmarks.grid --epochs=10 --out=benchmarks/results/grid_e10   # all of it, 10 epochs per step
 
 For each setting (data set, model), method, update ratio k and seed, runs the
 reference protocol's shape (partial round 0, 8 rounds) with the int8 export,
@@ -48,6 +49,8 @@ REFERENCE = {
 
 _QUICK = flags.DEFINE_bool("quick", False, "a meaningful subset: 2 settings, k = 0.01, 10 epochs")
 _SEEDS = flags.DEFINE_list("seeds", ["1", "2", "3"], "seeds")
+_EPOCHS = flags.DEFINE_integer("epochs", None, "epochs per step (default: 10 with --quick, "
+                               "30 otherwise)")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/grid", "output path without extension")
 
 
@@ -187,7 +190,7 @@ def plot(runs, setting, path):
 def main(argv):
     del argv
     quick = _QUICK.value
-    epochs = QUICK["epochs"] if quick else 30
+    epochs = _EPOCHS.value or (QUICK["epochs"] if quick else 30)
     seeds = [int(s) for s in _SEEDS.value]
     cache = {}
     todo = list(jobs(quick, seeds))

@@ -170,3 +170,23 @@ def test_rounds_respect_a_byte_budget(small_mnist, tmp_path):
     for r in later:
         assert 0 < r["patch_bytes"] <= 2500
         assert r["selected_elements"] > 100
+
+
+def test_nan_weights_are_refused_not_deployed(mlp):
+    model, data, mapping = mlp
+    old = model.get_weights()
+    new = [w.copy() for w in old]
+    new[0][3, 4] = np.nan
+    with pytest.raises(PatchError, match="NaN or infinity"):
+        convert.requantize(data, mapping, new, old)
+
+
+def test_a_diverging_step_stops_and_is_not_deployed(small_mnist, tmp_path):
+    lines = []
+    result = run(RunConfig(rounds=2, initial_samples=200, samples_per_round=100, epochs=2,
+                           learning_rate=1e12, seed=1, out_dir=str(tmp_path / "run")),
+                 progress=lines.append, data=small_mnist)
+    assert any("stopping this step" in line for line in lines), lines
+    for r in result.rounds:
+        assert np.isfinite(r["test_accuracy"])
+    assert all(np.isfinite(w).all() for w in result.deployed)

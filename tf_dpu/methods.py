@@ -122,12 +122,17 @@ def run_step(ctx: RoundContext, name: str, epochs: int, *, masks=None,
         ctx.progress(f"round {ctx.index} {name} epoch {epoch + 1}/{epochs} "
                      f"lr {lr:.2e} loss {loss:.4f} val {val:.4f}")
         if best is None or val > best.val_accuracy:
-            best = Candidate(trainer.model.get_weights(), val, name, epoch + 1)
+            weights = trainer.model.get_weights()
+            if not all(np.isfinite(w).all() for w in weights):
+                ctx.progress(f"round {ctx.index} {name} epoch {epoch + 1}: weights are not "
+                             "finite; stopping this step (lower --learning_rate?)")
+                break
+            best = Candidate(weights, val, name, epoch + 1)
         if saver and saver.due():
             saver.save(step, epoch, epoch == epochs - 1, trainer.state(), trainer.shuffle_state,
                        best)
-    if best is None:  # diverged in its first epoch: fall back to where it started
-        best = Candidate(trainer.model.get_weights(), 0.0, name, 0)
+    if best is None:  # diverged in its first epoch: a candidate that never wins
+        best = Candidate(trainer.model.get_weights(), -1.0, name, 0)
     return best
 
 

@@ -164,7 +164,10 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
         # The device keeps its model only when the candidate is worse on
         # validation; a tie goes to the candidate, trained on more data (the
         # reference reports rounds the same way).
-        sent = best.val_accuracy >= deployed_val
+        # A diverged step can leave NaN or infinity in any candidate (even the
+        # rewound model); such a model is never sent.
+        sent = best.val_accuracy >= deployed_val and all(
+            np.isfinite(w).all() for w in best.weights)
         record = {"round": r, "train_samples": size}
         if sent:
             # What the device builds the update on: nothing (pruning sends a whole
