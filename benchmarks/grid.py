@@ -15,7 +15,6 @@ round) and `<out>_<setting>.png` (accuracy per round per method; cumulative
 bytes per round).
 """
 
-import dataclasses
 import json
 import os
 import tempfile

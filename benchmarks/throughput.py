@@ -50,7 +50,7 @@ def measure(data, model_name: str = "mlp", repeats: int = 5, batch_size: int = 1
         "masked": lambda: trainer.train_epoch(x, y, 1e-3, masked=True),
     }
     samples = {name: [] for name in variants}
-    for name, fn in variants.items():  # warm-up: tracing and first-call costs
+    for fn in variants.values():  # warm-up: tracing and first-call costs
         fn()
     for _ in range(repeats):
         for name, fn in variants.items():

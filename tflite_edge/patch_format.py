@@ -100,7 +100,6 @@ class Record:
     def describe(self) -> str:
         if self.kind == KIND_RAW:
             return f"raw      offset {self.offset:>9}  {len(self.raw)} bytes"
-        size = ELEMENT_DTYPES[self.element_type].itemsize
         return (f"buffer {self.buffer:>3} offset {self.offset:>9}  "
                 f"{TYPE_NAMES[self.element_type]:>7} {len(self.positions):>8}/{self.count:<8} "
                 f"positions {codes.CODING_NAMES[self.coding]:>6}"
