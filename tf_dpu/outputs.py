@@ -12,19 +12,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-COLUMNS = ("round", "train_samples", "val_accuracy", "test_accuracy", "updated_elements",
-           "total_elements", "changed_biases", "reinitialized", "sent", "seconds")
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Writes `data` to `path` so that readers see the old or the new file, never a mix."""
-    tmp = f"{path}.partial"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
+# One atomic writer for the whole project: temporary file, fsync, rename, fsync
+# of the folder (re-exported here for the server's files).
+from tflite_edge.apply import write_atomic  # noqa: F401
 
 def round_dir(out_dir: str, index: int) -> str:
     return os.path.join(out_dir, f"round_{index:03d}")
