@@ -213,25 +213,27 @@ static dpu_status next_position(dpu_applier *a) {
   return DPU_OK;
 }
 
+/* All ones over the current element's width (at most 4 bytes for deltas). */
+static uint64_t value_mask(const dpu_applier *a) {
+  return (a->elem_size == 4) ? 0xffffffffu : ((uint64_t)1 << (8 * a->elem_size)) - 1;
+}
+
 /* Decodes the current element's value code, in stream order: a delta is kept
  * in a->zigzag until the element's chunk is written (see materialize). */
 static dpu_status next_value(dpu_applier *a) {
-  uint64_t mask;
   a->value_ready = 0;
   if (a->value_coding == VALUES_RAW) return DPU_OK;
-  mask = (a->elem_size == 4) ? 0xffffffffu : ((uint64_t)1 << (8 * a->elem_size)) - 1;
-  return read_rice(a, &a->values, a->value_k, mask + 1, &a->zigzag);
+  return read_rice(a, &a->values, a->value_k, value_mask(a) + 1, &a->zigzag);
 }
 
 /* The current element's new bytes: raw from the patch, or the base's value plus
  * the delta modulo the element width. */
 static dpu_status materialize(dpu_applier *a) {
   uint8_t old[8];
-  uint64_t mask, step, value = 0;
+  uint64_t mask = value_mask(a), step, value = 0;
   unsigned i;
   if (a->value_coding == VALUES_RAW)
     return read_patch(a, a->values_at + a->element * a->elem_size, a->value, a->elem_size);
-  mask = (a->elem_size == 4) ? 0xffffffffu : ((uint64_t)1 << (8 * a->elem_size)) - 1;
   step = (a->zigzag & 1u) ? (mask - ((a->zigzag + 1) >> 1) + 1) & mask : a->zigzag >> 1;
   if (a->io->read_base(a->io->ctx, a->rec_offset + a->position * a->elem_size, old,
                        a->elem_size))
