@@ -18,6 +18,7 @@ REINIT_RULES = ("auto", "doubling", "periodic", "off")
 BIAS_POLICIES = ("full", "masked", "frozen")
 INITIAL_DEPLOYMENTS = ("full", "partial")
 FU_INITS = ("same_init", "last_round", "diff_init")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 
 # The contribution mix is what distinguishes DPU from its two ablations.
 _FIXED_MIX = {"gcpu": 1.0, "lcpu": 0.0}
@@ -84,6 +85,8 @@ class RunConfig:
     out_dir: Optional[str] = None
     resume: bool = False
     checkpoint_seconds: float = 30.0
+    strategy: str = "default"
+    logical_cpus: int = 0
 
     def resolved(self) -> "RunConfig":
         """Returns a validated copy with every automatic choice made explicit."""
@@ -189,6 +192,11 @@ class RunConfig:
                                   f"{self.budget_bytes!r}")
         if self.sign_key and not self.export_tflite:
             raise ConfigError("--sign_key signs exported patches; add --export_tflite")
+        _one_of("strategy", self.strategy, STRATEGIES)
+        if not isinstance(self.logical_cpus, int) or not 0 <= self.logical_cpus <= 64:
+            raise ConfigError(f"--logical_cpus must be in [0, 64], got {self.logical_cpus!r}")
+        if self.logical_cpus and self.strategy != "mirrored":
+            raise ConfigError("--logical_cpus splits the CPU for --strategy=mirrored only")
         if self.method == "fu" and self.reinit not in ("auto", "off"):
             raise ConfigError("--method=fu chooses its start with --fu_init, not --reinit")
 
@@ -203,6 +211,7 @@ class RunConfig:
         """The first setting that differs from a saved config (ignoring resume), or None."""
         mine = self.to_dict()
         for key in sorted(set(mine) | set(other)):
-            if key not in ("resume", "checkpoint_seconds") and mine.get(key) != other.get(key):
+            # How a run is spread over devices may change between resumes.
+            if key not in ("resume", "checkpoint_seconds", "strategy", "logical_cpus") and mine.get(key) != other.get(key):
                 return key
         return None

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from tf_dpu import methods, selection
+from tf_dpu import distribute, methods, selection
 from tf_dpu.config import PARTIAL_METHODS, RunConfig
 from tf_dpu.data import Dataset, RoundSchedule, load_dataset
 from tf_dpu.models import build_model
@@ -77,7 +77,22 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
       DpuError: bad settings or data (one-line message).
     """
     config = config.resolved()
-    say = progress or (lambda line: None)
+    # Multi-worker collectives must be set up before TensorFlow does anything else.
+    strategy = distribute.make_strategy(config.strategy, config.logical_cpus)
+    if not distribute.is_chief():
+        # Every worker runs the whole program (same data, same selections);
+        # only the chief reports and writes the run folder. The others keep
+        # their own copy under workers/N, which they resume from.
+        progress = None
+        if config.out_dir:
+            config = dataclasses.replace(config, out_dir=os.path.join(
+                config.out_dir, "workers", str(distribute.worker_index())))
+    with strategy.scope():
+        return _run(config, strategy, progress or (lambda line: None), data)
+
+
+def _run(config: RunConfig, strategy, say: Callable[[str], None],
+         data: Optional[Dataset]) -> RunResult:
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.random.set_seed(config.seed)
@@ -91,7 +106,7 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
     trainer = Trainer(model, layout, optimizer=config.optimizer,
                       learning_rate=config.learning_rate, momentum=config.momentum,
                       weight_decay=config.weight_decay, batch_size=config.batch_size,
-                      seed=config.seed)
+                      seed=config.seed, strategy=strategy)
     w0 = model.get_weights()
     total = layout.size(KERNEL)
     budget = config.budget(total)

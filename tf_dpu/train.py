@@ -91,6 +91,12 @@ _CHECKPOINT_SECONDS = flags.DEFINE_float(
 _RESUME = flags.DEFINE_bool(
     "resume", False, "continue the run in --out_dir from its last finished round and saved "
     "epoch, with the same settings (the same metrics and patches as an uninterrupted run)")
+_STRATEGY = flags.DEFINE_string(
+    "strategy", _D.strategy, "default | mirrored (local GPUs or --logical_cpus) | multi_worker "
+    "(one process per worker; the cluster comes from TF_CONFIG)")
+_LOGICAL_CPUS = flags.DEFINE_integer(
+    "logical_cpus", _D.logical_cpus, "with --strategy=mirrored: split the CPU into this many "
+    "devices (0: use the GPUs)")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False,
                              "print the resolved settings as JSON and exit without training")
 
@@ -113,7 +119,8 @@ def config_from_flags() -> cfg.RunConfig:
         deterministic=_DETERMINISTIC.value, export_tflite=_EXPORT.value,
         int8_headroom=_HEADROOM.value, budget_bytes=_BUDGET_BYTES.value, qat=_QAT.value,
         sign_key=_SIGN_KEY.value, out_dir=_OUT_DIR.value or None, resume=_RESUME.value,
-        checkpoint_seconds=_CHECKPOINT_SECONDS.value)
+        checkpoint_seconds=_CHECKPOINT_SECONDS.value, strategy=_STRATEGY.value,
+        logical_cpus=_LOGICAL_CPUS.value)
 
 
 def fail(message: str) -> None:
@@ -175,8 +182,8 @@ def main(argv):
         fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
     print()
     print(result.table)
-    if config.out_dir:
-        print(f"\nwrote {config.out_dir}/metrics.json, metrics.csv, accuracy.png, "
+    if result.out_dir:
+        print(f"\nwrote {result.out_dir}/metrics.json, metrics.csv, accuracy.png, "
               "round_NNN/model.weights.h5, tensorboard/")
 
 

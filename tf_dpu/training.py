@@ -11,6 +11,11 @@ features are compiled in per variant:
 * a local-contribution accumulator: c_i += -g_i * dw_i per step, where dw is
   the increment the optimizer actually applied (preconditioned, masked) and g
   the gradient including weight decay.
+
+The loop runs under any `tf.distribute` strategy (see `tf_dpu.distribute`):
+the batch loop stays in cross-replica context and each step is one
+`strategy.run`, so every replica takes the same global batches in the same
+order as a single device would.
 """
 
 import math
@@ -20,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_dpu import distribute
 from tf_dpu.weights import Layout
 
 _EVAL_BATCH = 1024
@@ -60,25 +66,34 @@ class Trainer:
         PyTorch's `weight_decay`), so it enters the local contribution too.
       batch_size: samples per step; the last batch of an epoch may be smaller.
       seed: seeds the per-epoch shuffling.
+      strategy: the `tf.distribute` strategy whose scope built the model
+        (None: the current one, which is the default strategy outside any
+        scope). Each global batch is split across its replicas.
     """
 
     def __init__(self, model: keras.Model, layout: Layout, *, optimizer: str = "adam",
                  learning_rate: float = 5e-3, momentum: float = 0.9,
-                 weight_decay: float = 0.0, batch_size: int = 128, seed: int = 0):
+                 weight_decay: float = 0.0, batch_size: int = 128, seed: int = 0,
+                 strategy: Optional[tf.distribute.Strategy] = None):
         self.model = model
+        self.strategy = strategy or tf.distribute.get_strategy()
         self._forward = model
         self.layout = layout
         self.batch_size = batch_size
         self._variables = model.trainable_variables
         self._weight_decay = float(weight_decay)
-        self._optimizer = make_optimizer(optimizer, learning_rate, momentum)
-        self._optimizer.build(self._variables)
-        self._masks = [tf.Variable(tf.ones(v.shape, tf.bool), trainable=False)
-                       for v in self._variables]
-        self._contribution = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
-                              for v in self._variables]
+        with self.strategy.scope():
+            self._optimizer = make_optimizer(optimizer, learning_rate, momentum)
+            self._optimizer.build(self._variables)
+            self._masks = [tf.Variable(tf.ones(v.shape, tf.bool), trainable=False)
+                           for v in self._variables]
+            self._contribution = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
+                                  for v in self._variables]
         self._bounds = None
-        self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        # Per-sample losses: a replica sums its slice and divides by the
+        # global batch size, so the sum over replicas is the batch mean.
+        self._loss = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=keras.losses.Reduction.NONE)
         self._rng = np.random.RandomState(seed)
         self._epoch_fns = {}
         self._correct_fn = tf.function(self._correct, reduce_retracing=True)
@@ -201,36 +216,53 @@ class Trainer:
     def _epoch(self, x, y, order, masked, accumulate, bn_training):
         batch = self.batch_size
         n = tf.shape(order)[0]
+        # A last batch with fewer samples than replicas would leave a replica
+        # with nothing, and BatchNorm's statistics of nothing are NaN; such a
+        # tail (fewer than the replica count) is skipped. One replica never skips.
+        steps = n // batch + tf.cast(n % batch >= self.strategy.num_replicas_in_sync, tf.int32)
         total = tf.constant(0.0)
-        for i in tf.range((n + batch - 1) // batch):
+        used = tf.constant(0)
+        for i in tf.range(steps):
             index = order[i * batch:tf.minimum((i + 1) * batch, n)]
-            loss = self._step(tf.gather(x, index), tf.gather(y, index), masked, accumulate,
-                              bn_training)
-            total += loss * tf.cast(tf.shape(index)[0], tf.float32)
-        return total / tf.cast(n, tf.float32)
+            loss = self.strategy.run(self._step, args=(
+                tf.gather(x, index), tf.gather(y, index), masked, accumulate, bn_training))
+            size = tf.shape(index)[0]
+            total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None) * \
+                tf.cast(size, tf.float32)
+            used += size
+        return total / tf.cast(used, tf.float32)
 
     def _step(self, xb, yb, masked, accumulate, bn_training):
+        size = tf.shape(yb)[0]
+        start, end = distribute.replica_slice(size)
         with tf.GradientTape() as tape:
-            loss = self._loss(yb, self._forward(xb, training=bn_training))
+            losses = self._loss(yb[start:end], self._forward(xb[start:end], training=bn_training))
+            loss = tf.reduce_sum(losses) / tf.cast(size, losses.dtype)
         grads = tape.gradient(loss, self._variables)
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, self._variables)]
+        # From here on every replica holds the same gradient and does the same
+        # arithmetic, so masks, contributions and weights agree everywhere.
+        grads = distribute.sum_over_replicas(grads)
         if self._weight_decay:
             grads = [g + self._weight_decay * v for g, v in zip(grads, self._variables)]
         if masked:
             grads = [tf.where(m, g, tf.zeros_like(g)) for g, m in zip(grads, self._masks)]
         before = ([tf.identity(v) for v in self._variables] if masked or accumulate
                   or self._bounds is not None else [])
-        self._optimizer.apply_gradients(zip(grads, self._variables))
+        self._optimizer.apply_gradients(zip(grads, self._variables),
+                                        skip_gradients_aggregation=True)
+        after = [tf.identity(v) for v in self._variables] if before else []
         if masked:
-            for v, b, m in zip(self._variables, before, self._masks):
-                v.assign(tf.where(m, v, b))
+            after = [tf.where(m, a, b) for m, a, b in zip(self._masks, after, before)]
         if self._bounds is not None:
-            for v, limit in zip(self._variables, self._bounds):
-                if limit is not None:
-                    v.assign(tf.clip_by_value(v, -limit, limit))
+            after = [a if limit is None else tf.clip_by_value(a, -limit, limit)
+                     for a, limit in zip(after, self._bounds)]
+        updates = list(zip(self._variables, after)) if masked or self._bounds is not None else []
         if accumulate:
-            for c, g, v, b in zip(self._contribution, grads, self._variables, before):
-                c.assign_add(-g * (v - b))
+            updates += [(c, c - g * (a - b)) for c, g, a, b in
+                        zip(self._contribution, grads, after, before)]
+        if updates:
+            distribute.assign(updates)
         return loss
 
     def _correct(self, x, y):

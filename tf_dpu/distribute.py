@@ -1,0 +1,140 @@
+"""Which `tf.distribute` strategy a run trains under, and the few helpers it needs.
+
+The training loop is written once, in replica context: each replica computes
+the gradient of its slice of every global batch, the slices' gradients are
+summed across replicas, and from there on every replica does the same
+arithmetic on the same numbers (mask, optimizer step, restore of the masked
+elements, contribution). That is what keeps masks, contributions and masked
+elements identical on every replica without a broadcast.
+"""
+
+import json
+import os
+from typing import Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+from tf_dpu.config import STRATEGIES
+from tf_dpu.errors import ConfigError
+
+
+def make_strategy(name: str, logical_cpus: int = 0) -> tf.distribute.Strategy:
+    """Builds the strategy a run asked for; call before any other TensorFlow work.
+
+    Args:
+      name: `default` (no distribution), `mirrored` (all local GPUs, or the
+        CPU split into `logical_cpus` devices) or `multi_worker` (one process
+        per worker, cluster from the `TF_CONFIG` environment variable).
+      logical_cpus: with `mirrored`, split the CPU into this many devices
+        (0: use the GPUs, or the one CPU when there are none).
+
+    Raises:
+      ConfigError: an unknown name, a missing or bad `TF_CONFIG`, or devices
+        that can no longer be configured.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = None
+        if logical_cpus:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            try:
+                tf.config.set_logical_device_configuration(
+                    cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+            except RuntimeError:
+                # Already configured by an earlier run in this process: fine
+                # when it has the same number of devices.
+                pass
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+            if len(devices) != logical_cpus:
+                raise ConfigError(
+                    f"--logical_cpus={logical_cpus}: TensorFlow already started with "
+                    f"{len(devices)} CPU device(s); set it before anything else runs")
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker":
+        task_type, task_id, workers = cluster_task()
+        if workers < 1:
+            raise ConfigError("--strategy=multi_worker needs TF_CONFIG with a cluster "
+                              "(see tf.distribute.MultiWorkerMirroredStrategy)")
+        del task_type, task_id
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (RuntimeError, ValueError) as e:
+            raise ConfigError(f"--strategy=multi_worker: {str(e).splitlines()[0]}") from None
+    raise ConfigError(f"--strategy={name!r} is not one of {', '.join(STRATEGIES)}")
+
+
+def cluster_task() -> Tuple[Optional[str], int, int]:
+    """(task type, task index, number of chief and worker tasks) from `TF_CONFIG`.
+
+    Without `TF_CONFIG` this is (None, 0, 0): a single process, its own chief.
+
+    Raises:
+      ConfigError: `TF_CONFIG` is not the JSON TensorFlow documents.
+    """
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None, 0, 0
+    try:
+        spec = json.loads(raw)
+        cluster = spec.get("cluster", {})
+        task = spec.get("task", {})
+        workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+        return task.get("type"), int(task.get("index", 0)), workers
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ConfigError(f"TF_CONFIG is not valid JSON of a cluster and a task ({e})") from None
+
+
+def is_chief() -> bool:
+    """True for the process that writes a multi-worker run's outputs.
+
+    TensorFlow's convention: the `chief` task, or worker 0 when the cluster
+    has no chief; a process without `TF_CONFIG` is its own chief.
+    """
+    task_type, index, _ = cluster_task()
+    if task_type in (None, "chief"):
+        return True
+    raw = json.loads(os.environ["TF_CONFIG"])
+    return task_type == "worker" and index == 0 and not raw.get("cluster", {}).get("chief")
+
+
+def worker_index() -> int:
+    """This process's index among the workers (0 without `TF_CONFIG`)."""
+    return cluster_task()[1]
+
+
+def assign(pairs: Sequence[Tuple[tf.Variable, tf.Tensor]]) -> None:
+    """Assigns values computed identically on every replica, from replica context.
+
+    A mirrored variable cannot be assigned directly in replica context; the
+    update goes through the strategy, which writes each replica's own value
+    to its own copy (the values agree, so the copies stay identical).
+    """
+    if not tf.distribute.has_strategy():
+        for variable, value in pairs:
+            variable.assign(value)
+        return
+
+    def update(strategy, pairs):
+        for variable, value in pairs:
+            strategy.extended.update(variable, lambda v, x: v.assign(x), args=(value,),
+                                     group=False)
+
+    tf.distribute.get_replica_context().merge_call(update, args=(tuple(pairs),))
+
+
+def replica_slice(size: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """[start, end) of this replica's contiguous share of a batch of `size` samples."""
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync
+    share = (size + replicas - 1) // replicas
+    start = tf.minimum(tf.cast(context.replica_id_in_sync_group, size.dtype) * share, size)
+    return start, tf.minimum(start + share, size)
+
+
+def sum_over_replicas(values):
+    """Sums a structure of tensors over all replicas (identity without a strategy)."""
+    context = tf.distribute.get_replica_context()
+    if context.num_replicas_in_sync == 1:
+        return values
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
