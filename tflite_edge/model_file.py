@@ -7,6 +7,7 @@ and maps Keras weights to buffers. It reads the schema bindings shipped with
 """
 
 import dataclasses
+import mmap
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -56,7 +57,8 @@ class ModelFile:
     """Parses a TFLite flatbuffer held in memory (subgraph 0).
 
     Args:
-      data: the file's bytes.
+      data: the file's bytes, or a read-only memory map of it (parsed in
+        place: only the pages holding metadata are read).
 
     Raises:
       PatchError: not a TFLite file, malformed, or using features patches do not
@@ -64,7 +66,7 @@ class ModelFile:
     """
 
     def __init__(self, data: bytes):
-        self.data = bytes(data)
+        self.data = data if isinstance(data, (bytes, mmap.mmap)) else bytes(data)
         if len(self.data) < 8 or self.data[4:8] != b"TFL3":
             raise PatchError("not a TFLite model (no TFL3 file identifier)")
         try:

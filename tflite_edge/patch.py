@@ -88,8 +88,9 @@ def main(argv=None) -> int:
                 from tflite_edge.signing import load_public_key  # pylint: disable=import-outside-toplevel
                 key = load_public_key(args.public_key)
             state = None if args.no_state else (args.state or f"{args.out or args.base}.state")
-            result = apply_patch_file(args.base, args.patch, args.out, key, state)
-            print(f"wrote {args.out or args.base}: {len(result)} bytes, verified")
+            patch = apply_patch_file(args.base, args.patch, args.out, key, state)
+            print(f"wrote {args.out or args.base}: {patch.header.result_size} bytes, verified, "
+                  f"round {patch.header.round}")
         elif args.command == "inspect":
             print(describe(read_file(args.patch, "patch")))
         else:

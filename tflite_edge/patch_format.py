@@ -174,11 +174,17 @@ def encode(header_round: int, base: bytes, result: bytes, records: List[Record],
       records: non-overlapping records; sorted here by offset.
       signer: optional callable(bytes) -> 64-byte Ed25519 signature.
     """
+    return encode_hashed(header_round, len(base), hashlib.sha256(base).digest(), len(result),
+                         hashlib.sha256(result).digest(), records, signer)
+
+
+def encode_hashed(header_round: int, base_size: int, base_sha256: bytes, result_size: int,
+                  result_sha256: bytes, records: List[Record], signer=None) -> bytes:
+    """Builds a patch file from the two models' sizes and SHA-256 digests (see `encode`)."""
     records = sorted(records, key=lambda r: r.offset)
     body = b"".join(encode_record(r) for r in records)
-    header = Header(header_round, len(base), len(result), hashlib.sha256(base).digest(),
-                    hashlib.sha256(result).digest(), len(records), len(body),
-                    FLAG_SIGNED if signer else 0)
+    header = Header(header_round, base_size, result_size, base_sha256, result_sha256,
+                    len(records), len(body), FLAG_SIGNED if signer else 0)
     signed_part = header.pack() + body
     signature = signer(signed_part) if signer else b""
     if signer and len(signature) != SIGNATURE_SIZE:

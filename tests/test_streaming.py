@@ -1,0 +1,87 @@
+"""Patches created and applied a chunk at a time give the same bytes as in memory.
+
+The models in the tests are smaller than one default chunk, so the chunk size
+is shrunk here to make records, raw ranges and buffers straddle many chunks.
+"""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+from tflite_edge import patch_format, source
+from tflite_edge.apply import apply_patch, apply_patch_file
+from tflite_edge.create import create_patch, create_patch_files
+from tflite_edge.errors import PatchError
+from tflite_edge.model_file import ModelFile
+
+
+@pytest.fixture(params=[8, 64, 4096])
+def small_chunks(request, monkeypatch):
+    monkeypatch.setattr(source, "CHUNK", request.param)
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def rounds(exported_run):
+    result, _ = exported_run
+    return [os.path.join(result.out_dir, f"round_{r:03d}", "model.tflite")
+            for r in range(len(result.rounds))]
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_streamed_patches_equal_in_memory_ones_for_every_round_pair(rounds, small_chunks,
+                                                                    tmp_path):
+    in_memory = {}
+    for i, base in enumerate(rounds):
+        for j in range(i + 1, len(rounds)):
+            streamed = create_patch_files(base, rounds[j], j)
+            in_memory[i, j] = streamed
+            assert streamed == create_patch(_read(base), _read(rounds[j]), j)
+            out = tmp_path / f"{i}_{j}.tflite"
+            patch_path = tmp_path / f"{i}_{j}.patch"
+            patch_path.write_bytes(streamed)
+            header = apply_patch_file(base, str(patch_path), str(out)).header
+            assert out.read_bytes() == _read(rounds[j]) and header.round == j
+    # A catch-up patch is no bigger than the chain it replaces (elements that
+    # moved back and forth are sent once or not at all).
+    last = len(rounds) - 1
+    chain = sum(len(in_memory[r, r + 1]) for r in range(last))
+    assert len(in_memory[0, last]) <= chain
+
+
+def test_raw_records_across_chunk_boundaries(rounds, small_chunks, tmp_path):
+    base = _read(rounds[0])
+    target = bytearray(base)
+    for tensor in ModelFile(base).tensors:
+        if tensor.scale_offset and len(tensor.scales) > 1:
+            end = tensor.scale_offset + 4 * len(tensor.scales)
+            target[tensor.scale_offset:end] = np.full(len(tensor.scales), 0.25,
+                                                      np.float32).tobytes()
+    (tmp_path / "target").write_bytes(bytes(target))
+    patch = create_patch_files(rounds[0], str(tmp_path / "target"), 1)
+    assert patch == create_patch(base, bytes(target), 1)
+    assert apply_patch(base, patch) == bytes(target)
+
+
+def test_a_result_that_does_not_hash_leaves_the_output_untouched(rounds, small_chunks,
+                                                                 tmp_path):
+    base, target = _read(rounds[0]), _read(rounds[1])
+    out = tmp_path / "device.tflite"
+    out.write_bytes(base)
+    patch = bytearray(create_patch(base, target, 1))
+    # Forge the expected result hash (and re-seal the checksum): every chunk
+    # is written before the mismatch shows, and none of it may land.
+    at = patch_format.HEADER.size - 8 - 32
+    patch[at] ^= 1
+    patch[-32:] = hashlib.sha256(bytes(patch[:-32])).digest()
+    (tmp_path / "p").write_bytes(bytes(patch))
+    with pytest.raises(PatchError, match="result hash"):
+        apply_patch_file(str(out), str(tmp_path / "p"))
+    assert out.read_bytes() == base
+    assert sorted(os.listdir(tmp_path)) == ["device.tflite", "p"]
