@@ -48,3 +48,14 @@ def test_decoder_refuses_bad_streams():
         positions.decode(bytes([0b101]), 8, 3, positions.BITMAP, 0)
     with pytest.raises(PatchError, match="claims"):
         positions.decode(b"", 8, 7, positions.ALL, 0)
+
+
+def test_blockwise_rice_coding_equals_one_block():
+    rng = np.random.RandomState(7)
+    values = rng.geometric(0.05, 5000).astype(np.uint64)
+    for parameter in (0, 1, 3, 7):
+        whole = positions.rice_encode(values, parameter)
+        cuts = np.sort(rng.choice(np.arange(1, len(values)), 9, replace=False))
+        blocks = np.split(values, cuts)
+        assert positions.rice_encode_blocks(blocks, parameter) == whole
+        assert positions.best_rice_blocks(blocks) == positions.best_rice(values)

@@ -85,3 +85,10 @@ def test_a_result_that_does_not_hash_leaves_the_output_untouched(rounds, small_c
         apply_patch_file(str(out), str(tmp_path / "p"))
     assert out.read_bytes() == base
     assert sorted(os.listdir(tmp_path)) == ["device.tflite", "p"]
+
+
+def test_patches_do_not_depend_on_the_coding_block(rounds, monkeypatch):
+    from tflite_edge import positions  # pylint: disable=import-outside-toplevel
+    expected = create_patch_files(rounds[0], rounds[-1], 9)
+    monkeypatch.setattr(positions, "BLOCK", 7)
+    assert create_patch_files(rounds[0], rounds[-1], 9) == expected

@@ -1,6 +1,7 @@
 """Command line for model patches: create, apply, inspect, keygen.
 
     python -m tflite_edge.patch create --base=A.tflite --target=B.tflite --out=P [--round=N] [--sign_key=K]
+    python -m tflite_edge.patch create --base=round_003/model.tflite --target=round_009/model.tflite --out=P
     python -m tflite_edge.patch apply --base=A.tflite --patch=P --out=B.tflite [--public_key=K] [--state=S]
     python -m tflite_edge.patch inspect --patch=P
     python -m tflite_edge.patch keygen --private=K --public=K.pub
@@ -9,11 +10,12 @@ Any failure prints one line and exits with status 2; the base file is left as it
 """
 
 import argparse
+import os
 import sys
 
 from tflite_edge import patch_format
 from tflite_edge.apply import apply_patch_file, read_file, write_atomic
-from tflite_edge.create import create_patch
+from tflite_edge.create import create_patch_files
 from tflite_edge.errors import PatchError
 from tflite_edge.positions import entropy_bound_bits
 
@@ -30,7 +32,9 @@ def _parser():
     create.add_argument("--base", required=True)
     create.add_argument("--target", required=True)
     create.add_argument("--out", required=True)
-    create.add_argument("--round", type=int, default=1, help="round the target belongs to")
+    create.add_argument("--round", type=int,
+                        help="round the target belongs to (default: from a round_NNN folder "
+                        "holding --target)")
     create.add_argument("--sign_key", help="Ed25519 private key (PEM) to sign with")
     apply = commands.add_parser("apply", help="apply a patch to a model")
     apply.add_argument("--base", required=True)
@@ -47,6 +51,16 @@ def _parser():
     keygen.add_argument("--private", required=True)
     keygen.add_argument("--public", required=True)
     return parser
+
+
+def _target_round(args) -> int:
+    """--round, or the NNN of the run folder round_NNN the target file sits in."""
+    if args.round is not None:
+        return args.round
+    folder = os.path.basename(os.path.dirname(os.path.abspath(args.target)))
+    if folder.startswith("round_") and folder[6:].isdigit():
+        return int(folder[6:])
+    raise PatchError(f"give --round: {args.target} is not in a round_NNN folder")
 
 
 def describe(data: bytes) -> str:
@@ -78,8 +92,7 @@ def main(argv=None) -> int:
             if args.sign_key:
                 from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
                 signer = load_signer(args.sign_key)
-            data = create_patch(read_file(args.base, "model"), read_file(args.target, "model"),
-                                args.round, signer)
+            data = create_patch_files(args.base, args.target, _target_round(args), signer)
             write_atomic(args.out, data)
             print(f"wrote {args.out}: {len(data)} bytes")
         elif args.command == "apply":

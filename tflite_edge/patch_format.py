@@ -152,11 +152,16 @@ def encode_record(record: Record) -> bytes:
     values = new.tobytes()
     record.value_coding, record.value_parameter = VALUES_RAW, 0
     if record.old_values is not None and dtype.itemsize <= 4:
-        zigzag = zigzag_deltas(np.asarray(record.old_values, dtype), new)
-        parameter, bits = codes.best_rice(zigzag)
+        old = np.asarray(record.old_values, dtype)
+
+        def deltas():
+            for first in range(0, len(new), codes.BLOCK):
+                yield zigzag_deltas(old[first:first + codes.BLOCK], new[first:first + codes.BLOCK])
+
+        parameter, bits = codes.best_rice_blocks(deltas())
         if (bits + 7) // 8 < len(values):
             record.value_coding, record.value_parameter = VALUES_DELTA, parameter
-            values = codes.rice_encode(zigzag, parameter)
+            values = codes.rice_encode_blocks(deltas(), parameter)
     record.value_bytes = len(values)
     return ELEMENTS_RECORD.pack(KIND_ELEMENTS, record.element_type, record.coding,
                                 record.parameter, record.value_coding, record.value_parameter,

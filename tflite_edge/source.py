@@ -17,7 +17,7 @@ from tflite_edge.errors import PatchError
 
 # Big enough that per-chunk overhead vanishes, small enough for a phone; a
 # multiple of 8, so no element of any patchable type straddles two chunks.
-CHUNK = 1 << 20
+CHUNK = 1 << 18
 
 
 class Source:
@@ -59,7 +59,12 @@ class Source:
 
     def close(self) -> None:
         if isinstance(self._data, mmap.mmap):
-            self._data.close()
+            try:
+                self._data.close()
+            except BufferError:
+                # A parsed view (say, one held by an exception's traceback)
+                # still points into the map; it is unmapped once that view goes.
+                pass
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

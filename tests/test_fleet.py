@@ -1,0 +1,103 @@
+"""Catch-up patches and the fleet: any earlier round straight to the latest."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from tflite_edge import patch_format
+from tflite_edge.apply import apply_patch
+from tflite_edge.errors import PatchError
+from tflite_edge.fleet import Releases, simulate
+
+
+@pytest.fixture(scope="module")
+def run_dir(exported_run, tmp_path_factory):
+    """A copy of the exported run, so the fleet's patch cache stays out of the fixture."""
+    result, _ = exported_run
+    copy = tmp_path_factory.mktemp("fleet") / "run"
+    shutil.copytree(result.out_dir, copy)
+    return str(copy)
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_every_policy_brings_every_release_to_the_latest(run_dir):
+    releases = Releases(run_dir)
+    assert len(releases.releases) >= 3
+    latest = _read(releases.latest.path)
+    for device in releases.releases[:-1]:
+        sizes = {}
+        for policy in ("chain", "catchup", "full"):
+            update = releases.update(device, policy)
+            model, state = _read(device.path), {"round": device.round}
+            for path in update.patches:
+                data = _read(path)
+                model = apply_patch(model, data, state=state)
+                state = {"round": patch_format.decode(data).header.round}
+            assert model == latest, (device.round, policy)
+            sizes[policy] = update.bytes
+        assert len(releases.update(device, "chain").patches) == \
+            len([r for r in releases.releases if r.round > device.round])
+        assert sizes["full"] > len(latest)        # the file plus header and checks
+        cheapest = releases.update(device)
+        assert cheapest.bytes == min(sizes.values())
+
+
+def test_catchup_patch_refuses_a_device_on_another_round(run_dir):
+    releases = Releases(run_dir)
+    first, second = releases.releases[0], releases.releases[1]
+    patch = _read(releases.update(first, "catchup").patches[0])
+    with pytest.raises(PatchError, match="another model"):
+        apply_patch(_read(second.path), patch)
+
+
+def test_simulated_fleet_ends_byte_identical_on_the_latest(run_dir):
+    results = simulate(Releases(run_dir), devices=40, online=0.4, seed=3)
+    for policy, r in results.items():
+        assert r["on_latest"] == 40 and r["files_match"], policy
+    assert results["cheapest"]["total_bytes"] <= min(
+        results[p]["total_bytes"] for p in ("chain", "catchup", "full"))
+    assert results["catchup"]["patch_files"] < results["chain"]["patch_files"]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "tflite_edge.fleet", *args], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+def test_plan_command_by_round_and_by_hash(run_dir, tmp_path):
+    releases = Releases(run_dir)
+    device = releases.releases[0]
+    done = _cli("plan", f"--run_dir={run_dir}", f"--device_sha256={device.sha256.hex()}",
+                f"--out={tmp_path}/update")
+    assert done.returncode == 0, done.stderr
+    model = _read(device.path)
+    state = {"round": device.round}
+    for name in sorted(os.listdir(tmp_path / "update")):
+        data = _read(tmp_path / "update" / name)
+        model = apply_patch(model, data, state=state)
+        state = {"round": patch_format.decode(data).header.round}
+    assert hashlib.sha256(model).digest() == releases.latest.sha256
+    unknown = _cli("plan", f"--run_dir={run_dir}", "--device_round=99")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines() == [
+        f"error: no deployed file of {run_dir} has round 99; the device needs a fresh install"]
+
+
+def test_patch_command_takes_the_round_from_the_target_folder(run_dir, tmp_path):
+    releases = Releases(run_dir)
+    first, latest = releases.releases[0], releases.latest
+    made = subprocess.run([sys.executable, "-m", "tflite_edge.patch", "create",
+                           f"--base={first.path}", f"--target={latest.path}",
+                           f"--out={tmp_path}/catchup.patch"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert made.returncode == 0, made.stderr
+    assert patch_format.decode(_read(tmp_path / "catchup.patch")).header.round == latest.round

@@ -1,0 +1,314 @@
+"""Serving a fleet whose devices sit at different rounds, and a simulation of one.
+
+The server keeps every round's deployed file (`round_NNN/model.tflite` in a
+run folder). A device reports the SHA-256 of its model (or its round); the
+server answers with the cheapest of three updates, all of them patches that
+the device verifies the same way (signature, round, base hash, result hash):
+
+* `chain`: the per-round patches it missed, applied in order;
+* `catchup`: one patch from its file straight to the latest;
+* `full`: the whole latest file as one raw record (for when a patch would be
+  bigger, e.g. after many rounds of a large update ratio).
+
+    python -m tflite_edge.fleet plan --run_dir=runs/x --device_round=3 --out=update/
+    python -m tflite_edge.fleet simulate --run_dir=runs/x --devices=1000 --online=0.5
+
+Catch-up patches are built on demand and kept in `run_dir/fleet/`, so a
+thousand devices at round 3 cost one patch creation.
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sys
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from tflite_edge import patch_format
+from tflite_edge.apply import apply_patch, write_atomic
+from tflite_edge.create import create_patch_files
+from tflite_edge.errors import PatchError
+from tflite_edge.patch_format import KIND_RAW, Record
+from tflite_edge.source import Source
+
+POLICIES = ("chain", "catchup", "full", "cheapest")
+_ROUND_DIR = re.compile(r"^round_(\d{3,})$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """A round whose deployed file differs from the one before."""
+
+    round: int
+    path: str
+    sha256: bytes
+    size: int
+
+
+@dataclasses.dataclass
+class Update:
+    """What the server sends one device: patch files, applied in order."""
+
+    policy: str
+    from_round: int
+    to_round: int
+    patches: List[str]
+
+    @property
+    def bytes(self) -> int:
+        return sum(os.path.getsize(p) for p in self.patches)
+
+
+class Releases:
+    """The deployed files of a run folder, and the updates between them.
+
+    Args:
+      run_dir: a run folder written with `--export_tflite`.
+      signer: optional callable(bytes) -> Ed25519 signature for the patches
+        built here (catch-up and full); per-round patches are used as written.
+
+    Raises:
+      PatchError: the folder holds no deployed files.
+    """
+
+    def __init__(self, run_dir: str, signer: Optional[Callable[[bytes], bytes]] = None):
+        self.run_dir = run_dir
+        self.signer = signer
+        self.cache = os.path.join(run_dir, "fleet")
+        self.releases: List[Release] = []
+        try:
+            names = sorted(n for n in os.listdir(run_dir) if _ROUND_DIR.match(n))
+        except OSError as e:
+            raise PatchError(f"cannot read run folder {run_dir}: {e.strerror}") from None
+        for name in names:
+            path = os.path.join(run_dir, name, "model.tflite")
+            if not os.path.exists(path):
+                continue
+            with Source.open(path) as source:
+                digest, size = source.sha256(), source.size
+            # A round that sent nothing left the file as it was: no release.
+            if not self.releases or digest != self.releases[-1].sha256:
+                self.releases.append(Release(int(_ROUND_DIR.match(name).group(1)), path,
+                                             digest, size))
+        if not self.releases:
+            raise PatchError(f"{run_dir} holds no round_NNN/model.tflite "
+                             "(run with --export_tflite)")
+
+    @property
+    def latest(self) -> Release:
+        return self.releases[-1]
+
+    def find(self, round_index: Optional[int] = None,
+             sha256: Optional[bytes] = None) -> Release:
+        """The release a device holds, by its reported round or model hash."""
+        for release in self.releases:
+            if release.sha256 == sha256 or (sha256 is None and release.round == round_index):
+                return release
+        what = f"sha256 {sha256.hex()[:16]}..." if sha256 else f"round {round_index}"
+        raise PatchError(f"no deployed file of {self.run_dir} has {what}; the device needs "
+                         "a fresh install")
+
+    def chain(self, device: Release) -> List[str]:
+        """The per-round patches from `device` to the latest, as the run wrote them."""
+        later = [r for r in self.releases if r.round > device.round]
+        paths = [os.path.join(os.path.dirname(r.path), "update.patch") for r in later]
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise PatchError(f"missing per-round patch {missing[0]}")
+        return paths
+
+    def catchup(self, device: Release) -> str:
+        """One patch from `device` straight to the latest (built once, then cached)."""
+        return self._cached(f"from_{device.round:03d}_to_{self.latest.round:03d}.patch",
+                            lambda: create_patch_files(device.path, self.latest.path,
+                                                       self.latest.round, self.signer))
+
+    def full(self, device: Release) -> str:
+        """The whole latest file as a patch: verified like any other update."""
+        def build():
+            with Source.open(self.latest.path) as target:
+                data = target.read(0, target.size)
+            record = Record(KIND_RAW, 0, raw=data)
+            return patch_format.encode_hashed(self.latest.round, device.size, device.sha256,
+                                              self.latest.size, self.latest.sha256, [record],
+                                              self.signer)
+        return self._cached(f"full_{device.round:03d}_to_{self.latest.round:03d}.patch", build)
+
+    def update(self, device: Release, policy: str = "cheapest") -> Update:
+        """The update for a device at `device` under `policy` (see POLICIES)."""
+        if device.round == self.latest.round:
+            return Update(policy, device.round, device.round, [])
+        options = {
+            "chain": lambda: self.chain(device),
+            "catchup": lambda: [self.catchup(device)],
+            "full": lambda: [self.full(device)],
+        }
+        if policy != "cheapest":
+            return Update(policy, device.round, self.latest.round, options[policy]())
+        candidates = [Update(name, device.round, self.latest.round, build())
+                      for name, build in options.items()]
+        # Ties go to the fewest files (fewer round trips), then to the order above.
+        return min(candidates, key=lambda u: (u.bytes, len(u.patches)))
+
+    def _cached(self, name: str, build: Callable[[], bytes]) -> str:
+        path = os.path.join(self.cache, name)
+        if not os.path.exists(path):
+            os.makedirs(self.cache, exist_ok=True)
+            write_atomic(path, build())
+        return path
+
+
+def simulate(releases: Releases, devices: int, online: float, seed: int = 0,
+             policies=POLICIES) -> Dict[str, Dict]:
+    """Runs a fleet through every release, devices missing rounds at random.
+
+    Every device starts on the first release. At each later release each
+    device is online with probability `online`; an online device gets the
+    update the policy picks and applies it with the Python applier (state
+    check, base hash, result hash). After the last release every device
+    checks in once more, so all must end on the latest file.
+
+    Returns:
+      Per policy: total bytes, bytes per device (mean, median, 95th
+      percentile, max), updates, patch files sent, and how many devices hold
+      the latest file byte for byte.
+    """
+    rng = np.random.RandomState(seed)
+    schedule = rng.rand(len(releases.releases), devices) < online
+    schedule[-1] = True                 # the final check-in
+    results = {}
+    for policy in policies:
+        files: Dict[bytes, bytes] = {}  # content-addressed device storage
+        held = [releases.releases[0]] * devices
+        with open(releases.releases[0].path, "rb") as f:
+            first = f.read()
+        files[releases.releases[0].sha256] = first
+        model_of = [releases.releases[0].sha256] * devices
+        sent = np.zeros(devices, np.int64)
+        updates = patches = 0
+        for step in range(1, len(releases.releases)):
+            view = _Upto(releases, step)
+            for device in np.flatnonzero(schedule[step]):
+                update = view.update(held[device], policy)
+                if not update.patches:
+                    continue
+                model = files[model_of[device]]
+                state = {"round": held[device].round}
+                for path in update.patches:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                    model = apply_patch(model, data, state=state)
+                    state = {"round": patch_format.decode(data).header.round}
+                    sent[device] += len(data)
+                digest = hashlib.sha256(model).digest()
+                files.setdefault(digest, model)
+                model_of[device] = digest
+                held[device] = view.find(sha256=digest)
+                updates += 1
+                patches += len(update.patches)
+        latest = releases.latest.sha256
+        results[policy] = {
+            "devices": devices, "total_bytes": int(sent.sum()),
+            "mean_bytes": float(sent.mean()), "median_bytes": float(np.median(sent)),
+            "p95_bytes": float(np.percentile(sent, 95)), "max_bytes": int(sent.max()),
+            "updates": updates, "patch_files": patches,
+            "on_latest": int(sum(m == latest for m in model_of)),
+            "files_match": all(files[m] == files[latest] for m in model_of),
+        }
+    return results
+
+
+class _Upto(Releases):
+    """The server as it was when release `step` was the latest."""
+
+    def __init__(self, releases: Releases, step: int):  # pylint: disable=super-init-not-called
+        self.run_dir, self.signer, self.cache = releases.run_dir, releases.signer, releases.cache
+        self.releases = releases.releases[:step + 1]
+
+
+def format_table(results: Dict[str, Dict], model_bytes: int) -> str:
+    """A Markdown table of `simulate`'s results."""
+    lines = ["| policy | total bytes | mean per device | median | p95 | max | updates | "
+             "patch files | on latest (byte-identical) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for policy, r in results.items():
+        lines.append(
+            f"| {policy} | {r['total_bytes']:,} | {r['mean_bytes']:,.0f} | "
+            f"{r['median_bytes']:,.0f} | {r['p95_bytes']:,.0f} | {r['max_bytes']:,} | "
+            f"{r['updates']:,} | {r['patch_files']:,} | {r['on_latest']}/{r['devices']}"
+            f"{'' if r['files_match'] else ' (MISMATCH)'} |")
+    lines.append(f"\nModel file: {model_bytes:,} bytes.")
+    return "\n".join(lines)
+
+
+def _parser():
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise PatchError(message)
+
+    parser = Parser(prog="python -m tflite_edge.fleet", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    plan = commands.add_parser("plan", help="the cheapest update for one device")
+    plan.add_argument("--run_dir", required=True)
+    which = plan.add_mutually_exclusive_group(required=True)
+    which.add_argument("--device_round", type=int, help="the round the device reports")
+    which.add_argument("--device_sha256", help="the SHA-256 (hex) of the device's model")
+    plan.add_argument("--policy", default="cheapest", choices=POLICIES)
+    plan.add_argument("--out", help="folder to copy the update's patch files into, in order")
+    plan.add_argument("--sign_key", help="Ed25519 private key for patches built here")
+    sim = commands.add_parser("simulate", help="a fleet that misses rounds at random")
+    sim.add_argument("--run_dir", required=True)
+    sim.add_argument("--devices", type=int, default=1000)
+    sim.add_argument("--online", type=float, default=0.5,
+                     help="chance that a device is online at each release")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--json", help="also write the results here")
+    sim.add_argument("--sign_key", help="Ed25519 private key for patches built here")
+    return parser
+
+
+def main(argv=None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        signer = None
+        if args.sign_key:
+            from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
+            signer = load_signer(args.sign_key)
+        releases = Releases(args.run_dir, signer)
+        if args.command == "plan":
+            try:
+                digest = bytes.fromhex(args.device_sha256) if args.device_sha256 else None
+            except ValueError:
+                raise PatchError("--device_sha256 must be 64 hex digits") from None
+            device = releases.find(args.device_round, digest)
+            update = releases.update(device, args.policy)
+            print(f"device at round {device.round}, latest round {releases.latest.round}: "
+                  f"{update.policy}, {len(update.patches)} file(s), {update.bytes} bytes")
+            if args.out:
+                os.makedirs(args.out, exist_ok=True)
+                for i, path in enumerate(update.patches):
+                    with open(path, "rb") as f:
+                        write_atomic(os.path.join(args.out, f"{i:02d}.patch"), f.read())
+                print(f"wrote {len(update.patches)} patch file(s) to {args.out}")
+        else:
+            if args.devices < 1 or not 0.0 <= args.online <= 1.0:
+                raise PatchError("--devices must be >= 1 and --online in [0, 1]")
+            results = simulate(releases, args.devices, args.online, args.seed)
+            print(format_table(results, releases.latest.size))
+            if args.json:
+                write_atomic(args.json, json.dumps(results, indent=2).encode())
+    except PatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
