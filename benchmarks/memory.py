@@ -25,7 +25,9 @@ from absl import app, flags
 
 from benchmarks.scaling import WIDTHS, _model
 
-_SIZE = flags.DEFINE_string("size", "10M", "model size: " + ", ".join(WIDTHS))
+# A 100M-parameter MLP as well, to show what grows with the model.
+_WIDTHS = dict(WIDTHS, **{"100M": 9800})
+_SIZE = flags.DEFINE_string("size", "10M", "model size: " + ", ".join(_WIDTHS))
 _RATIO = flags.DEFINE_float("ratio", 0.01, "fraction of kernel elements that change")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/memory", "output path, no extension")
 
@@ -89,7 +91,7 @@ def main(argv):
     from tflite_edge.create import create_patch_files  # pylint: disable=import-outside-toplevel
     from tflite_edge.model_file import ModelFile  # pylint: disable=import-outside-toplevel
     rng = np.random.RandomState(0)
-    model = _model(WIDTHS[_SIZE.value])
+    model = _model(_WIDTHS[_SIZE.value])
     base = convert_int8(model, rng.randn(20, 256).astype(np.float32))
     mapping = build_map(model, ModelFile(base))
     old = model.get_weights()

@@ -14,7 +14,7 @@ float rounding:
 
 import json
 import os
-import socket
+import shutil
 import subprocess
 import sys
 
@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from tf_dpu.config import METHODS
+from tf_dpu.local_cluster import launch
 
 from conftest import ROOT
 
@@ -96,42 +97,30 @@ def test_mirrored_matches_one_device(mirrored_runs, method):
                                   str(mirrored_runs / method / "mirrored"))
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 _FLAGS = ["--dataset=digits", "--model=mlp", "--rounds=3", "--initial_samples=300",
           "--samples_per_round=200", "--epochs=2", "--batch_size=64", "--seed=4",
           "--export_tflite", "--quiet"]
 
 
-def test_two_workers_on_loopback_match_one_device(tmp_path):
-    single = tmp_path / "single"
-    subprocess.run([sys.executable, "-m", "tf_dpu.train", *_FLAGS, f"--out_dir={single}"],
-                   env=_ENV, cwd=ROOT, check=True, timeout=_TIMEOUT, capture_output=True)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-    multi = tmp_path / "multi"
-    workers = []
-    for index in range(2):
-        env = dict(_ENV, TF_CONFIG=json.dumps({"cluster": cluster,
-                                               "task": {"type": "worker", "index": index}}))
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "tf_dpu.train", *_FLAGS, "--strategy=multi_worker",
-             f"--out_dir={multi}"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True))
-    try:
-        for worker in workers:
-            output, _ = worker.communicate(timeout=_TIMEOUT)
-            assert worker.returncode == 0, output[-2000:]
-    finally:
-        for worker in workers:
-            worker.kill()
+def _two_workers(out_dir, *extra):
+    status = launch([*_FLAGS, f"--out_dir={out_dir}", *extra], workers=2, timeout=_TIMEOUT,
+                    env=_ENV, quiet_chief=True)
+    assert status == 0
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(tmp_path_factory):
+    """A single-device run and the same run on two workers on loopback."""
+    folder = tmp_path_factory.mktemp("workers")
+    subprocess.run([sys.executable, "-m", "tf_dpu.train", *_FLAGS,
+                    f"--out_dir={folder / 'single'}"], env=_ENV, cwd=ROOT, check=True,
+                   timeout=_TIMEOUT, capture_output=True)
+    _two_workers(folder / "multi")
+    return folder / "single", folder / "multi"
+
+
+def test_two_workers_on_loopback_match_one_device(two_worker_run):
+    single, multi = two_worker_run
     _assert_matches_single_device(str(single), str(multi))
     # Worker 1 kept its own copy: bit-identical weights and byte-identical
     # int8 files and patches, so the two replicas never diverged.
@@ -144,6 +133,27 @@ def test_two_workers_on_loopback_match_one_device(tmp_path):
             path = multi / f"round_{r:03d}" / name
             if path.exists():
                 assert path.read_bytes() == (copy / f"round_{r:03d}" / name).read_bytes()
+
+
+def test_workers_resume_from_the_round_all_of_them_saved(two_worker_run, tmp_path):
+    _, multi = two_worker_run
+    resumed = tmp_path / "multi"
+    shutil.copytree(multi, resumed)
+    # Worker 1 "crashed" before recording round 2; the chief had recorded it.
+    metrics = resumed / "workers" / "1" / "metrics.json"
+    saved = json.loads(metrics.read_text())
+    saved["rounds"] = saved["rounds"][:2]
+    metrics.write_text(json.dumps(saved))
+    (resumed / "round_002" / "model.tflite").write_bytes(b"stale")
+    _two_workers(resumed, "--resume")
+    before, after = _metrics(str(multi)), _metrics(str(resumed))
+    assert [r["round"] for r in after] == [0, 1, 2]
+    for a, b in zip(before, after):
+        for key in ("val_accuracy", "test_accuracy", "updated_elements", "sent_bytes"):
+            assert a[key] == b[key], key
+    # Round 2 was trained again by both workers, from round 1's saved state.
+    assert (resumed / "round_002" / "model.tflite").read_bytes() == \
+        (multi / "round_002" / "model.tflite").read_bytes()
 
 
 def test_multi_worker_without_a_cluster_is_one_line(tmp_path):

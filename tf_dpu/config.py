@@ -211,7 +211,9 @@ class RunConfig:
         """The first setting that differs from a saved config (ignoring resume), or None."""
         mine = self.to_dict()
         for key in sorted(set(mine) | set(other)):
-            # How a run is spread over devices may change between resumes.
-            if key not in ("resume", "checkpoint_seconds", "strategy", "logical_cpus") and mine.get(key) != other.get(key):
+            # How a run is spread over devices, and where its folder sits (it
+            # may have been moved or copied), may change between resumes.
+            if key not in ("resume", "checkpoint_seconds", "strategy", "logical_cpus",
+                           "out_dir") and mine.get(key) != other.get(key):
                 return key
         return None

@@ -138,3 +138,13 @@ def sum_over_replicas(values):
     if context.num_replicas_in_sync == 1:
         return values
     return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+
+def minimum_over_workers(strategy: tf.distribute.Strategy, value: int) -> int:
+    """The smallest of every worker's `value` (a collective: all workers must call it)."""
+    def gather():
+        context = tf.distribute.get_replica_context()
+        return context.all_gather(tf.constant([value], tf.int64), axis=0)
+
+    gathered = strategy.experimental_local_results(strategy.run(gather))[0]
+    return int(tf.reduce_min(gathered))

@@ -113,6 +113,10 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None],
     x_val, y_val = _tensors(data.x_val, data.y_val)
     x_test, y_test = _tensors(data.x_test, data.y_test)
     finished = _finished_rounds(config) if config.resume else []
+    if config.strategy == "multi_worker":
+        # Each worker resumes from its own copy; a crash may have let one save
+        # a round the others did not, and they must all restart at one round.
+        finished = finished[:distribute.minimum_over_workers(strategy, len(finished))]
     writer = RunWriter(config.out_dir, config.to_dict()) if config.out_dir else None
     export = None
     if writer and not finished:
@@ -162,7 +166,9 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None],
                                                config.seed + 7919 * (r + 1),
                                                config.initializer).get_weights(),
             progress=say)
-        if writer:
+        # Mid-round checkpoints are time-based, so workers would hold different
+        # epochs; a multi-worker run resumes at round boundaries instead.
+        if writer and config.strategy != "multi_worker":
             ctx.checkpoints = EpochCheckpoints(os.path.join(config.out_dir, "checkpoint"), r,
                                                config.checkpoint_seconds)
         ctx.select = lambda scores: selection.top_k(scores, budget, len(w0))
@@ -224,7 +230,8 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None],
             writer.write_round(model, deployed, rounds, trainer.shuffle_state, {
                 "deployed_val": deployed_val, "deployed_test": deployed_test,
                 "init_size": init_size})
-            ctx.checkpoints.clear()
+            if ctx.checkpoints:
+                ctx.checkpoints.clear()
     if writer:
         writer.write_plot(rounds)
     return RunResult(config.to_dict(), rounds, deployed, w0, config.out_dir)

@@ -106,7 +106,7 @@ def rice_decode(data: bytes, count: int, parameter: int, limit: int) -> np.ndarr
 
 # Changes are coded in blocks, so encoding a patch for a large model holds a
 # block's temporaries rather than a few copies of every changed position.
-BLOCK = 1 << 16
+BLOCK = 1 << 14
 
 
 def gap_blocks(positions: np.ndarray) -> Iterator[np.ndarray]:
