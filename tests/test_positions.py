@@ -59,3 +59,18 @@ def test_blockwise_rice_coding_equals_one_block():
         blocks = np.split(values, cuts)
         assert positions.rice_encode_blocks(blocks, parameter) == whole
         assert positions.best_rice_blocks(blocks) == positions.best_rice(values)
+
+
+@pytest.mark.parametrize("piece", [1, 3, 1 << 14])
+def test_rice_decoding_a_piece_at_a_time(monkeypatch, piece):
+    monkeypatch.setattr(positions, "RICE_PIECE", piece)
+    rng = np.random.RandomState(piece)
+    values = rng.geometric(0.02, 3000).astype(np.uint64)
+    for parameter in (0, 2, 5):
+        coded = positions.rice_encode(values, parameter)
+        assert np.array_equal(positions.rice_decode(coded, len(values), parameter, 1 << 20),
+                              values)
+        with pytest.raises(PatchError, match="stray bits"):
+            positions.rice_decode(coded + b"\x01", len(values), parameter, 1 << 20)
+        with pytest.raises(PatchError):
+            positions.rice_decode(coded[:-1], len(values), parameter, 1 << 20)

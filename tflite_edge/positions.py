@@ -16,6 +16,7 @@ RICE, BITMAP, ALL = 0, 1, 2
 CODING_NAMES = {RICE: "rice", BITMAP: "bitmap", ALL: "all"}
 MAX_RICE_PARAMETER = 31
 _DIGITS = bytes.maketrans(b"\x00\x01", b"01")
+RICE_PIECE = 1 << 14   # stream bytes unpacked at a time when decoding
 
 
 def rice_size(values: np.ndarray, parameter: int) -> int:
@@ -83,15 +84,21 @@ def rice_decode(data: bytes, count: int, parameter: int, limit: int) -> np.ndarr
         raise PatchError(f"Rice parameter {parameter} is out of range")
     if count * (1 + parameter) > 8 * len(data):  # every code takes k + 1 bits or more
         raise PatchError(f"a Rice stream of {len(data)} bytes cannot hold {count} codes")
-    # One byte per bit, searched with bytes.find: C speed, and memory of
-    # 8x the stream rather than a Python object per bit.
-    stream = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little").tobytes()
-    values = np.empty(count, np.uint64)
-    at = 0
+    # The stream is unpacked a piece at a time into one byte per bit and
+    # searched with bytes.find: C speed, and memory of a piece rather than
+    # of the whole stream (or of a Python object per bit).
+    values = np.empty(count, np.uint32 if limit <= 1 << 32 else np.uint64)
+    stream, at, fed = b"", 0, 0
     for i in range(count):
-        end = stream.find(0, at)
-        if end < 0 or end + 1 + parameter > len(stream):
-            raise PatchError("a Rice code runs past the end of its stream")
+        while True:
+            end = stream.find(0, at)
+            if 0 <= end and end + 1 + parameter <= len(stream):
+                break
+            if fed == len(data):
+                raise PatchError("a Rice code runs past the end of its stream")
+            piece = np.frombuffer(data, np.uint8, min(RICE_PIECE, len(data) - fed), fed)
+            stream = stream[at:] + np.unpackbits(piece, bitorder="little").tobytes()
+            fed, at = fed + len(piece), 0
         value = (end - at) << parameter
         if parameter:
             value |= int(stream[end + 1:end + 1 + parameter][::-1].translate(_DIGITS), 2)
@@ -99,7 +106,9 @@ def rice_decode(data: bytes, count: int, parameter: int, limit: int) -> np.ndarr
             raise PatchError(f"a Rice-coded value ({value}) is out of range")
         values[i] = value
         at = end + 1 + parameter
-    if len(stream) - at >= 8 or 1 in stream[at:]:
+    leftover = stream[at:] + np.unpackbits(np.frombuffer(data, np.uint8, len(data) - fed, fed),
+                                           bitorder="little").tobytes()
+    if len(leftover) >= 8 or 1 in leftover:
         raise PatchError("a Rice stream has stray bits after its last code")
     return values
 
