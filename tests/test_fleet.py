@@ -1,6 +1,7 @@
 """Catch-up patches and the fleet: any earlier round straight to the latest."""
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -86,6 +87,11 @@ def test_plan_command_by_round_and_by_hash(run_dir, tmp_path):
         model = apply_patch(model, data, state=state)
         state = {"round": patch_format.decode(data).header.round}
     assert hashlib.sha256(model).digest() == releases.latest.sha256
+    as_json = _cli("plan", f"--run_dir={run_dir}", f"--device_round={device.round}", "--json")
+    plan = json.loads(as_json.stdout)
+    assert plan["to_round"] == releases.latest.round and plan["policy"] in ("chain", "catchup")
+    assert plan["bytes"] == sum(os.path.getsize(p) for p in plan["patches"])
+    assert plan["result_sha256"] == releases.latest.sha256.hex()
     unknown = _cli("plan", f"--run_dir={run_dir}", "--device_round=99")
     assert unknown.returncode == 2
     assert unknown.stderr.strip().splitlines() == [
@@ -101,3 +107,19 @@ def test_patch_command_takes_the_round_from_the_target_folder(run_dir, tmp_path)
                           text=True)
     assert made.returncode == 0, made.stderr
     assert patch_format.decode(_read(tmp_path / "catchup.patch")).header.round == latest.round
+
+
+def test_c_applier_takes_catchup_and_full_updates(run_dir, c_applier, tmp_path):
+    releases = Releases(run_dir)
+    device, latest = releases.releases[0], releases.latest
+    for policy in ("catchup", "full"):
+        patch = releases.update(device, policy).patches[0]
+        out = tmp_path / f"{policy}.tflite"
+        done = subprocess.run([c_applier, "--min-round", str(device.round + 1), device.path,
+                               patch, str(out)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert out.read_bytes() == _read(latest.path)
+        # A device already past the latest round refuses the same update.
+        stale = subprocess.run([c_applier, "--min-round", str(latest.round + 1), device.path,
+                                patch, str(tmp_path / "x")], capture_output=True, text=True)
+        assert stale.returncode != 0 and not (tmp_path / "x").exists()

@@ -11,6 +11,7 @@ the device verifies the same way (signature, round, base hash, result hash):
   bigger, e.g. after many rounds of a large update ratio).
 
     python -m tflite_edge.fleet plan --run_dir=runs/x --device_round=3 --out=update/
+    python -m tflite_edge.fleet plan --run_dir=runs/x --device_sha256=HEX --json
     python -m tflite_edge.fleet simulate --run_dir=runs/x --devices=1000 --online=0.5
 
 Catch-up patches are built on demand and kept in `run_dir/fleet/`, so a
@@ -260,6 +261,8 @@ def _parser():
     plan.add_argument("--policy", default="cheapest", choices=POLICIES)
     plan.add_argument("--out", help="folder to copy the update's patch files into, in order")
     plan.add_argument("--sign_key", help="Ed25519 private key for patches built here")
+    plan.add_argument("--json", action="store_true",
+                      help="print the update as one JSON line (for a serving backend)")
     sim = commands.add_parser("simulate", help="a fleet that misses rounds at random")
     sim.add_argument("--run_dir", required=True)
     sim.add_argument("--devices", type=int, default=1000)
@@ -286,6 +289,12 @@ def main(argv=None) -> int:
                 raise PatchError("--device_sha256 must be 64 hex digits") from None
             device = releases.find(args.device_round, digest)
             update = releases.update(device, args.policy)
+            if args.json:
+                print(json.dumps({"policy": update.policy, "from_round": update.from_round,
+                                  "to_round": update.to_round, "bytes": update.bytes,
+                                  "patches": update.patches,
+                                  "result_sha256": releases.latest.sha256.hex()}))
+                return 0
             print(f"device at round {device.round}, latest round {releases.latest.round}: "
                   f"{update.policy}, {len(update.patches)} file(s), {update.bytes} bytes")
             if args.out:

@@ -171,8 +171,11 @@ def decode(data: bytes, count: int, changed: int, coding: int, parameter: int) -
         return positions.astype(np.int64)
     if coding != RICE:
         raise PatchError(f"unknown position coding {coding}")
-    gaps = rice_decode(data, changed, parameter, count)
-    positions = np.cumsum(gaps.astype(np.int64) + 1) - 1
+    positions = rice_decode(data, changed, parameter, count).astype(np.int64)
+    # In place: a patch for a large model decodes millions of positions.
+    positions += 1
+    np.cumsum(positions, out=positions)
+    positions -= 1
     if changed and positions[-1] >= count:
         raise PatchError(f"position {positions[-1]} is outside a buffer of {count} elements")
     return positions
