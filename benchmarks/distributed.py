@@ -16,11 +16,11 @@ import subprocess
 import sys
 import tempfile
 
-import h5py
 import numpy as np
 from absl import app, flags
 
 from tf_dpu.local_cluster import launch
+from tf_dpu.outputs import read_weights_file, round_dir
 
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "rounds")
 _EPOCHS = flags.DEFINE_integer("epochs", 5, "epochs per step")
@@ -29,11 +29,7 @@ _OUT = flags.DEFINE_string("out", "benchmarks/results/distributed", "output path
 
 
 def _weights(run_dir, index):
-    out = {}
-    with h5py.File(os.path.join(run_dir, f"round_{index:03d}", "model.weights.h5")) as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return out
+    return read_weights_file(round_dir(run_dir, index))
 
 
 def _changed(run_dir, index):

@@ -21,12 +21,12 @@ import shutil
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 
 from tf_dpu.config import METHODS
 from tf_dpu.local_cluster import launch
+from tf_dpu.outputs import read_weights_file, round_dir
 
 from conftest import ROOT
 
@@ -35,12 +35,7 @@ _TIMEOUT = 600
 
 
 def _weights(run_dir, index):
-    """A round's saved weights, in a fixed order, keyed by their path in the file."""
-    out = {}
-    with h5py.File(os.path.join(run_dir, f"round_{index:03d}", "model.weights.h5")) as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return out
+    return read_weights_file(round_dir(run_dir, index))
 
 
 def _metrics(run_dir):

@@ -53,6 +53,19 @@ def load_resume_state(folder: str):
         return state, json.loads(str(saved["values"]))
 
 
+def read_weights_file(folder: str) -> Dict[str, np.ndarray]:
+    """A saved round's arrays by their path in the weights file, without building a model.
+
+    For comparing runs: the paths are the same for any two runs of one model.
+    """
+    import h5py  # pylint: disable=import-outside-toplevel
+    arrays: Dict[str, np.ndarray] = {}
+    with h5py.File(weights_path(folder), "r") as f:
+        f.visititems(lambda name, item: arrays.__setitem__(name, item[()])
+                     if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
 def load_weights(model, folder: str) -> List[np.ndarray]:
     model.load_weights(weights_path(folder))
     return model.get_weights()

@@ -18,7 +18,6 @@ Catch-up patches are built on demand and kept in `run_dir/fleet/`, so a
 thousand devices at round 3 cost one patch creation.
 """
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -29,7 +28,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from tflite_edge import patch_format
+from tflite_edge import cli, patch_format
 from tflite_edge.apply import apply_patch, write_atomic
 from tflite_edge.create import create_patch_files
 from tflite_edge.errors import PatchError
@@ -247,12 +246,8 @@ def format_table(results: Dict[str, Dict], model_bytes: int) -> str:
 
 
 def _parser():
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise PatchError(message)
-
-    parser = Parser(prog="python -m tflite_edge.fleet", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    parser = cli.Parser(prog="python -m tflite_edge.fleet", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=cli.Parser)
     plan = commands.add_parser("plan", help="the cheapest update for one device")
     plan.add_argument("--run_dir", required=True)
     which = plan.add_mutually_exclusive_group(required=True)
@@ -275,48 +270,44 @@ def _parser():
 
 
 def main(argv=None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-        signer = None
-        if args.sign_key:
-            from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
-            signer = load_signer(args.sign_key)
-        releases = Releases(args.run_dir, signer)
-        if args.command == "plan":
-            try:
-                digest = bytes.fromhex(args.device_sha256) if args.device_sha256 else None
-            except ValueError:
-                raise PatchError("--device_sha256 must be 64 hex digits") from None
-            device = releases.find(args.device_round, digest)
-            update = releases.update(device, args.policy)
-            if args.json:
-                print(json.dumps({"policy": update.policy, "from_round": update.from_round,
-                                  "to_round": update.to_round, "bytes": update.bytes,
-                                  "patches": update.patches,
-                                  "result_sha256": releases.latest.sha256.hex()}))
-                return 0
-            print(f"device at round {device.round}, latest round {releases.latest.round}: "
-                  f"{update.policy}, {len(update.patches)} file(s), {update.bytes} bytes")
-            if args.out:
-                os.makedirs(args.out, exist_ok=True)
-                for i, path in enumerate(update.patches):
-                    with open(path, "rb") as f:
-                        write_atomic(os.path.join(args.out, f"{i:02d}.patch"), f.read())
-                print(f"wrote {len(update.patches)} patch file(s) to {args.out}")
-        else:
-            if args.devices < 1 or not 0.0 <= args.online <= 1.0:
-                raise PatchError("--devices must be >= 1 and --online in [0, 1]")
-            results = simulate(releases, args.devices, args.online, args.seed)
-            print(format_table(results, releases.latest.size))
-            if args.json:
-                write_atomic(args.json, json.dumps(results, indent=2).encode())
-    except PatchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run(_main, argv)
+
+
+def _main(argv) -> None:
+    args = _parser().parse_args(argv)
+    signer = None
+    if args.sign_key:
+        from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
+        signer = load_signer(args.sign_key)
+    releases = Releases(args.run_dir, signer)
+    if args.command == "plan":
+        try:
+            digest = bytes.fromhex(args.device_sha256) if args.device_sha256 else None
+        except ValueError:
+            raise PatchError("--device_sha256 must be 64 hex digits") from None
+        device = releases.find(args.device_round, digest)
+        update = releases.update(device, args.policy)
+        if args.json:
+            print(json.dumps({"policy": update.policy, "from_round": update.from_round,
+                              "to_round": update.to_round, "bytes": update.bytes,
+                              "patches": update.patches,
+                              "result_sha256": releases.latest.sha256.hex()}))
+            return
+        print(f"device at round {device.round}, latest round {releases.latest.round}: "
+              f"{update.policy}, {len(update.patches)} file(s), {update.bytes} bytes")
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            for i, path in enumerate(update.patches):
+                with open(path, "rb") as f:
+                    write_atomic(os.path.join(args.out, f"{i:02d}.patch"), f.read())
+            print(f"wrote {len(update.patches)} patch file(s) to {args.out}")
+    else:
+        if args.devices < 1 or not 0.0 <= args.online <= 1.0:
+            raise PatchError("--devices must be >= 1 and --online in [0, 1]")
+        results = simulate(releases, args.devices, args.online, args.seed)
+        print(format_table(results, releases.latest.size))
+        if args.json:
+            write_atomic(args.json, json.dumps(results, indent=2).encode())
 
 
 if __name__ == "__main__":

@@ -9,25 +9,19 @@
 Any failure prints one line and exits with status 2; the base file is left as it was.
 """
 
-import argparse
 import os
 import sys
 
-from tflite_edge import patch_format
+from tflite_edge import cli, patch_format
 from tflite_edge.apply import apply_patch_file, read_file, write_atomic
 from tflite_edge.create import create_patch_files
 from tflite_edge.errors import PatchError
 from tflite_edge.positions import entropy_bound_bits
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise PatchError(message)
-
-
 def _parser():
-    parser = _Parser(prog="python -m tflite_edge.patch", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = cli.Parser(prog="python -m tflite_edge.patch", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=cli.Parser)
     create = commands.add_parser("create", help="diff two models into a patch")
     create.add_argument("--base", required=True)
     create.add_argument("--target", required=True)
@@ -85,38 +79,34 @@ def describe(data: bytes) -> str:
 
 
 def main(argv=None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-        if args.command == "create":
-            signer = None
-            if args.sign_key:
-                from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
-                signer = load_signer(args.sign_key)
-            data = create_patch_files(args.base, args.target, _target_round(args), signer)
-            write_atomic(args.out, data)
-            print(f"wrote {args.out}: {len(data)} bytes")
-        elif args.command == "apply":
-            key = None
-            if args.public_key:
-                from tflite_edge.signing import load_public_key  # pylint: disable=import-outside-toplevel
-                key = load_public_key(args.public_key)
-            state = None if args.no_state else (args.state or f"{args.out or args.base}.state")
-            patch = apply_patch_file(args.base, args.patch, args.out, key, state)
-            print(f"wrote {args.out or args.base}: {patch.header.result_size} bytes, verified, "
-                  f"round {patch.header.round}")
-        elif args.command == "inspect":
-            print(describe(read_file(args.patch, "patch")))
-        else:
-            from tflite_edge.signing import generate_keypair  # pylint: disable=import-outside-toplevel
-            generate_keypair(args.private, args.public)
-            print(f"wrote {args.private} (keep secret) and {args.public}")
-    except PatchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run(_main, argv)
+
+
+def _main(argv) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "create":
+        signer = None
+        if args.sign_key:
+            from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
+            signer = load_signer(args.sign_key)
+        data = create_patch_files(args.base, args.target, _target_round(args), signer)
+        write_atomic(args.out, data)
+        print(f"wrote {args.out}: {len(data)} bytes")
+    elif args.command == "apply":
+        key = None
+        if args.public_key:
+            from tflite_edge.signing import load_public_key  # pylint: disable=import-outside-toplevel
+            key = load_public_key(args.public_key)
+        state = None if args.no_state else (args.state or f"{args.out or args.base}.state")
+        patch = apply_patch_file(args.base, args.patch, args.out, key, state)
+        print(f"wrote {args.out or args.base}: {patch.header.result_size} bytes, verified, "
+              f"round {patch.header.round}")
+    elif args.command == "inspect":
+        print(describe(read_file(args.patch, "patch")))
+    else:
+        from tflite_edge.signing import generate_keypair  # pylint: disable=import-outside-toplevel
+        generate_keypair(args.private, args.public)
+        print(f"wrote {args.private} (keep secret) and {args.public}")
 
 
 if __name__ == "__main__":
