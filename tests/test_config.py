@@ -18,6 +18,9 @@ from tf_dpu.errors import ConfigError
     ({"method": "gcpu", "contribution_mix": 0.3}, "fixes --contribution_mix to 1"),
     ({"method": "rpu", "iterative": True}, "--iterative applies"),
     ({"contribution_mix": 2.0}, "--contribution_mix must be in [0, 1]"),
+    ({"strategy": "tpu"}, "--strategy='tpu' is not one of default, mirrored, multi_worker"),
+    ({"logical_cpus": 2}, "--logical_cpus splits the CPU for --strategy=mirrored only"),
+    ({"strategy": "mirrored", "logical_cpus": -1}, "--logical_cpus must be in [0, 64]"),
 ])
 def test_bad_settings_raise_one_line(changes, message):
     with pytest.raises(ConfigError) as e:
@@ -45,3 +48,10 @@ def test_resolution_per_method():
 ])
 def test_budget_is_ceil_k_times_i(ratio, total, expected):
     assert RunConfig(update_ratio=ratio).budget(total) == expected
+
+
+def test_a_moved_run_folder_or_another_strategy_still_resumes():
+    saved = RunConfig(out_dir="/old/place").to_dict()
+    moved = RunConfig(out_dir="/new/place", strategy="mirrored", logical_cpus=2, resume=True)
+    assert moved.same_run(saved) is None
+    assert RunConfig(out_dir="/new/place", seed=9).same_run(saved) == "seed"

@@ -166,3 +166,15 @@ def test_multi_worker_without_a_cluster_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: --strategy=multi_worker needs TF_CONFIG with a cluster "
         "(see tf.distribute.MultiWorkerMirroredStrategy)"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers=zero"], "--workers must be a positive integer, got 'zero'"),
+    (["--workers=2", "--", "--strategy=mirrored"],
+     "--strategy is set to multi_worker by the launcher"),
+])
+def test_local_cluster_arguments_are_one_line(args, message):
+    result = subprocess.run([sys.executable, "-m", "tf_dpu.local_cluster", *args], env=_ENV,
+                            cwd=ROOT, capture_output=True, text=True, timeout=_TIMEOUT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {message}"]
