@@ -123,3 +123,15 @@ def test_c_applier_takes_catchup_and_full_updates(run_dir, c_applier, tmp_path):
         stale = subprocess.run([c_applier, "--min-round", str(latest.round + 1), device.path,
                                 patch, str(tmp_path / "x")], capture_output=True, text=True)
         assert stale.returncode != 0 and not (tmp_path / "x").exists()
+
+
+def test_a_round_that_sent_nothing_maps_to_the_release_before_it(tmp_path):
+    for r, content in ((0, b"TFL0"), (1, b"TFL1"), (2, b"TFL1"), (3, b"TFL3")):
+        folder = tmp_path / f"round_{r:03d}"
+        folder.mkdir()
+        (folder / "model.tflite").write_bytes(content)
+    releases = Releases(str(tmp_path))
+    assert [r.round for r in releases.releases] == [0, 1, 3]
+    assert releases.find(2).round == 1 and releases.find(3).round == 3
+    with pytest.raises(PatchError, match="round 4"):
+        releases.find(4)

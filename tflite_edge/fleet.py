@@ -104,13 +104,23 @@ class Releases:
 
     def find(self, round_index: Optional[int] = None,
              sha256: Optional[bytes] = None) -> Release:
-        """The release a device holds, by its reported round or model hash."""
-        for release in self.releases:
-            if release.sha256 == sha256 or (sha256 is None and release.round == round_index):
-                return release
-        what = f"sha256 {sha256.hex()[:16]}..." if sha256 else f"round {round_index}"
-        raise PatchError(f"no deployed file of {self.run_dir} has {what}; the device needs "
-                         "a fresh install")
+        """The release a device holds, by its model's hash or by its round.
+
+        A round that sent nothing kept the file of the release before it, so
+        a round maps to the latest release at or before it.
+        """
+        if sha256 is not None:
+            found = [r for r in self.releases if r.sha256 == sha256]
+            what = f"sha256 {sha256.hex()[:16]}..."
+        else:
+            found = [r for r in self.releases if r.round <= round_index]
+            if round_index > self.latest.round:
+                found = []
+            what = f"round {round_index}"
+        if not found:
+            raise PatchError(f"no deployed file of {self.run_dir} has {what}; the device "
+                             "needs a fresh install")
+        return found[-1]
 
     def chain(self, device: Release) -> List[str]:
         """The per-round patches from `device` to the latest, as the run wrote them."""
