@@ -54,6 +54,29 @@ def replica_check(data):
     }
 
 
+def batchnorm_check(data):
+    """A ResNet's BatchNorm under two replicas, with a one-sample tail batch."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    with MIRRORED.scope():
+        model = build_model("resnet8", data.input_shape, data.num_classes, seed=3)
+        trainer = Trainer(model, Layout(model), batch_size=50, seed=3, strategy=MIRRORED)
+    x, y = tf.constant(data.x_train[:301]), tf.constant(data.y_train[:301])
+    losses = [trainer.train_epoch(x, y, 5e-3) for _ in range(3)]
+    copies = [[c.numpy() for c in v.values] for v in model.trainable_weights]
+    # Keras keeps BatchNorm's moving statistics per replica (synchronised on
+    # read: get_weights() and inference see their mean).
+    moving = [v for v in model.weights if "moving" in v.name]
+    return {
+        "losses": losses,
+        "finite": all(np.isfinite(w).all() for w in model.get_weights()),
+        "replicas_identical": all(np.array_equal(a, b) for a, b in copies),
+        "moving_statistics": len(moving),
+        "moving_read_as_mean": all(
+            np.allclose(v.numpy(), np.mean([c.numpy() for c in v.values], axis=0), atol=1e-6)
+            for v in moving),
+    }
+
+
 def contribution_check(data):
     """Step 1 (two epochs with contributions) from the same weights, on one and two devices."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -88,6 +111,8 @@ def main(out):
     data = load_dataset("digits", 100, seed=0)
     with open(os.path.join(out, "replica_check.json"), "w") as f:
         json.dump(replica_check(data), f)
+    with open(os.path.join(out, "batchnorm_check.json"), "w") as f:
+        json.dump(batchnorm_check(data), f)
     with open(os.path.join(out, "contribution_check.json"), "w") as f:
         json.dump(contribution_check(data), f)
     for method in METHODS:
@@ -98,6 +123,7 @@ def main(out):
                                logical_cpus=2 if strategy == "mirrored" else 0,
                                out_dir=os.path.join(out, method, strategy))
             run(config, progress=None, data=data)
+
 
 
 if __name__ == "__main__":

@@ -97,6 +97,14 @@ def test_mirrored_matches_one_device(mirrored_runs, method):
                                   str(mirrored_runs / method / "mirrored"))
 
 
+def test_batchnorm_under_two_replicas(mirrored_runs):
+    with open(mirrored_runs / "batchnorm_check.json") as f:
+        check = json.load(f)
+    assert check["moving_statistics"] > 0
+    assert check["finite"] and check["replicas_identical"] and check["moving_read_as_mean"]
+    assert check["losses"][-1] < check["losses"][0]
+
+
 _FLAGS = ["--dataset=digits", "--model=mlp", "--rounds=3", "--initial_samples=300",
           "--samples_per_round=200", "--epochs=2", "--batch_size=64", "--seed=4",
           "--export_tflite", "--quiet"]

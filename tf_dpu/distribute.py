@@ -10,7 +10,7 @@ elements identical on every replica without a broadcast.
 
 import json
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -18,8 +18,16 @@ from tf_dpu.config import STRATEGIES
 from tf_dpu.errors import ConfigError
 
 
+# One strategy object per kind and process. Collective operations are keyed
+# by numbers each strategy object counts from the same start, and TensorFlow
+# caches what it resolved per key: a second MirroredStrategy over the same
+# devices would reuse the first one's keys with other tensor shapes (another
+# model) and abort with "Shape mismatch in the collective instance".
+_STRATEGIES: Dict[Tuple[str, int], tf.distribute.Strategy] = {}
+
+
 def make_strategy(name: str, logical_cpus: int = 0) -> tf.distribute.Strategy:
-    """Builds the strategy a run asked for; call before any other TensorFlow work.
+    """The strategy a run asked for (one per kind and process); call it first.
 
     Args:
       name: `default` (no distribution), `mirrored` (all local GPUs, or the
@@ -34,6 +42,12 @@ def make_strategy(name: str, logical_cpus: int = 0) -> tf.distribute.Strategy:
     """
     if name == "default":
         return tf.distribute.get_strategy()
+    if (name, logical_cpus) not in _STRATEGIES:
+        _STRATEGIES[name, logical_cpus] = _build(name, logical_cpus)
+    return _STRATEGIES[name, logical_cpus]
+
+
+def _build(name: str, logical_cpus: int) -> tf.distribute.Strategy:
     if name == "mirrored":
         devices = None
         if logical_cpus:
@@ -52,11 +66,9 @@ def make_strategy(name: str, logical_cpus: int = 0) -> tf.distribute.Strategy:
                     f"{len(devices)} CPU device(s); set it before anything else runs")
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker":
-        task_type, task_id, workers = cluster_task()
-        if workers < 1:
+        if cluster_task()[2] < 1:
             raise ConfigError("--strategy=multi_worker needs TF_CONFIG with a cluster "
                               "(see tf.distribute.MultiWorkerMirroredStrategy)")
-        del task_type, task_id
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
         except (RuntimeError, ValueError) as e:
@@ -124,12 +136,15 @@ def assign(pairs: Sequence[Tuple[tf.Variable, tf.Tensor]]) -> None:
 
 
 def replica_slice(size: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """[start, end) of this replica's contiguous share of a batch of `size` samples."""
+    """[start, end) of this replica's contiguous share of a batch of `size` samples.
+
+    Shares differ by at most one sample, so no replica is left empty while
+    the batch has at least one sample per replica.
+    """
     context = tf.distribute.get_replica_context()
     replicas = context.num_replicas_in_sync
-    share = (size + replicas - 1) // replicas
-    start = tf.minimum(tf.cast(context.replica_id_in_sync_group, size.dtype) * share, size)
-    return start, tf.minimum(start + share, size)
+    index = tf.cast(context.replica_id_in_sync_group, size.dtype)
+    return index * size // replicas, (index + 1) * size // replicas
 
 
 def sum_over_replicas(values):
