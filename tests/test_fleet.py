@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from tflite_edge import patch_format
+from tflite_edge import patch_format, signing
 from tflite_edge.apply import apply_patch
 from tflite_edge.errors import PatchError
 from tflite_edge.fleet import Releases, simulate
@@ -135,3 +135,33 @@ def test_a_round_that_sent_nothing_maps_to_the_release_before_it(tmp_path):
     assert releases.find(2).round == 1 and releases.find(3).round == 3
     with pytest.raises(PatchError, match="round 4"):
         releases.find(4)
+
+
+def test_signed_fleet_updates_verify_with_the_public_key(run_dir, tmp_path):
+    signing.generate_keypair(str(tmp_path / "k.pem"), str(tmp_path / "k.pub"))
+    releases = Releases(run_dir, signing.load_signer(str(tmp_path / "k.pem")))
+    key = signing.load_public_key(str(tmp_path / "k.pub"))
+    device = releases.releases[0]
+    for policy in ("catchup", "full"):
+        data = _read(releases.update(device, policy).patches[0])
+        assert patch_format.decode(data).header.signed
+        assert apply_patch(_read(device.path), data, key) == _read(releases.latest.path)
+    # The unsigned cache entries of the other tests are not served here.
+    assert _read(Releases(run_dir).update(device, "catchup").patches[0]) != \
+        _read(releases.update(device, "catchup").patches[0])
+
+
+def test_cached_patches_follow_the_files_not_the_round_numbers(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    releases = Releases(str(copy))
+    first = releases.update(releases.releases[0], "catchup").patches[0]
+    # The run is trained again into the same folder: the latest file changes.
+    latest = bytearray(_read(releases.latest.path))
+    latest[-1] ^= 1
+    with open(releases.latest.path, "wb") as f:
+        f.write(bytes(latest))
+    again = Releases(str(copy))
+    second = again.update(again.releases[0], "catchup").patches[0]
+    assert first != second
+    assert apply_patch(_read(again.releases[0].path), _read(second)) == bytes(latest)

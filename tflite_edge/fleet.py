@@ -133,7 +133,7 @@ class Releases:
 
     def catchup(self, device: Release) -> str:
         """One patch from `device` straight to the latest (built once, then cached)."""
-        return self._cached(f"from_{device.round:03d}_to_{self.latest.round:03d}.patch",
+        return self._cached(f"catchup_{self._key(device)}.patch",
                             lambda: create_patch_files(device.path, self.latest.path,
                                                        self.latest.round, self.signer))
 
@@ -146,7 +146,7 @@ class Releases:
             return patch_format.encode_hashed(self.latest.round, device.size, device.sha256,
                                               self.latest.size, self.latest.sha256, [record],
                                               self.signer)
-        return self._cached(f"full_{device.round:03d}_to_{self.latest.round:03d}.patch", build)
+        return self._cached(f"full_{self._key(device)}.patch", build)
 
     def update(self, device: Release, policy: str = "cheapest") -> Update:
         """The update for a device at `device` under `policy` (see POLICIES)."""
@@ -163,6 +163,13 @@ class Releases:
                       for name, build in options.items()]
         # Ties go to the fewest files (fewer round trips), then to the order above.
         return min(candidates, key=lambda u: (u.bytes, len(u.patches)))
+
+    def _key(self, device: Release) -> str:
+        # Named by content, not by round: a run folder trained again under
+        # the same round numbers must not serve patches of the old files.
+        return (f"{device.round:03d}-{device.sha256.hex()[:16]}_to_"
+                f"{self.latest.round:03d}-{self.latest.sha256.hex()[:16]}"
+                f"{'_signed' if self.signer else ''}")
 
     def _cached(self, name: str, build: Callable[[], bytes]) -> str:
         path = os.path.join(self.cache, name)
