@@ -10,7 +10,7 @@ elements identical on every replica without a broadcast.
 
 import json
 import os
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -66,7 +66,7 @@ def _build(name: str, logical_cpus: int) -> tf.distribute.Strategy:
                     f"{len(devices)} CPU device(s); set it before anything else runs")
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker":
-        if cluster_task()[2] < 1:
+        if cluster_task().workers < 1:
             raise ConfigError("--strategy=multi_worker needs TF_CONFIG with a cluster "
                               "(see tf.distribute.MultiWorkerMirroredStrategy)")
         try:
@@ -76,43 +76,44 @@ def _build(name: str, logical_cpus: int) -> tf.distribute.Strategy:
     raise ConfigError(f"--strategy={name!r} is not one of {', '.join(STRATEGIES)}")
 
 
-def cluster_task() -> Tuple[Optional[str], int, int]:
-    """(task type, task index, number of chief and worker tasks) from `TF_CONFIG`.
+class Task(NamedTuple):
+    """This process's place in the cluster that `TF_CONFIG` describes."""
 
-    Without `TF_CONFIG` this is (None, 0, 0): a single process, its own chief.
+    type: Optional[str]   # "chief", "worker", ...; None without TF_CONFIG
+    index: int
+    workers: int          # chief and worker tasks in the cluster
+    has_chief: bool
+
+    @property
+    def is_chief(self) -> bool:
+        """True for the process that writes a multi-worker run's outputs.
+
+        TensorFlow's convention: the `chief` task, or worker 0 when the
+        cluster has no chief; a process without `TF_CONFIG` is its own chief.
+        """
+        if self.type in (None, "chief"):
+            return True
+        return self.type == "worker" and self.index == 0 and not self.has_chief
+
+
+def cluster_task() -> Task:
+    """This process's task from `TF_CONFIG` (a lone chief without it).
 
     Raises:
       ConfigError: `TF_CONFIG` is not the JSON TensorFlow documents.
     """
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        return None, 0, 0
+        return Task(None, 0, 0, False)
     try:
         spec = json.loads(raw)
         cluster = spec.get("cluster", {})
         task = spec.get("task", {})
-        workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-        return task.get("type"), int(task.get("index", 0)), workers
+        chiefs = len(cluster.get("chief", []))
+        return Task(task.get("type"), int(task.get("index", 0)),
+                    chiefs + len(cluster.get("worker", [])), chiefs > 0)
     except (ValueError, TypeError, AttributeError) as e:
         raise ConfigError(f"TF_CONFIG is not valid JSON of a cluster and a task ({e})") from None
-
-
-def is_chief() -> bool:
-    """True for the process that writes a multi-worker run's outputs.
-
-    TensorFlow's convention: the `chief` task, or worker 0 when the cluster
-    has no chief; a process without `TF_CONFIG` is its own chief.
-    """
-    task_type, index, _ = cluster_task()
-    if task_type in (None, "chief"):
-        return True
-    raw = json.loads(os.environ["TF_CONFIG"])
-    return task_type == "worker" and index == 0 and not raw.get("cluster", {}).get("chief")
-
-
-def worker_index() -> int:
-    """This process's index among the workers (0 without `TF_CONFIG`)."""
-    return cluster_task()[1]
 
 
 def assign(pairs: Sequence[Tuple[tf.Variable, tf.Tensor]]) -> None:

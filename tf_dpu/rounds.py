@@ -79,14 +79,15 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
     config = config.resolved()
     # Multi-worker collectives must be set up before TensorFlow does anything else.
     strategy = distribute.make_strategy(config.strategy, config.logical_cpus)
-    if not distribute.is_chief():
+    task = distribute.cluster_task()
+    if not task.is_chief:
         # Every worker runs the whole program (same data, same selections);
         # only the chief reports and writes the run folder. The others keep
         # their own copy under workers/N, which they resume from.
         progress = None
         if config.out_dir:
             config = dataclasses.replace(config, out_dir=os.path.join(
-                config.out_dir, "workers", str(distribute.worker_index())))
+                config.out_dir, "workers", str(task.index)))
     with strategy.scope():
         return _run(config, strategy, progress or (lambda line: None), data)
 
