@@ -13,7 +13,7 @@ from conftest import ROOT
 from tflite_edge import patch_format, signing
 from tflite_edge.apply import apply_patch
 from tflite_edge.errors import PatchError
-from tflite_edge.fleet import Releases, simulate
+from tflite_edge.fleet import Releases, Update, apply_update, simulate
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +38,7 @@ def test_every_policy_brings_every_release_to_the_latest(run_dir):
         sizes = {}
         for policy in ("chain", "catchup", "full"):
             update = releases.update(device, policy)
-            model, state = _read(device.path), {"round": device.round}
-            for path in update.patches:
-                data = _read(path)
-                model = apply_patch(model, data, state=state)
-                state = {"round": patch_format.decode(data).header.round}
-            assert model == latest, (device.round, policy)
+            assert apply_update(_read(device.path), update) == latest, (device.round, policy)
             sizes[policy] = update.bytes
         assert len(releases.update(device, "chain").patches) == \
             len([r for r in releases.releases if r.round > device.round])
@@ -80,12 +75,9 @@ def test_plan_command_by_round_and_by_hash(run_dir, tmp_path):
     done = _cli("plan", f"--run_dir={run_dir}", f"--device_sha256={device.sha256.hex()}",
                 f"--out={tmp_path}/update")
     assert done.returncode == 0, done.stderr
-    model = _read(device.path)
-    state = {"round": device.round}
-    for name in sorted(os.listdir(tmp_path / "update")):
-        data = _read(tmp_path / "update" / name)
-        model = apply_patch(model, data, state=state)
-        state = {"round": patch_format.decode(data).header.round}
+    sent = sorted(str(p) for p in (tmp_path / "update").iterdir())
+    model = apply_update(_read(device.path), Update("plan", device.round, releases.latest.round,
+                                                    sent))
     assert hashlib.sha256(model).digest() == releases.latest.sha256
     as_json = _cli("plan", f"--run_dir={run_dir}", f"--device_round={device.round}", "--json")
     plan = json.loads(as_json.stdout)

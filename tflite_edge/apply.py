@@ -94,17 +94,20 @@ def apply_patch(base: bytes, patch_bytes: bytes, public_key=None,
         not for a newer round are refused.
     """
     out = io.BytesIO()
-    _apply(Source.of(base), patch_bytes, public_key, state, out.write)
+    apply_to(Source.of(base), patch_bytes, public_key, state, out.write)
     return out.getvalue()
 
 
-def _apply(base: Source, patch_bytes: bytes, public_key, state: Optional[dict],
-           write: Callable[[bytes], object]) -> Patch:
+def apply_to(base: Source, patch_bytes: bytes, public_key, state: Optional[dict],
+             write: Callable[[bytes], object]) -> Patch:
     """Verifies, then writes the patched model chunk by chunk and checks its hash.
 
     Raises PatchError before the first write when verification fails, and
     after the last one when the result's hash does not match (the caller
     discards what was written).
+
+    Returns:
+      The decoded patch (its header holds the new round and hashes).
     """
     patch = patch_format.decode(patch_bytes)
     verify(base, patch, public_key, state)
@@ -124,18 +127,16 @@ def patched_chunks(base: Source, records: List[Record]) -> Iterator[bytearray]:
     (`patch_format.decode` checks all three), so one sweep suffices and no
     element straddles two chunks.
     """
-    pending = 0
+    index = 0   # the first record not yet written in full
     for start, data in base.chunks():
         chunk = bytearray(data)
         end = start + len(chunk)
-        index = pending
         while index < len(records) and records[index].offset < end:
             record = records[index]
             _write_part(chunk, start, end, record)
             if record.offset + record.span > end:
                 break  # continues in the next chunk
             index += 1
-        pending = index
         yield chunk
 
 
@@ -225,7 +226,7 @@ def apply_patch_file(base_path: str, patch_path: str, out_path: Optional[str] = 
         state = read_state(state_path) if state_path else None
         try:
             patch = write_atomic_stream(
-                target, lambda write: _apply(base, patch_bytes, public_key, state, write))
+                target, lambda write: apply_to(base, patch_bytes, public_key, state, write))
         except OSError as e:
             raise PatchError(f"cannot write {target}: {e.strerror}") from None
     digest = patch.header.result_sha256

@@ -50,7 +50,7 @@ def create_patch_files(base_path: str, target_path: str, round_index: int,
 
 
 def _create(base: Source, target: Source, round_index: int, signer) -> bytes:
-    records = diff_records(_parse(base), _parse(target), base, target)
+    records = diff_records(base, target)
     return patch_format.encode_hashed(round_index, base.size, base.sha256(), target.size,
                                       target.sha256(), records, signer)
 
@@ -62,17 +62,9 @@ def _parse(source: Source) -> ModelFile:
     return ModelFile(source.buffer)
 
 
-def diff_records(base: ModelFile, target: ModelFile, base_source: Optional[Source] = None,
-                 target_source: Optional[Source] = None) -> List[Record]:
-    """The records that turn `base` into `target`, comparing a chunk at a time.
-
-    Args:
-      base, target: the parsed files.
-      base_source, target_source: where their bytes are read from (default:
-        the parsed files' own bytes).
-    """
-    base_source = base_source or Source.of(base.data)
-    target_source = target_source or Source.of(target.data)
+def diff_records(base_source: Source, target_source: Source) -> List[Record]:
+    """The records that turn one model into the other, comparing a chunk at a time."""
+    base, target = _parse(base_source), _parse(target_source)
     if base_source.size != target_source.size:
         raise PatchError(f"the models differ in size ({base_source.size} vs "
                          f"{target_source.size} bytes): not an in-place update of the same "

@@ -18,8 +18,10 @@ Catch-up patches are built on demand and kept in `run_dir/fleet/`, so a
 thousand devices at round 3 cost one patch creation.
 """
 
+import copy
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
@@ -29,7 +31,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from tflite_edge import cli, patch_format
-from tflite_edge.apply import apply_patch, write_atomic
+from tflite_edge.apply import apply_to, write_atomic
 from tflite_edge.create import create_patch_files
 from tflite_edge.errors import PatchError
 from tflite_edge.patch_format import KIND_RAW, Record
@@ -164,6 +166,12 @@ class Releases:
         # Ties go to the fewest files (fewer round trips), then to the order above.
         return min(candidates, key=lambda u: (u.bytes, len(u.patches)))
 
+    def as_of(self, step: int) -> "Releases":
+        """The server as it was when release `step` (an index) was the latest."""
+        view = copy.copy(self)
+        view.releases = self.releases[:step + 1]
+        return view
+
     def _key(self, device: Release) -> str:
         # Named by content, not by round: a run folder trained again under
         # the same round numbers must not serve patches of the old files.
@@ -177,6 +185,18 @@ class Releases:
             os.makedirs(self.cache, exist_ok=True)
             write_atomic(path, build())
         return path
+
+
+def apply_update(model: bytes, update: Update, public_key=None) -> bytes:
+    """Applies an update's patches in order, as a device would (round checks included)."""
+    state = {"round": update.from_round}
+    for path in update.patches:
+        with open(path, "rb") as f:
+            data = f.read()
+        out = io.BytesIO()
+        patch = apply_to(Source.of(model), data, public_key, state, out.write)
+        model, state = out.getvalue(), {"round": patch.header.round}
+    return model
 
 
 def simulate(releases: Releases, devices: int, online: float, seed: int = 0,
@@ -199,31 +219,22 @@ def simulate(releases: Releases, devices: int, online: float, seed: int = 0,
     schedule[-1] = True                 # the final check-in
     results = {}
     for policy in policies:
-        files: Dict[bytes, bytes] = {}  # content-addressed device storage
-        held = [releases.releases[0]] * devices
-        with open(releases.releases[0].path, "rb") as f:
-            first = f.read()
-        files[releases.releases[0].sha256] = first
-        model_of = [releases.releases[0].sha256] * devices
+        first = releases.releases[0]
+        with open(first.path, "rb") as f:
+            files: Dict[bytes, bytes] = {first.sha256: f.read()}  # content-addressed
+        held = [first] * devices
         sent = np.zeros(devices, np.int64)
         updates = patches = 0
         for step in range(1, len(releases.releases)):
-            view = _Upto(releases, step)
+            view = releases.as_of(step)
             for device in np.flatnonzero(schedule[step]):
                 update = view.update(held[device], policy)
                 if not update.patches:
                     continue
-                model = files[model_of[device]]
-                state = {"round": held[device].round}
-                for path in update.patches:
-                    with open(path, "rb") as f:
-                        data = f.read()
-                    model = apply_patch(model, data, state=state)
-                    state = {"round": patch_format.decode(data).header.round}
-                    sent[device] += len(data)
+                model = apply_update(files[held[device].sha256], update)
+                sent[device] += update.bytes
                 digest = hashlib.sha256(model).digest()
                 files.setdefault(digest, model)
-                model_of[device] = digest
                 held[device] = view.find(sha256=digest)
                 updates += 1
                 patches += len(update.patches)
@@ -233,18 +244,10 @@ def simulate(releases: Releases, devices: int, online: float, seed: int = 0,
             "mean_bytes": float(sent.mean()), "median_bytes": float(np.median(sent)),
             "p95_bytes": float(np.percentile(sent, 95)), "max_bytes": int(sent.max()),
             "updates": updates, "patch_files": patches,
-            "on_latest": int(sum(m == latest for m in model_of)),
-            "files_match": all(files[m] == files[latest] for m in model_of),
+            "on_latest": int(sum(h.sha256 == latest for h in held)),
+            "files_match": all(files[h.sha256] == files[latest] for h in held),
         }
     return results
-
-
-class _Upto(Releases):
-    """The server as it was when release `step` was the latest."""
-
-    def __init__(self, releases: Releases, step: int):  # pylint: disable=super-init-not-called
-        self.run_dir, self.signer, self.cache = releases.run_dir, releases.signer, releases.cache
-        self.releases = releases.releases[:step + 1]
 
 
 def format_table(results: Dict[str, Dict], model_bytes: int) -> str:
