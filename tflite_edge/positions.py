@@ -5,6 +5,7 @@ changes among N elements cost at least log2(C(N, n)) bits; Rice-coded gaps
 come within a few percent of it at 0.1-10 % density, a bitmap wins above ~30 %.
 """
 
+import array
 import math
 from typing import Iterable, Iterator, Tuple
 
@@ -15,7 +16,7 @@ from tflite_edge.errors import PatchError
 RICE, BITMAP, ALL = 0, 1, 2
 CODING_NAMES = {RICE: "rice", BITMAP: "bitmap", ALL: "all"}
 MAX_RICE_PARAMETER = 31
-_DIGITS = bytes.maketrans(b"\x00\x01", b"01")
+_UINT32 = next(code for code in "IL" if array.array(code).itemsize == 4)
 RICE_PIECE = 1 << 14   # stream bytes unpacked at a time when decoding
 
 
@@ -86,9 +87,11 @@ def rice_decode(data: bytes, count: int, parameter: int, limit: int) -> np.ndarr
         raise PatchError(f"a Rice stream of {len(data)} bytes cannot hold {count} codes")
     # The stream is unpacked a piece at a time into one byte per bit and
     # searched with bytes.find: C speed, and memory of a piece rather than
-    # of the whole stream (or of a Python object per bit).
+    # of the whole stream (or of a Python object per bit). The k-bit suffix
+    # of every code is looked up in `low`, the value of the k bits starting
+    # at each position, computed per piece with numpy.
     values = np.empty(count, np.uint32 if limit <= 1 << 32 else np.uint64)
-    stream, at, fed = b"", 0, 0
+    stream, low, at, fed = b"", None, 0, 0
     for i in range(count):
         while True:
             end = stream.find(0, at)
@@ -99,9 +102,8 @@ def rice_decode(data: bytes, count: int, parameter: int, limit: int) -> np.ndarr
             piece = np.frombuffer(data, np.uint8, min(RICE_PIECE, len(data) - fed), fed)
             stream = stream[at:] + np.unpackbits(piece, bitorder="little").tobytes()
             fed, at = fed + len(piece), 0
-        value = (end - at) << parameter
-        if parameter:
-            value |= int(stream[end + 1:end + 1 + parameter][::-1].translate(_DIGITS), 2)
+            low = _windows(stream, parameter) if parameter else None
+        value = ((end - at) << parameter) | low[end + 1] if parameter else end - at
         if value >= limit:
             raise PatchError(f"a Rice-coded value ({value}) is out of range")
         values[i] = value
@@ -111,6 +113,15 @@ def rice_decode(data: bytes, count: int, parameter: int, limit: int) -> np.ndarr
     if len(leftover) >= 8 or 1 in leftover:
         raise PatchError("a Rice stream has stray bits after its last code")
     return values
+
+
+def _windows(stream: bytes, parameter: int) -> array.array:
+    """For every bit position, the integer of the `parameter` bits from there (LSB first)."""
+    bits = np.frombuffer(stream, np.uint8)
+    windows = np.zeros(len(bits) + 1, np.uint32)  # one spare: a code may end the stream
+    for j in range(parameter):
+        windows[:len(bits) - j] |= bits[j:].astype(np.uint32) << np.uint32(j)
+    return array.array(_UINT32, windows.tobytes())
 
 
 # Changes are coded in blocks, so encoding a patch for a large model holds a
