@@ -158,12 +158,17 @@ def test_in_place_apply_survives_a_power_cut_after_every_write(powercut, files, 
     assert cuts >= 2 * changed_chunks  # a journal and a model write per changed chunk
 
 
-def test_in_place_power_cuts_with_raw_records_and_every_code(powercut, tmp_path):
+def test_in_place_power_cuts_with_whole_files_and_every_code(powercut, tmp_path):
     sys.path.insert(0, os.path.join(C_DIR, "fuzz"))
     import make_seeds  # pylint: disable=import-outside-toplevel
+    from tflite_edge.apply import apply_patch  # pylint: disable=import-outside-toplevel
     base = make_seeds.fuzz_base()
+    tried = 0
     for n, patch in enumerate(make_seeds.seed_patches()):
-        from tflite_edge.apply import apply_patch  # pylint: disable=import-outside-toplevel
-        target = apply_patch(base, patch)
+        target = apply_patch(base, patch, whole_file="always")
+        if len(target) != len(base):
+            continue   # in place, the result must fit the model's storage
         cuts, bad = _powercut(powercut, base, patch, target, tmp_path)
         assert bad == 0 and cuts > 4, n
+        tried += 1
+    assert tried == len(make_seeds.seed_patches()) - 1

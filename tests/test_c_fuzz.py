@@ -35,11 +35,15 @@ def test_seeds_are_valid_patches_for_the_fuzz_base():
     base = make_seeds.fuzz_base()
     codings = set()
     for patch in make_seeds.seed_patches():
-        apply_patch(base, patch)  # raises unless the result hashes to the target
-        codings |= {(r.kind, r.coding, r.value_coding)
+        # raises unless the result hashes to the target
+        apply_patch(base, patch, whole_file="always")
+        codings |= {(r.kind, r.coding, r.value_coding, r.element_type)
                     for r in patch_format.decode(patch).records}
-    assert {c[1] for c in codings if c[0] == 1} >= {0, 2}   # Rice and "all" positions
-    assert {c[2] for c in codings if c[0] == 1} == {0, 1}   # raw and delta values
+    elements = [c for c in codings if c[0] == patch_format.KIND_ELEMENTS]
+    assert {c[1] for c in elements} == {0, 1, 2}   # Rice, bitmap and "all" positions
+    assert {c[2] for c in elements} == {0, 1}      # raw and delta values
+    assert {c[3] for c in elements} == {2, 9}      # int32 biases and int8 weights
+    assert patch_format.KIND_WHOLE_FILE in {c[0] for c in codings}
 
 
 def test_fuzzing_finds_no_crash_or_undefined_behaviour(fuzzer, tmp_path):

@@ -43,12 +43,14 @@ def test_patch_chain_reproduces_every_round_with_both_appliers(exported_run, c_a
     device_c = tmp_path / "c.tflite"
     device_py.write_bytes(open(os.path.join(folders[0], "model.tflite"), "rb").read())
     device_c.write_bytes(device_py.read_bytes())
+    initialise = ["--initial_round=0"]
     for folder in folders[1:]:
         patch = os.path.join(folder, "update.patch")
         if os.path.exists(patch):
             proc = subprocess.run([sys.executable, "-m", "tflite_edge.patch", "apply",
-                                   f"--base={device_py}", f"--patch={patch}"], cwd=ROOT,
-                                  capture_output=True, text=True)
+                                   f"--base={device_py}", f"--patch={patch}", *initialise],
+                                  cwd=ROOT, capture_output=True, text=True)
+            initialise = []
             assert proc.returncode == 0, proc.stderr
             out = tmp_path / "next.tflite"
             proc = subprocess.run([c_applier, str(device_c), patch, str(out)],

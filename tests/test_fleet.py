@@ -14,6 +14,7 @@ from tflite_edge import patch_format, signing
 from tflite_edge.apply import apply_patch
 from tflite_edge.errors import PatchError
 from tflite_edge.fleet import Releases, Update, apply_update, simulate
+from tflite_edge.model_file import ModelFile
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +108,9 @@ def test_c_applier_takes_catchup_and_full_updates(run_dir, c_applier, tmp_path):
     for policy in ("catchup", "full"):
         patch = releases.update(device, policy).patches[0]
         out = tmp_path / f"{policy}.tflite"
-        done = subprocess.run([c_applier, "--min-round", str(device.round + 1), device.path,
-                               patch, str(out)], capture_output=True, text=True)
+        done = subprocess.run([c_applier, "--min-round", str(device.round + 1),
+                               "--whole-file", "always", device.path, patch, str(out)],
+                              capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert out.read_bytes() == _read(latest.path)
         # A device already past the latest round refuses the same update.
@@ -150,7 +152,8 @@ def test_cached_patches_follow_the_files_not_the_round_numbers(run_dir, tmp_path
     first = releases.update(releases.releases[0], "catchup").patches[0]
     # The run is trained again into the same folder: the latest file changes.
     latest = bytearray(_read(releases.latest.path))
-    latest[-1] ^= 1
+    weights = max(ModelFile(bytes(latest)).buffers, key=lambda b: b.length)
+    latest[weights.offset] ^= 1
     with open(releases.latest.path, "wb") as f:
         f.write(bytes(latest))
     again = Releases(str(copy))

@@ -11,9 +11,10 @@ import pytest
 from conftest import ROOT
 from tflite_edge import patch_format, signing
 from tflite_edge.apply import apply_patch, apply_patch_file
-from tflite_edge.create import create_patch
+from tflite_edge.create import create_patch, create_whole_file_patch
 from tflite_edge.errors import PatchError
 from tflite_edge.model_file import ModelFile
+from tflite_edge.source import Source
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,8 @@ def test_patch_turns_base_into_target_and_only_touches_weights(pair):
     assert apply_patch(base, patch) == target
     parsed = patch_format.decode(patch)
     model = ModelFile(base)
-    weights = {b.offset for b in model.buffers if b.length}
+    weights = {model.buffers[t.buffer].offset for op in model.operators
+               if op.opcode in (3, 4, 9) for t in (model.tensors[i] for i in op.inputs[1:3])}
     assert parsed.records and all(r.offset in weights for r in parsed.records)
     assert len(patch) < len(base) / 10
 
@@ -91,15 +93,21 @@ def test_files_of_different_structure_are_refused(pair):
         create_patch(b"\0" * len(base), base, 1)
 
 
-def test_non_buffer_bytes_go_into_raw_records(pair):
+def test_changes_outside_weight_buffers_need_a_whole_file_update(pair):
     base, _, _ = pair
     tensor = next(t for t in ModelFile(base).tensors if t.scale_offset and len(t.scales) > 1)
     changed = bytearray(base)
     changed[tensor.scale_offset:tensor.scale_offset + 4] = np.float32(0.5).tobytes()
-    patch = create_patch(base, bytes(changed), 2)
-    kinds = [r.kind for r in patch_format.decode(patch).records]
-    assert kinds == [patch_format.KIND_RAW]
-    assert apply_patch(base, patch) == bytes(changed)
+    with pytest.raises(PatchError, match=f"differ at byte {tensor.scale_offset}, outside"):
+        create_patch(base, bytes(changed), 2)
+    whole = create_whole_file_patch(Source.of(base), Source.of(bytes(changed)), 2)
+    assert [r.kind for r in patch_format.decode(whole).records] == [
+        patch_format.KIND_WHOLE_FILE]
+    with pytest.raises(PatchError, match="whole model"):
+        apply_patch(base, whole)   # unsigned, and no key: refused by default
+    assert apply_patch(base, whole, whole_file="always") == bytes(changed)
+    with pytest.raises(PatchError, match="whole model"):
+        apply_patch(base, whole, whole_file="never")
 
 
 def _cli(*args):
@@ -116,7 +124,8 @@ def test_command_line_create_inspect_apply_in_place(pair, tmp_path):
     assert made.returncode == 0, made.stderr
     shown = _cli("inspect", f"--patch={tmp_path}/p.patch")
     assert "round 1" in shown.stdout and "information bound" in shown.stdout
-    applied = _cli("apply", f"--base={tmp_path}/a.tflite", f"--patch={tmp_path}/p.patch")
+    applied = _cli("apply", f"--base={tmp_path}/a.tflite", f"--patch={tmp_path}/p.patch",
+                   "--initial_round=0")
     assert applied.returncode == 0, applied.stderr
     assert (tmp_path / "a.tflite").read_bytes() == target
     again = _cli("apply", f"--base={tmp_path}/a.tflite", f"--patch={tmp_path}/p.patch")
@@ -124,6 +133,7 @@ def test_command_line_create_inspect_apply_in_place(pair, tmp_path):
         "error: patch is already applied: the model is its result")
     assert (tmp_path / "a.tflite").read_bytes() == target
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".partial")]
+    assert json_round(tmp_path / "a.tflite.state") == 1
 
 
 @pytest.mark.parametrize("args, message", [
@@ -158,7 +168,8 @@ def test_state_file_refuses_replays_and_downgrades(exported_run, tmp_path):
     model.write_bytes(files[0])
     for r in (1, 2):
         (tmp_path / f"p{r}").write_bytes(create_patch(files[r - 1], files[r], r))
-    assert _cli("apply", f"--base={model}", f"--patch={tmp_path}/p1").returncode == 0
+    assert _cli("apply", f"--base={model}", f"--patch={tmp_path}/p1",
+                "--initial_round=0").returncode == 0
     assert json_round(state) == 1
     # An attacker replays round 1's patch against a device that was reset to
     # round 0's file: the base matches, the round does not.

@@ -12,9 +12,10 @@ import pytest
 
 from tflite_edge import patch_format, source
 from tflite_edge.apply import apply_patch, apply_patch_file
-from tflite_edge.create import create_patch, create_patch_files
+from tflite_edge.create import create_patch, create_patch_files, create_whole_file_patch
 from tflite_edge.errors import PatchError
 from tflite_edge.model_file import ModelFile
+from tflite_edge.source import Source
 
 
 @pytest.fixture(params=[8, 64, 4096])
@@ -55,18 +56,21 @@ def test_streamed_patches_equal_in_memory_ones_for_every_round_pair(rounds, smal
     assert len(in_memory[0, last]) <= chain
 
 
-def test_raw_records_across_chunk_boundaries(rounds, small_chunks, tmp_path):
+def test_whole_file_updates_across_chunk_boundaries(rounds, small_chunks, tmp_path):
     base = _read(rounds[0])
-    target = bytearray(base)
+    target = bytearray(_read(rounds[-1]))
     for tensor in ModelFile(base).tensors:
         if tensor.scale_offset and len(tensor.scales) > 1:
             end = tensor.scale_offset + 4 * len(tensor.scales)
             target[tensor.scale_offset:end] = np.full(len(tensor.scales), 0.25,
                                                       np.float32).tobytes()
-    (tmp_path / "target").write_bytes(bytes(target))
-    patch = create_patch_files(rounds[0], str(tmp_path / "target"), 1)
-    assert patch == create_patch(base, bytes(target), 1)
-    assert apply_patch(base, patch) == bytes(target)
+    target = bytes(target) + b"a longer file"
+    with Source.open(rounds[0]) as b:
+        patch = create_whole_file_patch(b, Source.of(target), 3)
+    assert apply_patch(base, patch, whole_file="always") == target
+    (tmp_path / "p").write_bytes(patch)
+    apply_patch_file(rounds[0], str(tmp_path / "p"), str(tmp_path / "out"), whole_file="always")
+    assert (tmp_path / "out").read_bytes() == target
 
 
 def test_a_result_that_does_not_hash_leaves_the_output_untouched(rounds, small_chunks,
@@ -84,7 +88,7 @@ def test_a_result_that_does_not_hash_leaves_the_output_untouched(rounds, small_c
     with pytest.raises(PatchError, match="result hash"):
         apply_patch_file(str(out), str(tmp_path / "p"))
     assert out.read_bytes() == base
-    assert sorted(os.listdir(tmp_path)) == ["device.tflite", "p"]
+    assert sorted(os.listdir(tmp_path)) == ["device.tflite", "device.tflite.lock", "p"]
 
 
 def test_patches_do_not_depend_on_the_coding_block(rounds, monkeypatch):

@@ -14,21 +14,19 @@ import numpy as np
 
 from tflite_edge import patch_format
 from tflite_edge.errors import PatchError
-from tflite_edge.model_file import ELEMENT_DTYPES, UINT8, ModelFile
-from tflite_edge.patch_format import KIND_ELEMENTS, KIND_RAW, Record
+from tflite_edge.model_file import ELEMENT_DTYPES
+from tflite_edge.patch_format import KIND_ELEMENTS, KIND_WHOLE_FILE, Record
 from tflite_edge import source as sources
+from tflite_edge.regions import writable_regions
 from tflite_edge.source import Source
-
-# Raw byte ranges closer than this are merged: a record header costs 16 bytes.
-_RAW_MERGE_GAP = 16
 
 
 def create_patch(base: bytes, target: bytes, round_index: int, signer=None) -> bytes:
     """Returns the patch bytes that turn `base` into `target` (both in memory).
 
-    Weight buffers are diffed element by element in their tensor's type
-    (int8 weights, int32 biases, ...); any other changed bytes (a refreshed
-    quantization scale) go into raw records.
+    Weight and bias buffers are diffed element by element in their tensor's
+    type (int8 weights, int32 biases, ...). Nothing else may differ: a patch
+    writes only where weights live (see `create_whole_file_patch` for the rest).
 
     Args:
       base, target: two model files sharing their structure (same size, same
@@ -37,7 +35,8 @@ def create_patch(base: bytes, target: bytes, round_index: int, signer=None) -> b
       signer: optional callable(bytes) -> Ed25519 signature.
 
     Raises:
-      PatchError: the files do not share structure.
+      PatchError: the files do not share structure, or differ outside their
+        weight and bias buffers.
     """
     return _create(Source.of(base), Source.of(target), round_index, signer)
 
@@ -55,40 +54,58 @@ def _create(base: Source, target: Source, round_index: int, signer) -> bytes:
                                       target.sha256(), records, signer)
 
 
-def _parse(source: Source) -> ModelFile:
-    if source.size < 8:
-        raise PatchError(f"{source.path or 'model'} is not a TFLite model "
-                         f"({source.size} bytes)")
-    return ModelFile(source.buffer)
+def create_whole_file_patch(base: Source, target: Source, round_index: int,
+                            signer=None) -> bytes:
+    """A patch that replaces `base` with `target` wholesale (any size, any structure).
+
+    It is verified like any other patch (signature, round, base hash, result
+    hash), but a device may refuse whole-file updates by configuration.
+    """
+    record = Record(KIND_WHOLE_FILE, 0, raw=target.read(0, target.size))
+    return patch_format.encode_hashed(round_index, base.size, base.sha256(), target.size,
+                                      target.sha256(), [record], signer)
 
 
 def diff_records(base_source: Source, target_source: Source) -> List[Record]:
-    """The records that turn one model into the other, comparing a chunk at a time."""
-    base, target = _parse(base_source), _parse(target_source)
+    """The records that turn one model into the other, comparing a chunk at a time.
+
+    Only the data of weight and bias buffers may differ (`tflite_edge.regions`);
+    the appliers derive the same buffers from the base and write nowhere else.
+
+    Raises:
+      PatchError: the files differ in size or anywhere outside those buffers.
+    """
     if base_source.size != target_source.size:
         raise PatchError(f"the models differ in size ({base_source.size} vs "
                          f"{target_source.size} bytes): not an in-place update of the same "
-                         "structure")
-    layout = [(b.offset, b.length) for b in base.buffers]
-    if layout != [(b.offset, b.length) for b in target.buffers]:
-        raise PatchError("the models do not share their buffer layout (convert later rounds "
+                         "structure (send a whole-file update)")
+    writable = writable_regions(base_source.buffer, base_source.size)
+    if writable != writable_regions(target_source.buffer, target_source.size):
+        raise PatchError("the models do not share their weight buffers (convert later rounds "
                          "with frozen quantization, not from scratch)")
-    records = []
-    for buffer in base.buffers:
-        if not buffer.length:
-            continue
-        etype = base.buffer_type(buffer.index)
-        dtype = ELEMENT_DTYPES.get(etype) if etype is not None else None
-        if dtype is None or buffer.length % dtype.itemsize or buffer.offset % dtype.itemsize:
-            etype, dtype = UINT8, ELEMENT_DTYPES[UINT8]
-        record = _diff_buffer(base_source, target_source, buffer.offset,
-                              buffer.length // dtype.itemsize, dtype)
+    records, at = [], 0
+    for region in sorted(writable.values(), key=lambda r: r.offset):
+        _refuse_changes(base_source, target_source, at, region.offset)
+        record = _diff_buffer(base_source, target_source, region.offset, region.count,
+                              ELEMENT_DTYPES[region.type])
         if record is not None:
-            record.buffer, record.element_type = buffer.index, etype
+            record.buffer, record.element_type = region.buffer, region.type
             records.append(record)
-    covered = sorted((b.offset, b.offset + b.length) for b in base.buffers if b.length)
-    records.extend(_raw_records(base_source, target_source, covered))
+        at = region.offset + region.length
+    _refuse_changes(base_source, target_source, at, base_source.size)
     return records
+
+
+def _refuse_changes(base: Source, target: Source, start: int, end: int) -> None:
+    """Raises unless the two files agree on [start, end) (outside every weight buffer)."""
+    for offset, chunk in base.chunks(start, end):
+        other = target.read(offset, len(chunk))
+        if chunk != other:
+            first = offset + int(np.flatnonzero(np.frombuffer(chunk, np.uint8)
+                                                != np.frombuffer(other, np.uint8))[0])
+            raise PatchError(f"the models differ at byte {first}, outside their weight and "
+                             "bias buffers (a changed scale, shape or operator): a patch "
+                             "cannot carry that; send a whole-file update")
 
 
 def _diff_buffer(base: Source, target: Source, offset: int, count: int,
@@ -111,29 +128,3 @@ def _diff_buffer(base: Source, target: Source, offset: int, count: int,
         return None
     return Record(KIND_ELEMENTS, offset, count=count, positions=np.concatenate(positions),
                   values=np.concatenate(new_values), old_values=np.concatenate(old_values))
-
-
-def _raw_records(base: Source, target: Source, covered) -> List[Record]:
-    """Raw records for changed bytes outside the weight buffers (never inside one)."""
-    gaps, at = [], 0
-    for start, end in covered + [(base.size, base.size)]:
-        if start > at:
-            gaps.append((at, start))
-        at = max(at, end)
-    records = []
-    for gap_start, gap_end in gaps:
-        differ = []
-        for offset, chunk in base.chunks(gap_start, gap_end):
-            other = target.read(offset, len(chunk))
-            differ.append(np.flatnonzero(np.frombuffer(chunk, np.uint8)
-                                         != np.frombuffer(other, np.uint8)) + offset)
-        differ = np.concatenate(differ) if differ else np.zeros(0, np.int64)
-        if not len(differ):
-            continue
-        breaks = np.flatnonzero(np.diff(differ) > _RAW_MERGE_GAP)
-        starts = np.concatenate([[differ[0]], differ[breaks + 1]])
-        ends = np.concatenate([differ[breaks], [differ[-1]]]) + 1
-        for start, end in zip(starts, ends):
-            records.append(Record(KIND_RAW, int(start),
-                                  raw=bytes(target.read(int(start), int(end - start)))))
-    return records

@@ -30,11 +30,11 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from tflite_edge import cli, patch_format
+from tflite_edge import cli
 from tflite_edge.apply import apply_to, write_atomic
-from tflite_edge.create import create_patch_files
+from tflite_edge.create import create_patch_files, create_whole_file_patch
+from tflite_edge.device_state import DeviceState
 from tflite_edge.errors import PatchError
-from tflite_edge.patch_format import KIND_RAW, Record
 from tflite_edge.source import Source
 
 POLICIES = ("chain", "catchup", "full", "cheapest")
@@ -142,12 +142,8 @@ class Releases:
     def full(self, device: Release) -> str:
         """The whole latest file as a patch: verified like any other update."""
         def build():
-            with Source.open(self.latest.path) as target:
-                data = target.read(0, target.size)
-            record = Record(KIND_RAW, 0, raw=data)
-            return patch_format.encode_hashed(self.latest.round, device.size, device.sha256,
-                                              self.latest.size, self.latest.sha256, [record],
-                                              self.signer)
+            with Source.open(device.path) as base, Source.open(self.latest.path) as target:
+                return create_whole_file_patch(base, target, self.latest.round, self.signer)
         return self._cached(f"full_{self._key(device)}.patch", build)
 
     def update(self, device: Release, policy: str = "cheapest") -> Update:
@@ -187,15 +183,22 @@ class Releases:
         return path
 
 
-def apply_update(model: bytes, update: Update, public_key=None) -> bytes:
-    """Applies an update's patches in order, as a device would (round checks included)."""
-    state = {"round": update.from_round}
+def apply_update(model: bytes, update: Update, public_key=None,
+                 whole_file: str = "always") -> bytes:
+    """Applies an update's patches in order, as a device would (round checks included).
+
+    `whole_file` is the device's policy for whole-file updates (see
+    `tflite_edge.apply.WHOLE_FILE_POLICIES`); simulated devices take the
+    ones the server plans.
+    """
+    state = DeviceState(update.from_round, hashlib.sha256(model).digest())
     for path in update.patches:
         with open(path, "rb") as f:
             data = f.read()
         out = io.BytesIO()
-        patch = apply_to(Source.of(model), data, public_key, state, out.write)
-        model, state = out.getvalue(), {"round": patch.header.round}
+        patch = apply_to(Source.of(model), data, public_key, state, out.write, whole_file)
+        model = out.getvalue()
+        state = DeviceState(patch.header.round, patch.header.result_sha256)
     return model
 
 

@@ -3,6 +3,7 @@
     python -m tflite_edge.patch create --base=A.tflite --target=B.tflite --out=P [--round=N] [--sign_key=K]
     python -m tflite_edge.patch create --base=round_003/model.tflite --target=round_009/model.tflite --out=P
     python -m tflite_edge.patch apply --base=A.tflite --patch=P --out=B.tflite [--public_key=K] [--state=S]
+    python -m tflite_edge.patch apply --base=M.tflite --patch=P --initial_round=0   # a new device
     python -m tflite_edge.patch inspect --patch=P
     python -m tflite_edge.patch keygen --private=K --public=K.pub
 
@@ -13,7 +14,8 @@ import os
 import sys
 
 from tflite_edge import cli, patch_format
-from tflite_edge.apply import apply_patch_file, read_file, write_atomic
+from tflite_edge.apply import (WHOLE_FILE_POLICIES, apply_patch_file, read_patch_file,
+                               write_atomic)
 from tflite_edge.create import create_patch_files
 from tflite_edge.errors import PatchError
 from tflite_edge.positions import entropy_bound_bits
@@ -39,6 +41,12 @@ def _parser():
                        "output model's path + .state")
     apply.add_argument("--no_state", action="store_true",
                        help="do not check or record the device's round")
+    apply.add_argument("--initial_round", type=int,
+                       help="initialise a new device: its model belongs to this round (refused "
+                       "once a state file exists)")
+    apply.add_argument("--whole_file", default="signed", choices=WHOLE_FILE_POLICIES,
+                       help="accept whole-file updates: only signed ones verified with "
+                       "--public_key (default), always, or never")
     inspect = commands.add_parser("inspect", help="show a patch's header and records")
     inspect.add_argument("--patch", required=True)
     keygen = commands.add_parser("keygen", help="generate an Ed25519 key pair")
@@ -98,11 +106,12 @@ def _main(argv) -> None:
             from tflite_edge.signing import load_public_key  # pylint: disable=import-outside-toplevel
             key = load_public_key(args.public_key)
         state = None if args.no_state else (args.state or f"{args.out or args.base}.state")
-        patch = apply_patch_file(args.base, args.patch, args.out, key, state)
+        patch = apply_patch_file(args.base, args.patch, args.out, key, state,
+                                 args.initial_round, args.whole_file)
         print(f"wrote {args.out or args.base}: {patch.header.result_size} bytes, verified, "
               f"round {patch.header.round}")
     elif args.command == "inspect":
-        print(describe(read_file(args.patch, "patch")))
+        print(describe(read_patch_file(args.patch)))
     else:
         from tflite_edge.signing import generate_keypair  # pylint: disable=import-outside-toplevel
         generate_keypair(args.private, args.public)

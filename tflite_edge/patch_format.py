@@ -1,33 +1,43 @@
 """The patch container: header, records, optional signature, trailer checksum.
 
-The byte layout is specified in `PATCH_FORMAT.md` beside this file; the C
-applier in `c/` reads the same constants. Everything is little-endian.
+The byte layout is specified in `PATCH_FORMAT.md` beside this file; the C and
+JVM appliers read the same constants. Everything is little-endian.
+
+Reading is split in two so that nothing an attacker declares is decoded (or
+allocated) before it is trusted: `open_envelope` checks the size, magic,
+version, flags and trailing checksum and hands back the signed part; only
+after the signature, the device's round and the base file have been checked
+does `decode_records` parse the body, bounding every declared size by the
+patch's own length and by the base's real writable buffers.
 """
 
 import dataclasses
 import hashlib
 import struct
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
 from tflite_edge import positions as codes
 from tflite_edge.errors import PatchError
 from tflite_edge.model_file import ELEMENT_DTYPES, TYPE_NAMES
+from tflite_edge.regions import Region
 
 MAGIC = b"DPUP"
-VERSION = 1
+VERSION = 2
 FLAG_SIGNED = 1
 HEADER = struct.Struct("<4sHHIQQ32s32sII")          # 100 bytes
 ELEMENTS_RECORD = struct.Struct("<BBBBBBxxIQIIII")   # 36 bytes, then positions, values
-RAW_RECORD = struct.Struct("<B3xQI")                 # 16 bytes, then the bytes
-KIND_ELEMENTS, KIND_RAW = 1, 2
+WHOLE_FILE_RECORD = struct.Struct("<B3xQ")           # 12 bytes, then the whole result
+KIND_ELEMENTS, KIND_WHOLE_FILE = 1, 3   # kind 2 (raw bytes anywhere, version 1) is retired
 VALUES_RAW, VALUES_DELTA = 0, 1
 VALUE_CODING_NAMES = {VALUES_RAW: "raw", VALUES_DELTA: "delta"}
 SIGNATURE_SIZE = 64
 CHECKSUM_SIZE = 32
 # Sizes the applier accepts; the format itself allows up to 4 GiB.
 MAX_RECORDS = 1 << 20
+# The body length is a 32-bit field: no patch is longer than this.
+MAX_PATCH_SIZE = 100 + (2 ** 32 - 1) + 64 + 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +66,13 @@ class Header:
 
 @dataclasses.dataclass
 class Record:
-    """New values for some elements of one buffer, or raw bytes at an offset.
+    """New values for some elements of one weight buffer, or a whole new file.
 
     Attributes:
-      kind: KIND_ELEMENTS or KIND_RAW.
-      offset: absolute file offset of the buffer (or of the raw bytes).
-      buffer: buffer index (informational; -1 for raw records).
+      kind: KIND_ELEMENTS or KIND_WHOLE_FILE.
+      offset: absolute file offset of the buffer's first element (0 for a
+        whole file).
+      buffer: index of the buffer in the model (checked against the base).
       element_type: TFLite TensorType code of the elements.
       count: number of elements in the buffer.
       positions: sorted indices of the changed elements.
@@ -69,7 +80,7 @@ class Record:
         decoding a delta-coded record, the zigzag-mapped deltas (uint64).
       old_values: the base's values at `positions`, which lets the writer
         code deltas (None: raw values only).
-      raw: the bytes of a raw record.
+      raw: the bytes of a whole-file record.
       coding, parameter: the position code chosen when encoding.
       value_coding, value_parameter: the value code chosen when encoding.
     """
@@ -93,13 +104,13 @@ class Record:
     @property
     def span(self) -> int:
         """Bytes of the file this record may write, from `offset`."""
-        if self.kind == KIND_RAW:
+        if self.kind == KIND_WHOLE_FILE:
             return len(self.raw)
         return self.count * ELEMENT_DTYPES[self.element_type].itemsize
 
     def describe(self) -> str:
-        if self.kind == KIND_RAW:
-            return f"raw      offset {self.offset:>9}  {len(self.raw)} bytes"
+        if self.kind == KIND_WHOLE_FILE:
+            return f"whole file, {len(self.raw)} bytes"
         return (f"buffer {self.buffer:>3} offset {self.offset:>9}  "
                 f"{TYPE_NAMES[self.element_type]:>7} {len(self.positions):>8}/{self.count:<8} "
                 f"positions {codes.CODING_NAMES[self.coding]:>6}"
@@ -141,8 +152,8 @@ def add_deltas(old: np.ndarray, zigzag: np.ndarray) -> np.ndarray:
 
 
 def encode_record(record: Record) -> bytes:
-    if record.kind == KIND_RAW:
-        return RAW_RECORD.pack(KIND_RAW, record.offset, len(record.raw)) + record.raw
+    if record.kind == KIND_WHOLE_FILE:
+        return WHOLE_FILE_RECORD.pack(KIND_WHOLE_FILE, len(record.raw)) + record.raw
     pos = np.asarray(record.positions, np.int64)
     record.coding, record.parameter, _ = codes.choose(pos, record.count)
     coded = codes.encode(pos, record.count, record.coding, record.parameter)
@@ -176,7 +187,8 @@ def encode(header_round: int, base: bytes, result: bytes, records: List[Record],
     Args:
       header_round: the round the result belongs to (replay protection).
       base, result: the model files before and after.
-      records: non-overlapping records; sorted here by offset.
+      records: element records for distinct buffers (sorted here by offset),
+        or one whole-file record.
       signer: optional callable(bytes) -> 64-byte Ed25519 signature.
     """
     return encode_hashed(header_round, len(base), hashlib.sha256(base).digest(), len(result),
@@ -199,6 +211,20 @@ def encode_hashed(header_round: int, base_size: int, base_sha256: bytes, result_
 
 
 @dataclasses.dataclass
+class Envelope:
+    """A patch whose size, magic, version, flags and checksum are verified.
+
+    Nothing of its body has been parsed yet.
+    """
+
+    header: Header
+    data: bytes          # the whole patch
+    signed_part: bytes   # header and body: what the signature covers
+    signature: bytes
+    size: int
+
+
+@dataclasses.dataclass
 class Patch:
     """A parsed, checksum-verified patch."""
 
@@ -209,11 +235,12 @@ class Patch:
     size: int
 
 
-def decode(data: bytes) -> Patch:
-    """Parses a patch and checks everything that does not need the base file.
+def open_envelope(data: bytes) -> Envelope:
+    """Checks everything about a patch that needs neither its body nor the base.
 
     Raises:
-      PatchError: wrong magic or version, bad checksum, malformed records.
+      PatchError: wrong magic, version or flags, a size that does not match
+        the header, a bad checksum.
     """
     data = bytes(data)
     if len(data) < HEADER.size + CHECKSUM_SIZE:
@@ -235,79 +262,144 @@ def decode(data: bytes) -> Patch:
         raise PatchError("patch checksum mismatch (corrupted in transit)")
     if flags & ~FLAG_SIGNED:
         raise PatchError(f"unknown patch flags 0x{flags:x}")
-    if base_size != result_size:
-        raise PatchError("patch changes the file size; this format patches in place")
-    if count > MAX_RECORDS:
-        raise PatchError(f"patch announces {count} records (at most {MAX_RECORDS})")
+    # The smallest record is a 12-byte whole-file header.
+    if count > MAX_RECORDS or count * WHOLE_FILE_RECORD.size > body_length:
+        raise PatchError(f"patch announces {count} records in a {body_length}-byte body")
     header = Header(round_, base_size, result_size, base_sha, result_sha, count, body_length,
                     flags, version)
     body_end = HEADER.size + body_length
-    records = _decode_records(data, HEADER.size, body_end, count, base_size)
-    return Patch(header, records, data[:body_end], data[body_end:body_end + signature_size],
-                 len(data))
+    return Envelope(header, data, data[:body_end], data[body_end:body_end + signature_size],
+                    len(data))
 
 
-def _decode_records(data, at, end, count, file_size) -> List[Record]:
+# Lazily computed writable regions of the base (None: no base to check against).
+Regions = Optional[Callable[[], Dict[int, Region]]]
+
+
+def decode_records(envelope: Envelope, regions: Regions = None,
+                   allow_whole_file: bool = True) -> Patch:
+    """Parses the body of a verified envelope.
+
+    Args:
+      envelope: from `open_envelope`.
+      regions: returns the base's writable regions (`regions.writable_regions`);
+        every element record must address one of them exactly. None only
+        when inspecting a patch without its base: records are then bounded
+        by the header's base size.
+      allow_whole_file: whether a whole-file record is acceptable (a device
+        may refuse replacing its model wholesale).
+
+    Raises:
+      PatchError: a malformed record, one outside the base's weight buffers,
+        or a refused whole-file update.
+    """
+    h = envelope.header
+    at, end = HEADER.size, HEADER.size + h.body_length
+    data = envelope.data
     records: List[Record] = []
     previous_end = 0
-    for _ in range(count):
+    known = regions() if regions is not None and h.record_count else None
+    for _ in range(h.record_count):
         if at + 1 > end:
             raise PatchError("patch body ends before its last record")
         kind = data[at]
-        if kind == KIND_RAW:
-            if at + RAW_RECORD.size > end:
-                raise PatchError("patch body ends inside a record header")
-            _, offset, length = RAW_RECORD.unpack_from(data, at)
-            at += RAW_RECORD.size
-            if at + length > end:
-                raise PatchError("patch body ends inside a raw record")
-            record = Record(KIND_RAW, offset, raw=data[at:at + length])
-            at += length
+        if kind == KIND_WHOLE_FILE:
+            record, at = _whole_file(data, at, end, h, allow_whole_file)
         elif kind == KIND_ELEMENTS:
-            if at + ELEMENTS_RECORD.size > end:
-                raise PatchError("patch body ends inside a record header")
-            (_, etype, coding, parameter, value_coding, value_parameter, buffer, offset, n,
-             changed, pos_len, value_len) = ELEMENTS_RECORD.unpack_from(data, at)
-            at += ELEMENTS_RECORD.size
-            if etype not in ELEMENT_DTYPES:
-                raise PatchError(f"record has unknown element type {etype}")
-            if changed > n or changed == 0:
-                raise PatchError(f"record changes {changed} of {n} elements")
-            dtype = ELEMENT_DTYPES[etype]
-            if offset % dtype.itemsize:
-                raise PatchError(f"record at offset {offset} is not aligned to its "
-                                 f"{dtype.itemsize}-byte elements")
-            # Bound every size by the model before decoding (or allocating) anything.
-            if offset + n * dtype.itemsize > file_size:
-                raise PatchError(f"record at offset {offset} runs past the end of the "
-                                 f"{file_size}-byte model")
-            if at + pos_len + value_len > end:
-                raise PatchError("patch body ends inside a record's data")
-            pos = codes.decode(data[at:at + pos_len], n, changed, coding, parameter)
-            at += pos_len
-            if value_coding == VALUES_RAW:
-                if value_len != changed * dtype.itemsize:
-                    raise PatchError("raw values do not match the record's element count")
-                values = np.frombuffer(data, dtype, changed, at).copy()
-            elif value_coding == VALUES_DELTA and dtype.itemsize <= 4:
-                values = codes.rice_decode(data[at:at + value_len], changed, value_parameter,
-                                           1 << (8 * dtype.itemsize))
-            else:
-                raise PatchError(f"unknown value coding {value_coding}")
-            at += value_len
-            record = Record(KIND_ELEMENTS, offset, buffer, etype, n, pos, values,
-                            coding=coding, parameter=parameter, position_bytes=pos_len,
-                            value_coding=value_coding, value_parameter=value_parameter,
-                            value_bytes=value_len)
+            record, at = _elements(data, at, end, h, known)
         else:
             raise PatchError(f"unknown record kind {kind}")
         if record.offset < previous_end:
             raise PatchError("records overlap or are not sorted by offset")
-        if record.offset + record.span > file_size:
-            raise PatchError(f"record at offset {record.offset} runs past the end of the "
-                             f"{file_size}-byte model")
         previous_end = record.offset + record.span
         records.append(record)
     if at != end:
         raise PatchError(f"patch body has {end - at} stray bytes after its records")
-    return records
+    if not (records and records[0].kind == KIND_WHOLE_FILE) and h.base_size != h.result_size:
+        raise PatchError("patch changes the file size; only a whole-file update may")
+    return Patch(h, records, envelope.signed_part, envelope.signature, envelope.size)
+
+
+def decode(data: bytes) -> Patch:
+    """Parses a patch without its base (for inspection and tests).
+
+    Applying a patch goes through `tflite_edge.apply`, which checks the
+    signature, the round and the base before the records are decoded, and
+    the records against the base's weight buffers.
+    """
+    return decode_records(open_envelope(data))
+
+
+def _whole_file(data, at, end, header: Header, allowed: bool):
+    if not allowed:
+        raise PatchError("patch replaces the whole model, which this device does not accept "
+                         "(whole-file updates are refused by its configuration)")
+    if header.record_count != 1:
+        raise PatchError("a whole-file record must be the patch's only record")
+    if at + WHOLE_FILE_RECORD.size > end:
+        raise PatchError("patch body ends inside a record header")
+    _, length = WHOLE_FILE_RECORD.unpack_from(data, at)
+    if any(data[at + 1:at + 4]):
+        raise PatchError("record has non-zero reserved bytes")
+    at += WHOLE_FILE_RECORD.size
+    if length != header.result_size or length != end - at:
+        raise PatchError(f"whole-file record holds {length} bytes; the header's result has "
+                         f"{header.result_size} and the body {end - at}")
+    return Record(KIND_WHOLE_FILE, 0, raw=data[at:end]), end
+
+
+def _elements(data, at, end, header: Header, known: Optional[Dict[int, Region]]):
+    if at + ELEMENTS_RECORD.size > end:
+        raise PatchError("patch body ends inside a record header")
+    (_, etype, coding, parameter, value_coding, value_parameter, buffer, offset, n,
+     changed, pos_len, value_len) = ELEMENTS_RECORD.unpack_from(data, at)
+    if data[at + 6] or data[at + 7]:
+        raise PatchError("record has non-zero reserved bytes")
+    # A Rice parameter is 0..31, and 0 for codes without one (the spec's rule,
+    # so that every applier reads a record the same way).
+    if parameter > codes.MAX_RICE_PARAMETER or (coding != codes.RICE and parameter) \
+            or value_parameter > codes.MAX_RICE_PARAMETER \
+            or (value_coding != VALUES_DELTA and value_parameter):
+        raise PatchError(f"record has a Rice parameter out of range ({parameter}, "
+                         f"{value_parameter})")
+    at += ELEMENTS_RECORD.size
+    if etype not in ELEMENT_DTYPES:
+        raise PatchError(f"record has unknown element type {etype}")
+    size = ELEMENT_DTYPES[etype].itemsize
+    if known is not None:
+        region = known.get(buffer)
+        if region is None or region.offset != offset or region.count != n \
+                or region.type != etype:
+            raise PatchError(f"record for buffer {buffer} ({n} {TYPE_NAMES[etype]} at offset "
+                             f"{offset}) is not one of this model's weight or bias buffers; "
+                             "a patch may write nowhere else")
+    elif offset % size or offset + n * size > header.base_size:
+        raise PatchError(f"record at offset {offset} is misaligned or runs past the end of "
+                         f"the {header.base_size}-byte model")
+    if changed > n or changed == 0:
+        raise PatchError(f"record changes {changed} of {n} elements")
+    if at + pos_len + value_len > end:
+        raise PatchError("patch body ends inside a record's data")
+    # Every count is bounded by the bytes that code it before anything is
+    # decoded: a value costs a whole element raw or at least k + 1 bits as
+    # a delta, so a record cannot make the decoder allocate more than a
+    # small multiple of the patch's own size.
+    if value_coding == VALUES_RAW:
+        if value_len != changed * size:
+            raise PatchError("raw values do not match the record's element count")
+    elif value_coding == VALUES_DELTA and size <= 4:
+        if changed * (1 + value_parameter) > 8 * value_len:
+            raise PatchError(f"a value stream of {value_len} bytes cannot hold {changed} codes")
+    else:
+        raise PatchError(f"unknown value coding {value_coding}")
+    pos = codes.decode(data[at:at + pos_len], n, changed, coding, parameter)
+    at += pos_len
+    if value_coding == VALUES_RAW:
+        values = np.frombuffer(data, ELEMENT_DTYPES[etype], changed, at).copy()
+    else:
+        values = codes.rice_decode(data[at:at + value_len], changed, value_parameter,
+                                   1 << (8 * size))
+    at += value_len
+    return Record(KIND_ELEMENTS, offset, buffer, etype, n, pos, values, coding=coding,
+                  parameter=parameter, position_bytes=pos_len, value_coding=value_coding,
+                  value_parameter=value_parameter, value_bytes=value_len), at

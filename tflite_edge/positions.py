@@ -91,22 +91,34 @@ def rice_decode(data: bytes, count: int, parameter: int, limit: int) -> np.ndarr
     # of every code is looked up in `low`, the value of the k bits starting
     # at each position, computed per piece with numpy.
     values = np.empty(count, np.uint32 if limit <= 1 << 32 else np.uint64)
+    largest_quotient = (limit - 1) >> parameter
     stream, low, at, fed = b"", None, 0, 0
+    ones = 0   # ones of the current code already consumed from earlier pieces
     for i in range(count):
         while True:
             end = stream.find(0, at)
             if 0 <= end and end + 1 + parameter <= len(stream):
                 break
+            # Only the unfinished code's tail (its zero and k bits, at most
+            # 32 bits) is carried into the next piece; a long run of ones is
+            # counted, not kept, so decoding stays linear in the stream.
+            stop = len(stream) if end < 0 else end
+            ones += stop - at
+            at = stop
+            if ones > largest_quotient:
+                raise PatchError("a Rice-coded value is out of range")
             if fed == len(data):
                 raise PatchError("a Rice code runs past the end of its stream")
             piece = np.frombuffer(data, np.uint8, min(RICE_PIECE, len(data) - fed), fed)
             stream = stream[at:] + np.unpackbits(piece, bitorder="little").tobytes()
             fed, at = fed + len(piece), 0
             low = _windows(stream, parameter) if parameter else None
-        value = ((end - at) << parameter) | low[end + 1] if parameter else end - at
+        quotient = ones + end - at
+        value = (quotient << parameter) | low[end + 1] if parameter else quotient
         if value >= limit:
             raise PatchError(f"a Rice-coded value ({value}) is out of range")
         values[i] = value
+        ones = 0
         at = end + 1 + parameter
     leftover = stream[at:] + np.unpackbits(np.frombuffer(data, np.uint8, len(data) - fed, fed),
                                            bitorder="little").tobytes()

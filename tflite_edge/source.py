@@ -32,6 +32,7 @@ class Source:
         self._data = data      # bytes, or a memory map of the file (parsing only)
         self._fd = fd
         self.path = path
+        self._sha256 = None
 
     @classmethod
     def of(cls, data: Union[bytes, bytearray, memoryview, "Source"]) -> "Source":
@@ -92,7 +93,10 @@ class Source:
             yield offset, self.read(offset, min(size, end - offset))
 
     def sha256(self) -> bytes:
-        digest = hashlib.sha256()
-        for _, chunk in self.chunks():
-            digest.update(chunk)
-        return digest.digest()
+        """The SHA-256 of the model (computed once: a source is read-only)."""
+        if self._sha256 is None:
+            digest = hashlib.sha256()
+            for _, chunk in self.chunks():
+                digest.update(chunk)
+            self._sha256 = digest.digest()
+        return self._sha256

@@ -1,27 +1,48 @@
 /* Command-line driver for the C applier (host builds and tests):
- *   dpu_apply [--min-round N] [--bench REPEATS] [--public-key KEY] BASE PATCH OUT
- * --public-key (builds with -DDPU_WITH_OPENSSL) plugs OpenSSL's Ed25519 into
- * the verify callback, as firmware would plug in its own library; KEY holds
- * the raw 32-byte public key.
+ *   dpu_apply [--min-round N] [--public-key KEY] [--whole-file signed|always|never]
+ *             [--bench REPEATS] BASE PATCH OUT
+ *   dpu_apply --in-place [--min-round N] [--public-key KEY] MODEL PATCH MODEL
+ *
+ * It reads through the same callbacks a firmware would implement.
+ * - Copy mode writes the result to a new temporary file beside OUT, flushes it
+ *   and renames it over OUT only once the applier returned DPU_OK; on any error
+ *   the temporary file is removed and OUT is left as it was (through a symbolic
+ *   link too: the link's target is what gets replaced). OUT may not be BASE.
+ * - In-place mode (OUT must be BASE) patches the model where it lies, with the
+ *   journal in MODEL.journal, and resumes after an interruption when run again.
+ * --public-key (builds with -DDPU_WITH_OPENSSL) plugs OpenSSL's Ed25519 into the
+ * verify callback, as firmware would plug in its own library; KEY is exactly the
+ * raw 32-byte public key, checked with dpu_check_public_key.
+ * --whole-file: accept whole-file updates only from signed patches verified
+ * with --public-key (signed, the default), always, or never.
  * --bench applies the patch REPEATS times in one process and prints the
  * seconds per application (CPU time), for the benchmarks.
- * Reads through the same callbacks a firmware would implement. On any error
- * OUT is removed, one line goes to stderr, and the exit status is 2. */
+ * On any error one line goes to stderr and the exit status is 2. */
+#define _XOPEN_SOURCE 700
+
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "dpu_patch.h"
 
 typedef struct {
-  FILE *patch, *base, *out;
+  FILE *patch, *base, *out, *journal;
   unsigned char public_key[32];
 } files;
 
 static int read_at(FILE *f, uint32_t offset, uint8_t *buf, uint32_t len) {
   if (fseek(f, (long)offset, SEEK_SET) != 0) return -1;
   return fread(buf, 1, len, f) == len ? 0 : -1;
+}
+
+static int write_at(FILE *f, uint32_t offset, const uint8_t *buf, uint32_t len) {
+  if (fseek(f, (long)offset, SEEK_SET) != 0) return -1;
+  return fwrite(buf, 1, len, f) == len ? 0 : -1;
 }
 
 static int read_patch(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len) {
@@ -34,8 +55,26 @@ static int read_base(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len) {
 
 static int write_out(void *ctx, uint32_t offset, const uint8_t *buf, uint32_t len) {
   FILE *f = ((files *)ctx)->out;
+  /* in place, the write must reach the disk before the next journal entry */
+  if (write_at(f, offset, buf, len) != 0) return -1;
+  return ((files *)ctx)->journal ? (fflush(f) == 0 && fsync(fileno(f)) == 0 ? 0 : -1) : 0;
+}
+
+/* The journal file may be shorter than the journal (new, or cut off): the rest
+ * reads as zeros, which the applier treats as an empty slot. */
+static int read_journal(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len) {
+  FILE *f = ((files *)ctx)->journal;
+  size_t got;
   if (fseek(f, (long)offset, SEEK_SET) != 0) return -1;
-  return fwrite(buf, 1, len, f) == len ? 0 : -1;
+  got = fread(buf, 1, len, f);
+  memset(buf + got, 0, len - got);
+  return 0;
+}
+
+static int write_journal(void *ctx, uint32_t offset, const uint8_t *buf, uint32_t len) {
+  FILE *f = ((files *)ctx)->journal;
+  if (write_at(f, offset, buf, len) != 0) return -1;
+  return fflush(f) == 0 && fsync(fileno(f)) == 0 ? 0 : -1;
 }
 
 #ifdef DPU_WITH_OPENSSL
@@ -62,98 +101,206 @@ static int verify_ed25519(void *ctx, uint32_t length, const uint8_t signature[64
 }
 #endif
 
+static int fail(const char *message, const char *what) {
+  fprintf(stderr, "error: %s%s%s\n", message, what ? ": " : "", what ? what : "");
+  return 2;
+}
+
 static long size_of(FILE *f) {
-  long size;
   if (fseek(f, 0, SEEK_END) != 0) return -1;
-  size = ftell(f);
-  return size;
+  return ftell(f);
+}
+
+/* Exactly 32 bytes, a valid point, not of small order. */
+static int load_key(const char *path, unsigned char key[32]) {
+  unsigned char extra;
+  FILE *k = fopen(path, "rb");
+  size_t got = k ? fread(key, 1, 32, k) : 0;
+  int longer = k ? fread(&extra, 1, 1, k) == 1 : 0;
+  dpu_status status;
+  if (k) fclose(k);
+  if (!k) return fail("cannot read public key", path);
+  if (got != 32 || longer) return fail("not a raw 32-byte Ed25519 public key", path);
+  status = dpu_check_public_key(key);
+  if (status != DPU_OK) return fail(dpu_strerror(status), path);
+  return 0;
+}
+
+static int same_file(const char *a, const char *b) {
+  struct stat sa, sb;
+  return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
+}
+
+/* Flushes the folder holding `path`, so that a rename into it survives a crash. */
+static int sync_folder(const char *path) {
+  char folder[PATH_MAX];
+  char *slash;
+  FILE *f;
+  int ok;
+  strncpy(folder, path, sizeof(folder) - 1);
+  folder[sizeof(folder) - 1] = '\0';
+  slash = strrchr(folder, '/');
+  if (slash == folder) slash[1] = '\0';
+  else if (slash) *slash = '\0';
+  else strcpy(folder, ".");
+  f = fopen(folder, "r");
+  if (!f) return -1;
+  ok = fsync(fileno(f));
+  fclose(f);
+  return ok;
+}
+
+/* The real path OUT names (following a symbolic link to an existing file). */
+static void resolve(const char *out, char *real, size_t size) {
+  char buf[PATH_MAX];
+  if (realpath(out, buf) != NULL && strlen(buf) < size) {
+    strcpy(real, buf);
+  } else {
+    strncpy(real, out, size - 1);
+    real[size - 1] = '\0';
+  }
 }
 
 int main(int argc, char **argv) {
   static dpu_applier applier;
+  static char target[PATH_MAX], temporary[PATH_MAX + 16];
   files fs;
   dpu_io io;
   dpu_status status;
   unsigned long min_round = 0, repeats = 1, r;
-  int bench = 0;
+  int bench = 0, in_place = 0, with_key = 0, fd = -1;
+  const char *whole = "signed";
+  uint32_t options = 0;
   long patch_size, base_size;
-  int arg = 1, with_key = 0;
+  int arg = 1;
   clock_t started;
+  struct stat existing;
+  memset(&fs, 0, sizeof(fs));
   if (argc == 2 && strcmp(argv[1], "--sizeof") == 0) {
     printf("%lu\n", (unsigned long)sizeof(dpu_applier));
     return 0;
   }
-  while (argc - arg > 3) {
-    if (strcmp(argv[arg], "--min-round") == 0) {
-      min_round = strtoul(argv[arg + 1], NULL, 10);
-    } else if (strcmp(argv[arg], "--public-key") == 0) {
-      FILE *k = fopen(argv[arg + 1], "rb");
-      size_t got = k ? fread(fs.public_key, 1, sizeof(fs.public_key), k) : 0;
-      if (k) fclose(k);
-      if (got != sizeof(fs.public_key)) {
-        fprintf(stderr, "error: %s is not a raw 32-byte Ed25519 public key\n", argv[arg + 1]);
-        return 2;
-      }
+  while (arg < argc && strncmp(argv[arg], "--", 2) == 0) {
+    /* --name VALUE or --name=VALUE */
+    static char name[32];
+    const char *value, *equals = strchr(argv[arg], '=');
+    size_t length = equals ? (size_t)(equals - argv[arg]) : strlen(argv[arg]);
+    if (length >= sizeof(name)) return fail("unknown option", argv[arg]);
+    memcpy(name, argv[arg], length);
+    name[length] = '\0';
+    if (strcmp(name, "--in-place") == 0 && !equals) {
+      in_place = 1;
+      arg += 1;
+      continue;
+    }
+    if (!equals && arg + 1 >= argc) return fail("missing value after", argv[arg]);
+    value = equals ? equals + 1 : argv[arg + 1];
+    if (strcmp(name, "--min-round") == 0) {
+      min_round = strtoul(value, NULL, 10);
+    } else if (strcmp(name, "--public-key") == 0) {
 #ifndef DPU_WITH_OPENSSL
-      fprintf(stderr, "error: this build has no signature support (build with OpenSSL)\n");
-      return 2;
+      return fail("this build has no signature support (build with OpenSSL)", NULL);
 #endif
+      if (load_key(value, fs.public_key) != 0) return 2;
       with_key = 1;
-    } else if (strcmp(argv[arg], "--bench") == 0) {
-      repeats = strtoul(argv[arg + 1], NULL, 10);
+    } else if (strcmp(name, "--whole-file") == 0) {
+      whole = value;
+      if (strcmp(whole, "signed") && strcmp(whole, "always") && strcmp(whole, "never"))
+        return fail("--whole-file takes signed, always or never, not", whole);
+    } else if (strcmp(name, "--bench") == 0) {
+      repeats = strtoul(value, NULL, 10);
       if (repeats == 0) repeats = 1;
       bench = 1;
     } else {
-      break;
+      return fail("unknown option", argv[arg]);
     }
-    arg += 2;
+    arg += equals ? 1 : 2;
   }
   if (argc - arg != 3) {
-    fprintf(stderr, "usage: dpu_apply [--min-round N] BASE PATCH OUT\n");
+    fprintf(stderr, "usage: dpu_apply [--min-round N] [--public-key KEY] [--whole-file "
+                    "signed|always|never] [--in-place] BASE PATCH OUT\n");
     return 2;
   }
-  fs.base = fopen(argv[arg], "rb");
+  if (strcmp(whole, "always") == 0 || (strcmp(whole, "signed") == 0 && with_key))
+    options |= DPU_ALLOW_WHOLE_FILE;
+  if (in_place && !same_file(argv[arg], argv[arg + 2]))
+    return fail("--in-place patches the model where it lies: OUT must be BASE", argv[arg + 2]);
+  if (!in_place && same_file(argv[arg], argv[arg + 2]))
+    return fail("OUT is BASE (use --in-place, or write elsewhere)", argv[arg + 2]);
+  fs.base = fopen(argv[arg], in_place ? "r+b" : "rb");
+  if (!fs.base) return fail("cannot open", argv[arg]);
   fs.patch = fopen(argv[arg + 1], "rb");
-  if (!fs.base || !fs.patch) {
-    fprintf(stderr, "error: cannot open %s\n", fs.base ? argv[arg + 1] : argv[arg]);
-    return 2;
-  }
+  if (!fs.patch) return fail("cannot open", argv[arg + 1]);
   patch_size = size_of(fs.patch);
   base_size = size_of(fs.base);
-  if (patch_size < 0 || base_size < 0) {
-    fprintf(stderr, "error: cannot read input sizes\n");
-    return 2;
-  }
-  fs.out = fopen(argv[arg + 2], "wb");
-  if (!fs.out) {
-    fprintf(stderr, "error: cannot create %s\n", argv[arg + 2]);
-    return 2;
-  }
+  if (patch_size < 0 || base_size < 0) return fail("cannot read input sizes", NULL);
+  if ((unsigned long)patch_size > 0xffffffffUL || (unsigned long)base_size > 0xffffffffUL)
+    return fail("inputs of 4 GiB or more are beyond this applier", NULL);
   io.ctx = &fs;
   io.read_patch = read_patch;
   io.read_base = read_base;
   io.write_out = write_out;
   io.verify_signature = NULL;
+  io.read_journal = read_journal;
+  io.write_journal = write_journal;
 #ifdef DPU_WITH_OPENSSL
   if (with_key) io.verify_signature = verify_ed25519;
 #endif
-  (void)with_key;
+
+  if (in_place) {
+    snprintf(temporary, sizeof(temporary), "%s.journal", argv[arg]);
+    fs.journal = fopen(temporary, "r+b");
+    if (!fs.journal) fs.journal = fopen(temporary, "w+b");
+    if (!fs.journal) return fail("cannot open the journal", temporary);
+    fs.out = fs.base;
+    status = dpu_apply_in_place(&applier, &io, (uint32_t)patch_size, (uint32_t)base_size,
+                                (uint32_t)min_round, options);
+    fclose(fs.journal);
+    if (fclose(fs.base) != 0 && status == DPU_OK) status = DPU_ERR_IO;
+    fclose(fs.patch);
+    if (status != DPU_OK) return fail(dpu_strerror(status), NULL);
+    return 0;
+  }
+
+  resolve(argv[arg + 2], target, sizeof(target));
+  snprintf(temporary, sizeof(temporary), "%s.XXXXXX", target);
+  fd = mkstemp(temporary);
+  if (fd < 0) return fail("cannot create a temporary file beside", target);
+  if (stat(target, &existing) == 0) {
+    fchmod(fd, existing.st_mode & 07777);
+  } else {
+    mode_t mask = umask(0);
+    umask(mask);
+    fchmod(fd, 0666 & ~mask);
+  }
+  fs.out = fdopen(fd, "w+b");
+  if (!fs.out) {
+    close(fd);
+    unlink(temporary);
+    return fail("cannot write", temporary);
+  }
   started = clock();
   status = DPU_OK;
   for (r = 0; r < repeats && status == DPU_OK; r++) {
     status = dpu_apply(&applier, &io, (uint32_t)patch_size, (uint32_t)base_size,
-                       (uint32_t)min_round);
+                       (uint32_t)min_round, options);
   }
   if (bench && status == DPU_OK) {
     printf("%.9f\n", (double)(clock() - started) / CLOCKS_PER_SEC / (double)repeats);
   }
+  if (status == DPU_OK && (fflush(fs.out) != 0 || fsync(fileno(fs.out)) != 0))
+    status = DPU_ERR_IO;
   if (fclose(fs.out) != 0 && status == DPU_OK) status = DPU_ERR_IO;
   fclose(fs.base);
   fclose(fs.patch);
+  if (status == DPU_OK && (rename(temporary, target) != 0 || sync_folder(target) != 0)) {
+    unlink(temporary);
+    return fail("cannot replace", target);
+  }
   if (status != DPU_OK) {
-    remove(argv[arg + 2]);
-    fprintf(stderr, "error: %s\n", dpu_strerror(status));
-    return 2;
+    unlink(temporary); /* the only file this run created */
+    return fail(dpu_strerror(status), NULL);
   }
   return 0;
 }

@@ -1,22 +1,46 @@
-/* dpu_patch.c: see dpu_patch.h. Format: ../PATCH_FORMAT.md (v1). */
+/* dpu_patch.c: see dpu_patch.h. Format: ../PATCH_FORMAT.md (v2). */
 #include "dpu_patch.h"
 
 #include <string.h>
 
 #define KIND_ELEMENTS 1u
-#define KIND_RAW 2u
+#define KIND_WHOLE_FILE 3u
 #define CODING_RICE 0u
 #define CODING_BITMAP 1u
 #define CODING_ALL 2u
 #define ELEMENTS_HEADER 36u
+#define WHOLE_FILE_HEADER 12u
 #define VALUES_RAW 0u
 #define VALUES_DELTA 1u
-#define RAW_HEADER 16u
 #define MAX_RECORDS (1u << 20)
 #define FLAG_SIGNED 1u
 #define JOURNAL_NONE 0u
 #define JOURNAL_IN_PROGRESS 1u
 #define JOURNAL_DONE 2u
+
+/* TFLite builtin operators whose inputs 1 (weights) and 2 (bias) a patch may
+ * rewrite, and schema field numbers (a field's vtable slot is 4 + 2 * number). */
+#define OP_CONV_2D 3
+#define OP_DEPTHWISE_CONV_2D 4
+#define OP_FULLY_CONNECTED 9
+#define MODEL_OPERATOR_CODES 1u
+#define MODEL_SUBGRAPHS 2u
+#define MODEL_BUFFERS 4u
+#define SUBGRAPH_TENSORS 0u
+#define SUBGRAPH_INPUTS 1u
+#define SUBGRAPH_OUTPUTS 2u
+#define SUBGRAPH_OPERATORS 3u
+#define TENSOR_TYPE 1u
+#define TENSOR_BUFFER 2u
+#define OPERATOR_OPCODE 0u
+#define OPERATOR_INPUTS 1u
+#define OPERATOR_OUTPUTS 2u
+#define OPERATOR_INTERMEDIATES 8u
+#define CODE_DEPRECATED 0u
+#define CODE_BUILTIN 3u
+#define BUFFER_DATA 0u
+#define BUFFER_OFFSET 1u
+#define BUFFER_SIZE 2u
 
 /* Elements are at most 8 bytes and aligned to their size, so a chunk that is a
  * multiple of 8 never splits one: each chunk's new bytes depend on its old
@@ -123,6 +147,7 @@ static uint8_t element_size(uint8_t type) {
   }
 }
 
+/* Every read of the patch is bounded by its size, computed without overflow. */
 static dpu_status read_patch(dpu_applier *a, uint32_t offset, uint8_t *buf, uint32_t len) {
   if ((uint64_t)offset + len > a->patch_size) return DPU_ERR_MALFORMED;
   return a->io->read_patch(a->io->ctx, offset, buf, len) ? DPU_ERR_IO : DPU_OK;
@@ -140,6 +165,179 @@ static dpu_status hash_range(dpu_applier *a, int base, uint32_t offset, uint32_t
     len -= take;
   }
   return DPU_OK;
+}
+
+/* ------------------------------------------------- the base's weight buffers */
+
+/* A bounds-checked view of the base model's flatbuffer, just enough to find
+ * which buffers hold weights. The base's SHA-256 has been checked, but it is
+ * read as carefully as the patch: a malformed model is DPU_ERR_MODEL. */
+
+static dpu_status base_read(dpu_applier *a, uint64_t at, uint8_t *buf, uint32_t len) {
+  if (at > a->info.model_size || len > a->info.model_size - at) return DPU_ERR_MODEL;
+  return a->io->read_base(a->io->ctx, (uint32_t)at, buf, len) ? DPU_ERR_IO : DPU_OK;
+}
+
+static dpu_status fb_u32(dpu_applier *a, uint64_t at, uint32_t *value) {
+  uint8_t b[4];
+  dpu_status s = base_read(a, at, b, 4);
+  *value = le32(b);
+  return s;
+}
+
+/* Absolute position of field `number` of the table at `table`; 0 if absent. */
+static dpu_status fb_field(dpu_applier *a, uint32_t table, uint32_t number, uint32_t *at) {
+  uint8_t b[2];
+  uint32_t back, slot = 4u + 2u * number;
+  uint64_t vtable;
+  uint16_t vtable_size, relative;
+  dpu_status s;
+  *at = 0;
+  if ((s = fb_u32(a, table, &back)) != DPU_OK) return s;
+  /* the vtable sits at table - soffset (a signed 32-bit offset) */
+  if (back & 0x80000000u) {
+    vtable = (uint64_t)table + (0x100000000ull - back);
+  } else {
+    if (back > table) return DPU_ERR_MODEL;
+    vtable = table - back;
+  }
+  if ((s = base_read(a, vtable, b, 2)) != DPU_OK) return s;
+  vtable_size = (uint16_t)(b[0] | (b[1] << 8));
+  if (vtable_size < 4u || slot + 2u > vtable_size) return DPU_OK;
+  if ((s = base_read(a, vtable + slot, b, 2)) != DPU_OK) return s;
+  relative = (uint16_t)(b[0] | (b[1] << 8));
+  if (relative == 0) return DPU_OK;
+  if ((uint64_t)table + relative > a->info.model_size) return DPU_ERR_MODEL;
+  *at = table + relative;
+  return DPU_OK;
+}
+
+/* A little-endian scalar field of `width` bytes, `fallback` when absent. */
+static dpu_status fb_scalar(dpu_applier *a, uint32_t table, uint32_t number, uint32_t width,
+                            uint64_t fallback, uint64_t *value) {
+  uint8_t b[8];
+  uint32_t at, i;
+  dpu_status s;
+  *value = fallback;
+  if ((s = fb_field(a, table, number, &at)) != DPU_OK || at == 0) return s;
+  if ((s = base_read(a, at, b, width)) != DPU_OK) return s;
+  *value = 0;
+  for (i = 0; i < width; i++) *value |= (uint64_t)b[i] << (8 * i);
+  return DPU_OK;
+}
+
+/* The first element and length of a vector field of `width`-byte elements. */
+static dpu_status fb_vector(dpu_applier *a, uint32_t table, uint32_t number, uint32_t width,
+                            uint32_t *start, uint32_t *length) {
+  uint32_t at, relative;
+  uint64_t vector;
+  dpu_status s;
+  *start = *length = 0;
+  if ((s = fb_field(a, table, number, &at)) != DPU_OK || at == 0) return s;
+  if ((s = fb_u32(a, at, &relative)) != DPU_OK) return s;
+  vector = (uint64_t)at + relative;
+  if ((s = fb_u32(a, vector, length)) != DPU_OK) return s;
+  if (vector + 4u + (uint64_t)*length * width > a->info.model_size) return DPU_ERR_MODEL;
+  *start = (uint32_t)vector + 4u;
+  return DPU_OK;
+}
+
+/* The table that entry `index` of a vector of tables points to. */
+static dpu_status fb_table(dpu_applier *a, uint32_t start, uint32_t length, uint32_t index,
+                           uint32_t *table) {
+  uint32_t relative;
+  dpu_status s;
+  if (index >= length) return DPU_ERR_MODEL;
+  if ((s = fb_u32(a, (uint64_t)start + 4u * (uint64_t)index, &relative)) != DPU_OK) return s;
+  if ((uint64_t)start + 4u * (uint64_t)index + relative > a->info.model_size) return DPU_ERR_MODEL;
+  *table = start + 4u * index + relative;
+  return DPU_OK;
+}
+
+/* What the record under check is allowed to write: buffer `buffer`, elements of
+ * `type`; `used` becomes 1 at the first permitted use. */
+typedef struct {
+  uint32_t buffer, tensors, tensor_count;
+  uint8_t type, used;
+} dpu_region_check;
+
+/* Checks the tensors listed in a vector of int32 tensor indices: a tensor stored
+ * in the buffer may appear there only as input 1 or 2 of a weight operator
+ * (`weight_operator` says whether the list is the inputs of one), with the
+ * record's element type. */
+static dpu_status check_uses(dpu_applier *a, dpu_region_check *c, uint32_t table,
+                             uint32_t number, int weight_operator) {
+  uint32_t start, length, j, index, tensor;
+  uint64_t buffer, type;
+  dpu_status s;
+  if ((s = fb_vector(a, table, number, 4, &start, &length)) != DPU_OK) return s;
+  for (j = 0; j < length; j++) {
+    if ((s = fb_u32(a, (uint64_t)start + 4u * j, &index)) != DPU_OK) return s;
+    if (index & 0x80000000u) continue; /* -1: an optional input left out */
+    if ((s = fb_table(a, c->tensors, c->tensor_count, index, &tensor)) != DPU_OK) return s;
+    if ((s = fb_scalar(a, tensor, TENSOR_BUFFER, 4, 0, &buffer)) != DPU_OK) return s;
+    if (buffer != c->buffer) continue;
+    if ((s = fb_scalar(a, tensor, TENSOR_TYPE, 1, 0, &type)) != DPU_OK) return s;
+    if (!weight_operator || (j != 1u && j != 2u) || type != c->type) return DPU_ERR_REGION;
+    c->used = 1;
+  }
+  return DPU_OK;
+}
+
+/* DPU_OK when [offset, offset + span) is exactly the data of buffer `buffer`, a
+ * weight or bias buffer of `type` elements (PATCH_FORMAT.md, "Writable buffers"). */
+static dpu_status check_writable(dpu_applier *a, uint32_t buffer, uint64_t offset,
+                                 uint64_t span, uint8_t type) {
+  static const uint32_t not_weights[] = {OPERATOR_OUTPUTS, OPERATOR_INTERMEDIATES};
+  uint8_t identifier[4];
+  uint32_t model, codes, code_count, graphs, graph_count, ops, op_count, g, o, i, graph, op,
+      code, data, data_length, list, list_length;
+  uint64_t opcode, deprecated, builtin, external;
+  int64_t kind;
+  dpu_region_check c;
+  dpu_status s;
+  if (buffer == 0) return DPU_ERR_REGION;
+  if ((s = base_read(a, 4, identifier, 4)) != DPU_OK) return s;
+  if (memcmp(identifier, "TFL3", 4) != 0) return DPU_ERR_MODEL;
+  c.buffer = buffer;
+  c.type = type;
+  c.used = 0;
+  if ((s = fb_u32(a, 0, &model)) != DPU_OK) return s;
+  if ((s = fb_vector(a, model, MODEL_OPERATOR_CODES, 4, &codes, &code_count)) != DPU_OK) return s;
+  if ((s = fb_vector(a, model, MODEL_SUBGRAPHS, 4, &graphs, &graph_count)) != DPU_OK) return s;
+  for (g = 0; g < graph_count; g++) {
+    if ((s = fb_table(a, graphs, graph_count, g, &graph)) != DPU_OK) return s;
+    if ((s = fb_vector(a, graph, SUBGRAPH_TENSORS, 4, &c.tensors, &c.tensor_count)) != DPU_OK)
+      return s;
+    if ((s = fb_vector(a, graph, SUBGRAPH_OPERATORS, 4, &ops, &op_count)) != DPU_OK) return s;
+    for (o = 0; o < op_count; o++) {
+      if ((s = fb_table(a, ops, op_count, o, &op)) != DPU_OK) return s;
+      if ((s = fb_scalar(a, op, OPERATOR_OPCODE, 4, 0, &opcode)) != DPU_OK) return s;
+      if ((s = fb_table(a, codes, code_count, (uint32_t)opcode, &code)) != DPU_OK) return s;
+      if ((s = fb_scalar(a, code, CODE_DEPRECATED, 1, 0, &deprecated)) != DPU_OK) return s;
+      if ((s = fb_scalar(a, code, CODE_BUILTIN, 4, 0, &builtin)) != DPU_OK) return s;
+      /* the operator is the larger of the two codes, both signed */
+      kind = (builtin & 0x80000000u) ? (int64_t)builtin - 0x100000000ll : (int64_t)builtin;
+      if (deprecated < 0x80u && (int64_t)deprecated > kind) kind = (int64_t)deprecated;
+      if ((s = check_uses(a, &c, op, OPERATOR_INPUTS,
+                          kind == OP_CONV_2D || kind == OP_DEPTHWISE_CONV_2D ||
+                              kind == OP_FULLY_CONNECTED)) != DPU_OK)
+        return s;
+      for (i = 0; i < 2; i++)
+        if ((s = check_uses(a, &c, op, not_weights[i], 0)) != DPU_OK) return s;
+    }
+    if ((s = check_uses(a, &c, graph, SUBGRAPH_INPUTS, 0)) != DPU_OK) return s;
+    if ((s = check_uses(a, &c, graph, SUBGRAPH_OUTPUTS, 0)) != DPU_OK) return s;
+  }
+  if (!c.used) return DPU_ERR_REGION;
+  if ((s = fb_vector(a, model, MODEL_BUFFERS, 4, &list, &list_length)) != DPU_OK) return s;
+  if ((s = fb_table(a, list, list_length, buffer, &data)) != DPU_OK) return s;
+  if ((s = fb_scalar(a, data, BUFFER_OFFSET, 8, 0, &external)) != DPU_OK) return s;
+  if (external != 0) return DPU_ERR_REGION; /* data past the flatbuffer */
+  if ((s = fb_scalar(a, data, BUFFER_SIZE, 8, 0, &external)) != DPU_OK) return s;
+  if (external != 0) return DPU_ERR_REGION;
+  if ((s = fb_vector(a, data, BUFFER_DATA, 1, &data, &data_length)) != DPU_OK) return s;
+  return (data == offset && data_length == span) ? DPU_OK : DPU_ERR_REGION;
 }
 
 /* ---------------------------------------------------------- bit reader */
@@ -262,63 +460,81 @@ static dpu_status check_stream_end(dpu_applier *a, dpu_bits *r, int rice) {
 /* Reads and checks the record header at a->cursor. */
 static dpu_status load_record(dpu_applier *a) {
   uint8_t h[ELEMENTS_HEADER];
-  uint64_t offset, span, end;
+  uint64_t offset, span;
+  uint32_t left;
   dpu_status s;
-  if ((uint64_t)a->cursor + 1 > a->body_end) return DPU_ERR_MALFORMED;
+  if (a->cursor >= a->body_end) return DPU_ERR_MALFORMED;
+  left = a->body_end - a->cursor;
   if ((s = read_patch(a, a->cursor, h, 1)) != DPU_OK) return s;
   a->kind = h[0];
-  if (a->kind == KIND_RAW) {
-    if ((uint64_t)a->cursor + RAW_HEADER > a->body_end) return DPU_ERR_MALFORMED;
-    if ((s = read_patch(a, a->cursor, h, RAW_HEADER)) != DPU_OK) return s;
-    offset = le64(h + 4);
-    a->count = le32(h + 12);
+  if (a->kind == KIND_WHOLE_FILE) {
+    if (!(a->options & DPU_ALLOW_WHOLE_FILE)) return DPU_ERR_WHOLE_FILE;
+    if (a->info.record_count != 1 || left < WHOLE_FILE_HEADER) return DPU_ERR_MALFORMED;
+    if ((s = read_patch(a, a->cursor, h, WHOLE_FILE_HEADER)) != DPU_OK) return s;
+    span = le64(h + 4);
+    if (h[1] || h[2] || h[3] || span != a->info.result_size ||
+        span != (uint64_t)left - WHOLE_FILE_HEADER)
+      return DPU_ERR_MALFORMED;
+    offset = 0;
+    a->count = a->changed = a->info.result_size;
     a->elem_size = 1;
-    a->changed = a->count;
-    a->values_at = a->cursor + RAW_HEADER;
-    span = a->count;
-    end = (uint64_t)a->values_at + a->count;
+    a->values_at = a->cursor + WHOLE_FILE_HEADER;
+    a->whole_file = 1;
   } else if (a->kind == KIND_ELEMENTS) {
-    uint32_t position_bytes, value_bytes;
-    if ((uint64_t)a->cursor + ELEMENTS_HEADER > a->body_end) return DPU_ERR_MALFORMED;
+    uint32_t position_bytes, value_bytes, buffer;
+    if (left < ELEMENTS_HEADER) return DPU_ERR_MALFORMED;
     if ((s = read_patch(a, a->cursor, h, ELEMENTS_HEADER)) != DPU_OK) return s;
     a->elem_size = element_size(h[1]);
     a->coding = h[2];
     a->rice_k = h[3];
     a->value_coding = h[4];
     a->value_k = h[5];
+    buffer = le32(h + 8);
     offset = le64(h + 12);
     a->count = le32(h + 20);
     a->changed = le32(h + 24);
     position_bytes = le32(h + 28);
     value_bytes = le32(h + 32);
-    if (a->elem_size == 0 || a->coding > CODING_ALL || a->rice_k > 31 || a->changed == 0 ||
-        a->changed > a->count || a->value_k > 31 || h[6] != 0 || h[7] != 0)
+    if (a->elem_size == 0 || a->coding > CODING_ALL || a->changed == 0 ||
+        a->changed > a->count || h[6] != 0 || h[7] != 0)
       return DPU_ERR_MALFORMED;
+    /* a Rice parameter is 0..31, and 0 for the codes without one */
+    if (a->rice_k > (a->coding == CODING_RICE ? 31u : 0u) ||
+        a->value_k > (a->value_coding == VALUES_DELTA ? 31u : 0u))
+      return DPU_ERR_MALFORMED;
+    /* Sums of declared sizes are taken in 64 bits: none can wrap. */
+    if ((uint64_t)position_bytes + value_bytes > (uint64_t)left - ELEMENTS_HEADER)
+      return DPU_ERR_MALFORMED;
+    span = (uint64_t)a->count * a->elem_size;
+    if (offset > a->info.model_size || span > a->info.model_size - offset ||
+        offset % a->elem_size != 0)
+      return DPU_ERR_MALFORMED;
+    if ((s = check_writable(a, buffer, offset, span, h[1])) != DPU_OK) return s;
     if (a->coding == CODING_ALL && (a->changed != a->count || position_bytes != 0))
       return DPU_ERR_MALFORMED;
     if (a->coding == CODING_BITMAP && position_bytes != a->count / 8 + (a->count % 8 != 0))
       return DPU_ERR_MALFORMED;
+    if (a->coding == CODING_RICE &&
+        (uint64_t)a->changed * (1u + a->rice_k) > 8u * (uint64_t)position_bytes)
+      return DPU_ERR_MALFORMED;
     if (a->value_coding == VALUES_RAW) {
       if ((uint64_t)value_bytes != (uint64_t)a->changed * a->elem_size) return DPU_ERR_MALFORMED;
-    } else if (a->value_coding != VALUES_DELTA || a->elem_size > 4) {
+    } else if (a->value_coding != VALUES_DELTA || a->elem_size > 4 ||
+               (uint64_t)a->changed * (1u + a->value_k) > 8u * (uint64_t)value_bytes) {
       return DPU_ERR_MALFORMED;
     }
-    if (position_bytes > 0x1fffffffu || value_bytes > 0x1fffffffu) return DPU_ERR_MALFORMED;
     bits_open(&a->positions, a->cursor + ELEMENTS_HEADER, position_bytes);
     a->values_at = a->cursor + ELEMENTS_HEADER + position_bytes;
     bits_open(&a->values, a->values_at, value_bytes);
     a->previous = -1;
-    span = (uint64_t)a->count * a->elem_size;
-    end = (uint64_t)a->values_at + value_bytes;
+    left = ELEMENTS_HEADER + position_bytes + value_bytes;
   } else {
     return DPU_ERR_MALFORMED;
   }
-  if (end > a->body_end || offset < a->previous_end || offset + span > a->info.model_size ||
-      offset % a->elem_size != 0)
-    return DPU_ERR_MALFORMED;
+  if (offset < a->previous_end) return DPU_ERR_MALFORMED;
   a->rec_offset = (uint32_t)offset;
   a->previous_end = (uint32_t)(offset + span);
-  a->next_cursor = (uint32_t)end;
+  a->next_cursor = a->cursor + left;
   a->element = 0;
   a->done = 0;
   return DPU_OK;
@@ -330,6 +546,7 @@ static dpu_status validate_records(dpu_applier *a) {
   dpu_status s;
   a->cursor = DPU_HEADER_SIZE;
   a->previous_end = 0;
+  a->whole_file = 0;
   for (r = 0; r < a->info.record_count; r++) {
     if ((s = load_record(a)) != DPU_OK) return s;
     if (a->kind == KIND_ELEMENTS) {
@@ -345,13 +562,16 @@ static dpu_status validate_records(dpu_applier *a) {
     }
     a->cursor = a->next_cursor;
   }
-  return a->cursor == a->body_end ? DPU_OK : DPU_ERR_MALFORMED;
+  if (a->cursor != a->body_end) return DPU_ERR_MALFORMED;
+  /* only a whole file may change the model's size */
+  return (a->whole_file || a->info.result_size == a->info.model_size) ? DPU_OK
+                                                                       : DPU_ERR_MALFORMED;
 }
 
 /* Positions the applier on the first change of the record at a->cursor. */
 static dpu_status start_record(dpu_applier *a) {
   dpu_status s = load_record(a);
-  if (s != DPU_OK || a->kind == KIND_RAW) return s;
+  if (s != DPU_OK || a->kind == KIND_WHOLE_FILE) return s;
   if ((s = next_position(a)) != DPU_OK) return s;
   a->element_bytes_done = 0;
   return next_value(a);
@@ -363,11 +583,10 @@ static dpu_status apply_to_chunk(dpu_applier *a, uint32_t start, uint32_t len) {
   uint64_t end = (uint64_t)start + len;
   dpu_status s;
   while (a->records_left > 0) {
-    if (a->kind == KIND_RAW) {
-      uint32_t from = a->rec_offset + a->done, take;
+    if (a->kind == KIND_WHOLE_FILE) {
+      uint32_t from = a->done, take;
       if (from >= end) return DPU_OK;
-      take = (uint32_t)((uint64_t)a->rec_offset + a->count < end ? a->rec_offset + a->count - from
-                                                                : end - from);
+      take = (uint32_t)((uint64_t)a->count < end ? a->count - from : end - from);
       if (!a->skip) {
         if ((s = read_patch(a, a->values_at + a->done, a->chunk + (from - start), take)) != DPU_OK)
           return s;
@@ -379,6 +598,9 @@ static dpu_status apply_to_chunk(dpu_applier *a, uint32_t start, uint32_t len) {
       uint64_t at = (uint64_t)a->rec_offset + (uint64_t)a->position * a->elem_size +
                     a->element_bytes_done;
       if (at >= end) return DPU_OK;
+      /* load_record proved the record lies inside the model and starts at or
+       * after every earlier one, so `at` never falls before this chunk. */
+      if (at < start) return DPU_ERR_MALFORMED;
       if (!a->skip && !a->value_ready) {
         if ((s = materialize(a)) != DPU_OK) return s;
         a->value_ready = 1;
@@ -408,26 +630,28 @@ static dpu_status apply_to_chunk(dpu_applier *a, uint32_t start, uint32_t len) {
 
 /* ---------------------------------------------------------------- apply */
 
-/* Steps 1-2 of the format's checks and the round: everything that needs only
+/* Steps 1-3 of the format's checks and the round: everything that needs only
  * the patch. Leaves a->info filled in and a->patch_id = the patch's checksum. */
 static dpu_status open_patch(dpu_applier *a, const dpu_io *io, uint32_t patch_size,
-                             uint32_t min_round) {
+                             uint32_t min_round, uint32_t options) {
   uint8_t h[DPU_HEADER_SIZE];
   uint8_t digest[32];
-  uint64_t declared, size;
+  uint64_t declared, base_size, result_size;
   uint32_t flags;
   dpu_status s;
 
   memset(a, 0, sizeof(*a));
   a->io = io;
   a->patch_size = patch_size;
+  a->options = options;
   if (patch_size < DPU_HEADER_SIZE + DPU_CHECKSUM_SIZE) return DPU_ERR_TRUNCATED;
   if ((s = read_patch(a, 0, h, DPU_HEADER_SIZE)) != DPU_OK) return s;
   if (memcmp(h, "DPUP", 4) != 0) return DPU_ERR_MAGIC;
   flags = (uint32_t)h[6] | ((uint32_t)h[7] << 8);
-  if (h[4] != 1 || h[5] != 0) return DPU_ERR_VERSION;
+  if (h[4] != DPU_FORMAT_VERSION || h[5] != 0) return DPU_ERR_VERSION;
   a->info.round = le32(h + 8);
-  size = le64(h + 12);
+  base_size = le64(h + 12);
+  result_size = le64(h + 20);
   a->info.record_count = le32(h + 92);
   a->info.body_length = le32(h + 96);
   a->info.signed_patch = (uint8_t)(flags & FLAG_SIGNED);
@@ -444,9 +668,12 @@ static dpu_status open_patch(dpu_applier *a, const dpu_io *io, uint32_t patch_si
   if ((s = read_patch(a, patch_size - DPU_CHECKSUM_SIZE, a->patch_id, 32)) != DPU_OK) return s;
   if (memcmp(digest, a->patch_id, 32) != 0) return DPU_ERR_CHECKSUM;
   if (flags & ~FLAG_SIGNED) return DPU_ERR_VERSION;
-  if (size != le64(h + 20) || size > 0xffffffffu || a->info.record_count > MAX_RECORDS)
+  if (base_size > 0xffffffffu || result_size > 0xffffffffu ||
+      a->info.record_count > MAX_RECORDS ||
+      (uint64_t)a->info.record_count * WHOLE_FILE_HEADER > a->info.body_length)
     return DPU_ERR_MALFORMED;
-  a->info.model_size = (uint32_t)size;
+  a->info.model_size = (uint32_t)base_size;
+  a->info.result_size = (uint32_t)result_size;
   a->body_end = DPU_HEADER_SIZE + a->info.body_length;
 
   /* it comes from the key holder */
@@ -464,13 +691,14 @@ static dpu_status open_patch(dpu_applier *a, const dpu_io *io, uint32_t patch_si
 static dpu_status check_base(dpu_applier *a, uint32_t base_size) {
   uint8_t digest[32];
   dpu_status s;
-  if (a->info.model_size != base_size) return DPU_ERR_BASE;
   dpu_sha256_init(&a->sha);
   if ((s = hash_range(a, 1, 0, base_size)) != DPU_OK) return s;
   dpu_sha256_final(&a->sha, digest);
-  if (memcmp(digest, a->info.base_sha256, 32) != 0)
-    return memcmp(digest, a->info.result_sha256, 32) == 0 ? DPU_ERR_ALREADY_APPLIED
-                                                           : DPU_ERR_BASE;
+  if (base_size == a->info.result_size && memcmp(digest, a->info.result_sha256, 32) == 0 &&
+      memcmp(digest, a->info.base_sha256, 32) != 0)
+    return DPU_ERR_ALREADY_APPLIED;
+  if (a->info.model_size != base_size || memcmp(digest, a->info.base_sha256, 32) != 0)
+    return DPU_ERR_BASE;
   return DPU_OK;
 }
 
@@ -482,20 +710,21 @@ static dpu_status begin_writing(dpu_applier *a) {
 }
 
 dpu_status dpu_apply(dpu_applier *a, const dpu_io *io, uint32_t patch_size, uint32_t base_size,
-                     uint32_t min_round) {
+                     uint32_t min_round, uint32_t options) {
   uint8_t digest[32];
-  uint32_t out;
+  uint32_t out, size;
   dpu_status s;
-  if ((s = open_patch(a, io, patch_size, min_round)) != DPU_OK) return s;
+  if ((s = open_patch(a, io, patch_size, min_round, options)) != DPU_OK) return s;
   if ((s = check_base(a, base_size)) != DPU_OK) return s;
   if ((s = validate_records(a)) != DPU_OK) return s;
 
-  /* write base + changes, hashing what is written */
+  /* write base + changes (or the whole new file), hashing what is written */
   if ((s = begin_writing(a)) != DPU_OK) return s;
   dpu_sha256_init(&a->sha);
-  for (out = 0; out < base_size;) {
-    uint32_t take = base_size - out < DPU_CHUNK ? base_size - out : DPU_CHUNK;
-    if (io->read_base(io->ctx, out, a->chunk, take)) return DPU_ERR_IO;
+  size = a->info.result_size;
+  for (out = 0; out < size;) {
+    uint32_t take = size - out < DPU_CHUNK ? size - out : DPU_CHUNK;
+    if (!a->whole_file && io->read_base(io->ctx, out, a->chunk, take)) return DPU_ERR_IO;
     if ((s = apply_to_chunk(a, out, take)) != DPU_OK) return s;
     dpu_sha256_update(&a->sha, a->chunk, take);
     if (io->write_out(io->ctx, out, a->chunk, take)) return DPU_ERR_IO;
@@ -570,13 +799,15 @@ static dpu_status read_journal(dpu_applier *a, uint32_t *phase) {
 }
 
 dpu_status dpu_apply_in_place(dpu_applier *a, const dpu_io *io, uint32_t patch_size,
-                              uint32_t model_size, uint32_t min_round) {
+                              uint32_t model_size, uint32_t min_round, uint32_t options) {
   uint8_t digest[32];
   uint32_t phase, out, resume = 0;
   dpu_status s;
-  if ((s = open_patch(a, io, patch_size, min_round)) != DPU_OK) return s;
+  if ((s = open_patch(a, io, patch_size, min_round, options)) != DPU_OK) return s;
   if (!io->read_journal || !io->write_journal) return DPU_ERR_IO;
   if (a->info.model_size != model_size) return DPU_ERR_BASE;
+  /* the model's storage holds model_size bytes: the result must fit it exactly */
+  if (a->info.result_size != model_size) return DPU_ERR_SIZE;
   if ((s = read_journal(a, &phase)) != DPU_OK) return s;
   if (phase == JOURNAL_DONE) return DPU_ERR_ALREADY_APPLIED;
   /* A fresh start checks the base; a resumed one cannot (the model is half
@@ -615,6 +846,123 @@ dpu_status dpu_apply_in_place(dpu_applier *a, const dpu_io *io, uint32_t patch_s
   return write_journal(a, JOURNAL_DONE, 0, 0);
 }
 
+/* ------------------------------------------------------------ public keys */
+
+/* Arithmetic modulo p = 2^255 - 19 on 16 limbs of 16 bits, held in 64-bit
+ * words so that sums and products never overflow; only what the key check
+ * needs (it runs once, when a key is provisioned, not per patch). */
+typedef uint64_t dpu_fe[16];
+
+static void fe_carry(dpu_fe o) {
+  unsigned pass, i;
+  for (pass = 0; pass < 3; pass++) {
+    for (i = 0; i < 16; i++) {
+      uint64_t carry = o[i] >> 16;
+      o[i] &= 0xffffu;
+      if (i < 15) o[i + 1] += carry;
+      else o[0] += 38u * carry; /* 2^256 = 38 (mod p) */
+    }
+  }
+}
+
+static void fe_from_bytes(dpu_fe o, const uint8_t b[32]) {
+  unsigned i;
+  for (i = 0; i < 16; i++) o[i] = (uint64_t)b[2 * i] | ((uint64_t)b[2 * i + 1] << 8);
+  o[15] &= 0x7fffu;
+}
+
+static void fe_mul(dpu_fe o, const dpu_fe a, const dpu_fe b) {
+  uint64_t t[31];
+  unsigned i, j;
+  for (i = 0; i < 31; i++) t[i] = 0;
+  for (i = 0; i < 16; i++)
+    for (j = 0; j < 16; j++) t[i + j] += a[i] * b[j];
+  for (i = 0; i < 15; i++) t[i] += 38u * t[i + 16];
+  for (i = 0; i < 16; i++) o[i] = t[i];
+  fe_carry(o);
+}
+
+/* o = a + 1, or a - 1 when `minus_one` (computed as a + 2p - 1, so that no
+ * limb goes negative). */
+static void fe_add_small(dpu_fe o, const dpu_fe a, int minus_one) {
+  unsigned i;
+  for (i = 0; i < 16; i++) o[i] = a[i];
+  if (minus_one) {
+    o[0] += 0x1ffdau - 1u;
+    for (i = 1; i < 15; i++) o[i] += 0x1fffeu;
+    o[15] += 0xfffeu;
+  } else {
+    o[0] += 1u;
+  }
+  fe_carry(o);
+}
+
+/* The canonical value (0 <= v < p) as 32 little-endian bytes. */
+static void fe_to_bytes(uint8_t out[32], const dpu_fe a) {
+  dpu_fe t;
+  unsigned i, round;
+  for (i = 0; i < 16; i++) t[i] = a[i];
+  do fe_carry(t); while (t[0] >> 16);
+  for (round = 0; round < 2; round++) { /* t < 2^256 < 3p: subtract p up to twice */
+    uint64_t m[16], borrow = 0;
+    for (i = 0; i < 16; i++) {
+      uint64_t limb = (i == 0) ? 0xffedu : (i == 15 ? 0x7fffu : 0xffffu);
+      uint64_t want = limb + borrow;
+      m[i] = (t[i] - want) & 0xffffu;
+      borrow = t[i] < want;
+    }
+    if (!borrow)
+      for (i = 0; i < 16; i++) t[i] = m[i];
+  }
+  for (i = 0; i < 16; i++) {
+    out[2 * i] = (uint8_t)t[i];
+    out[2 * i + 1] = (uint8_t)(t[i] >> 8);
+  }
+}
+
+dpu_status dpu_check_public_key(const uint8_t key[32]) {
+  static const uint8_t d_bytes[32] = {
+      0xa3, 0x78, 0x59, 0x13, 0xca, 0x4d, 0xeb, 0x75, 0xab, 0xd8, 0x41, 0x41, 0x4d, 0x0a, 0x70, 0x00,
+      0x98, 0xe8, 0x79, 0x77, 0x79, 0x40, 0xc7, 0x8c, 0x73, 0xfe, 0x6f, 0x2b, 0xee, 0x6c, 0x03, 0x52};
+  /* The y of every point of small order (order dividing 8): 0, 1, p - 1, and the
+   * two of order 8. A key with such a y accepts forged signatures. */
+  static const uint8_t small_order[5][32] = {
+      {0},
+      {1},
+      {0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+       0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+      {0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98, 0xf0,
+       0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53, 0xfc, 0x05},
+      {0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67, 0x0f,
+       0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac, 0x03, 0x7a}};
+  uint8_t y_bytes[32], canonical[32], one[32] = {1};
+  dpu_fe y, y2, u, v, d, w, r;
+  unsigned i;
+  int bit;
+  memcpy(y_bytes, key, 32);
+  y_bytes[31] &= 0x7fu;
+  fe_from_bytes(y, y_bytes);
+  fe_to_bytes(canonical, y);
+  if (memcmp(canonical, y_bytes, 32) != 0) return DPU_ERR_KEY; /* y >= p */
+  for (i = 0; i < 5; i++)
+    if (memcmp(y_bytes, small_order[i], 32) == 0) return DPU_ERR_KEY;
+  /* x^2 = u / v with u = y^2 - 1, v = d y^2 + 1: a point exists iff u v is a
+   * square, i.e. (u v)^((p - 1) / 2) = 1 (u = 0 only for y = +-1, refused above). */
+  fe_from_bytes(d, d_bytes);
+  fe_mul(y2, y, y);
+  fe_add_small(u, y2, 1);
+  fe_mul(v, d, y2);
+  fe_add_small(v, v, 0);
+  fe_mul(w, u, v);
+  for (i = 0; i < 16; i++) r[i] = (i == 0);
+  for (bit = 253; bit >= 0; bit--) { /* (p - 1) / 2 = 2^254 - 10 */
+    fe_mul(r, r, r);
+    if (bit >= 4 || ((0x6u >> bit) & 1u)) fe_mul(r, r, w);
+  }
+  fe_to_bytes(canonical, r);
+  return memcmp(canonical, one, 32) == 0 ? DPU_OK : DPU_ERR_KEY;
+}
+
 const char *dpu_strerror(dpu_status status) {
   switch (status) {
     case DPU_OK: return "ok";
@@ -630,6 +978,11 @@ const char *dpu_strerror(dpu_status status) {
     case DPU_ERR_MALFORMED: return "patch has a malformed record";
     case DPU_ERR_RESULT: return "patched model does not match the patch's result hash";
     case DPU_ERR_ROUND: return "patch round is not newer than the device's model";
+    case DPU_ERR_REGION: return "patch writes outside the model's weight and bias buffers";
+    case DPU_ERR_MODEL: return "the model is not a valid TFLite flatbuffer";
+    case DPU_ERR_WHOLE_FILE: return "patch replaces the whole model, which this device refuses";
+    case DPU_ERR_SIZE: return "the patch's result does not fit the model's storage";
+    case DPU_ERR_KEY: return "the public key is malformed or of small order";
   }
   return "unknown error";
 }

@@ -1,5 +1,5 @@
 /*
- * dpu_patch: applies a DPU model patch (format v1, see ../PATCH_FORMAT.md) on a
+ * dpu_patch: applies a DPU model patch (format v2, see ../PATCH_FORMAT.md) on a
  * microcontroller.
  *
  * - C99, no dynamic allocation, no recursion, no libc beyond <string.h>.
@@ -9,8 +9,12 @@
  * - Everything is checked before the first byte is written: the trailer
  *   SHA-256 of the patch, the optional signature (through a callback, so the
  *   firmware plugs in its own crypto library), the SHA-256 of the base, and
- *   the structure of every record. The result's SHA-256 is checked as it is
- *   written; DPU_OK means the output is exactly the signed/declared result.
+ *   the structure of every record. A record may write only the data of one of
+ *   the base model's weight or bias buffers, which the applier finds in the
+ *   base's own flatbuffer (never trusting the patch for it); replacing the
+ *   whole file is a record kind of its own, refused unless the caller passes
+ *   DPU_ALLOW_WHOLE_FILE. The result's SHA-256 is checked as it is written;
+ *   DPU_OK means the output is exactly the signed/declared result.
  *   On any error the output slot must not be used (A/B: keep booting the
  *   old model).
  *
@@ -34,6 +38,7 @@
 #define DPU_CHUNK 64u /* bytes of the model processed per step */
 #endif
 
+#define DPU_FORMAT_VERSION 2u
 #define DPU_HEADER_SIZE 100u
 #define DPU_SIGNATURE_SIZE 64u
 #define DPU_CHECKSUM_SIZE 32u
@@ -51,8 +56,16 @@ typedef enum {
   DPU_ERR_ALREADY_APPLIED, /* the model already is the patch's result */
   DPU_ERR_MALFORMED,       /* a record is out of bounds or badly coded */
   DPU_ERR_RESULT,          /* the output does not hash to the declared result */
-  DPU_ERR_ROUND            /* the patch's round is not newer than the device's */
+  DPU_ERR_ROUND,           /* the patch's round is not newer than the device's */
+  DPU_ERR_REGION,          /* a record writes outside the model's weight buffers */
+  DPU_ERR_MODEL,           /* the base model is not a valid TFLite flatbuffer */
+  DPU_ERR_WHOLE_FILE,      /* a whole-file update, and DPU_ALLOW_WHOLE_FILE is off */
+  DPU_ERR_SIZE,            /* in place: the result's size differs from the model's */
+  DPU_ERR_KEY              /* dpu_check_public_key: a malformed or weak key */
 } dpu_status;
+
+/* Options of dpu_apply and dpu_apply_in_place. */
+#define DPU_ALLOW_WHOLE_FILE 1u /* accept a patch that replaces the whole model */
 
 typedef struct {
   void *ctx;
@@ -87,7 +100,8 @@ typedef struct {
 /* What the header says, filled in by dpu_apply (also on most errors). */
 typedef struct {
   uint32_t round;
-  uint32_t model_size;
+  uint32_t model_size; /* the base's size */
+  uint32_t result_size;
   uint32_t record_count;
   uint32_t body_length;
   uint8_t signed_patch;
@@ -109,6 +123,7 @@ typedef struct {
   dpu_sha256 sha;
   uint8_t chunk[DPU_CHUNK];
   uint32_t body_end;
+  uint32_t options;
   dpu_bits positions, values; /* the current record's two streams */
   /* the record being read */
   uint32_t cursor; /* patch offset of the next record header */
@@ -122,6 +137,7 @@ typedef struct {
   uint8_t value_ready; /* a->value holds the current element's new bytes */
   uint8_t skip;        /* decode without reading the base or writing (resuming) */
   uint8_t touched;     /* the current chunk received a change */
+  uint8_t whole_file;  /* the patch is one whole-file record */
   uint8_t patch_id[32];
   uint32_t journal_seq;
   uint8_t journal[DPU_JOURNAL_SLOT];
@@ -131,9 +147,11 @@ typedef struct {
  * Applies the patch to the base model, writing the result through io->write_out.
  * min_round: patches with round < min_round are refused (DPU_ERR_ROUND); pass the
  * device's current round + 1, or 0 to accept any round.
+ * options: 0, or DPU_ALLOW_WHOLE_FILE to accept whole-file updates (whose
+ * result may differ from the base in size: info.result_size bytes are written).
  */
 dpu_status dpu_apply(dpu_applier *applier, const dpu_io *io, uint32_t patch_size,
-                     uint32_t base_size, uint32_t min_round);
+                     uint32_t base_size, uint32_t min_round, uint32_t options);
 
 /*
  * Applies the patch to the model in place (io->read_base and io->write_out both
@@ -143,7 +161,15 @@ dpu_status dpu_apply(dpu_applier *applier, const dpu_io *io, uint32_t patch_size
  * their element size (the format requires it), so no element straddles a chunk.
  */
 dpu_status dpu_apply_in_place(dpu_applier *applier, const dpu_io *io, uint32_t patch_size,
-                              uint32_t model_size, uint32_t min_round);
+                              uint32_t model_size, uint32_t min_round, uint32_t options);
+
+/*
+ * Checks an Ed25519 public key before the firmware trusts it: DPU_ERR_KEY when it
+ * is not the canonical encoding of a curve point, or is a point of small order
+ * (with the identity as key, R = identity and S = 0 verify for every message).
+ * Run it when a key is provisioned; it needs no applier state.
+ */
+dpu_status dpu_check_public_key(const uint8_t key[32]);
 
 const char *dpu_strerror(dpu_status status);
 

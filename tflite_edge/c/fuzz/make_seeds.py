@@ -1,7 +1,8 @@
-"""Writes a seed corpus for the C fuzz target: valid patches for its synthetic base.
+"""Seed patches for the fuzz targets: valid patches for the tiny model they use as base.
 
     python tflite_edge/c/fuzz/make_seeds.py CORPUS_DIR
 
+The base is `tests/fixtures/tiny_model.tflite` (the bytes of `tiny_model.h`).
 Each patch is written twice: as a whole patch (mode byte 0) and as a sealed
 record body (mode byte 1 + record count), the two input forms of dpu_fuzz.c.
 Together they use every record kind, position code and value code.
@@ -13,56 +14,60 @@ import sys
 
 import numpy as np
 
-from tflite_edge import patch_format
-from tflite_edge.model_file import INT8, INT32, UINT8
-from tflite_edge.patch_format import KIND_ELEMENTS, KIND_RAW, Record
-
-BASE_SIZE = 4096
+HERE = os.path.dirname(os.path.abspath(__file__))
+TINY_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(HERE))), "tests",
+                          "fixtures", "tiny_model.tflite")
 
 
 def fuzz_base() -> bytes:
-    """The bytes dpu_fuzz.c uses as its base model."""
-    i = np.arange(BASE_SIZE)
-    return ((i * 131 + (i >> 8)) & 0xff).astype(np.uint8).tobytes()
+    """The bytes the fuzz targets use as their base model."""
+    with open(TINY_MODEL, "rb") as f:
+        return f.read()
 
 
-def _elements(base, target, offset, count, dtype, etype, positions, values, buffer):
-    old = np.frombuffer(base, dtype, count, offset)
-    view = np.frombuffer(target, dtype, count, offset)
-    view[positions] = values
-    return Record(KIND_ELEMENTS, offset, buffer, etype, count, positions, view[positions].copy(),
-                  old_values=old[positions].copy())
+def _change(base: bytes, target: bytearray, region, positions, rng, small: bool):
+    """Writes new values at `positions` of a region into `target`."""
+    from tflite_edge.model_file import ELEMENT_DTYPES  # pylint: disable=import-outside-toplevel
+    dtype = ELEMENT_DTYPES[region.type]
+    old = np.frombuffer(base, dtype, region.count, region.offset)[positions].astype(np.int64)
+    info = np.iinfo(dtype)
+    if small:
+        new = old + rng.choice([-3, -2, -1, 1, 2, 3], len(positions))
+    else:
+        new = rng.randint(max(info.min, -2 ** 31), min(info.max, 2 ** 31 - 1), len(positions))
+    new = np.where(new == old, old + 1, new)
+    view = np.frombuffer(target, dtype, region.count, region.offset)
+    view[positions] = np.clip(new, info.min, info.max).astype(dtype)
 
 
 def seed_patches():
+    """Valid patches for the tiny model, one per variant (elements and whole file)."""
+    from tflite_edge.create import create_patch  # pylint: disable=import-outside-toplevel
+    from tflite_edge.create import create_whole_file_patch  # pylint: disable=import-outside-toplevel
+    from tflite_edge.regions import writable_regions  # pylint: disable=import-outside-toplevel
+    from tflite_edge.source import Source  # pylint: disable=import-outside-toplevel
     rng = np.random.RandomState(0)
     base = fuzz_base()
+    regions = sorted(writable_regions(base, len(base)).values(), key=lambda r: r.offset)
     patches = []
     for variant in range(6):
         target = bytearray(base)
-        records = []
-        i8 = np.dtype("i1")
-        # sparse int8 changes (Rice positions), small or random values (delta or raw)
-        pos = np.sort(rng.choice(1000, 10 + 20 * variant, replace=False))
-        old = np.frombuffer(base, i8, 1000, 64)[pos].astype(int)
-        new = (old + rng.randint(-3, 4, len(pos))) if variant % 2 else rng.randint(-128, 128, len(pos))
-        records.append(_elements(base, target, 64, 1000, i8, INT8, pos,
-                                 np.clip(new, -128, 127).astype(np.int8), 3))
-        # int32 elements, dense (bitmap) or all of them
-        i32 = np.dtype("<i4")
-        count = 50
-        pos = np.arange(count) if variant == 5 else np.sort(rng.choice(count, 30, replace=False))
-        old = np.frombuffer(base, i32, count, 1200)[pos].astype(np.int64)
-        records.append(_elements(base, target, 1200, count, i32, INT32, pos,
-                                 (old + rng.randint(-500, 500, len(pos))).astype(np.int32), 4))
-        # uint8 elements straddling chunk boundaries, and a raw record
-        pos = np.array([0, 63, 64, 127, 128])
-        records.append(_elements(base, target, 2047, 200, np.dtype("u1"), UINT8, pos,
-                                 rng.randint(0, 256, len(pos)).astype(np.uint8), 5))
-        raw = rng.randint(0, 256, 7 + variant).astype(np.uint8).tobytes()
-        target[3000:3000 + len(raw)] = raw
-        records.append(Record(KIND_RAW, 3000, raw=raw))
-        patches.append(patch_format.encode(variant + 1, base, bytes(target), records))
+        for number, region in enumerate(regions):
+            if (number + variant) % 3 == 2:
+                continue
+            if variant == 5 or region.count <= 4:
+                positions = np.arange(region.count)             # every element: "all"
+            elif variant % 2:
+                positions = np.sort(rng.choice(region.count, max(1, region.count // 2),
+                                               replace=False))  # dense: bitmap
+            else:
+                positions = np.sort(rng.choice(region.count, 2, replace=False))  # sparse: Rice
+            _change(base, target, region, positions, rng, small=variant % 3 != 1)
+        patches.append(create_patch(base, bytes(target), variant + 1))
+    whole = bytearray(base)
+    whole[100:104] = b"\x01\x02\x03\x04"   # anywhere at all: a whole file may differ
+    for target in (bytes(whole), bytes(whole) + b"and longer"):
+        patches.append(create_whole_file_patch(Source.of(base), Source.of(target), 7))
     return patches
 
 
@@ -82,4 +87,5 @@ def write(folder: str) -> list:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
     print("\n".join(write(sys.argv[1] if len(sys.argv) > 1 else "corpus")))

@@ -105,7 +105,8 @@ int main(int argc, char **argv) {
     memset(journal, 0xff, sizeof(journal));
     writes_left = n;
     model_written = 0;
-    s = dpu_apply_in_place(&applier, &io, (uint32_t)patch_size, (uint32_t)model_size, 0);
+    s = dpu_apply_in_place(&applier, &io, (uint32_t)patch_size, (uint32_t)model_size, 0,
+                           DPU_ALLOW_WHOLE_FILE);
     if (s == DPU_OK) {
       if (memcmp(model, target, (size_t)model_size) != 0) bad++;
       break; /* n writes were enough: every cut point has been tried */
@@ -120,7 +121,8 @@ int main(int argc, char **argv) {
       untouched++;
     }
     writes_left = -1; /* power back: no more cuts */
-    s = dpu_apply_in_place(&applier, &io, (uint32_t)patch_size, (uint32_t)model_size, 0);
+    s = dpu_apply_in_place(&applier, &io, (uint32_t)patch_size, (uint32_t)model_size, 0,
+                           DPU_ALLOW_WHOLE_FILE);
     if (s != DPU_OK || memcmp(model, target, (size_t)model_size) != 0) {
       fprintf(stderr, "cut %ld: resume gave %s\n", n, dpu_strerror(s));
       bad++;
@@ -128,7 +130,8 @@ int main(int argc, char **argv) {
   }
   /* Applying again after completion must say so and change nothing. */
   writes_left = -1;
-  s = dpu_apply_in_place(&applier, &io, (uint32_t)patch_size, (uint32_t)model_size, 0);
+  s = dpu_apply_in_place(&applier, &io, (uint32_t)patch_size, (uint32_t)model_size, 0,
+                           DPU_ALLOW_WHOLE_FILE);
   if (s != DPU_ERR_ALREADY_APPLIED || memcmp(model, target, (size_t)model_size) != 0) bad++;
   printf("%lu cut points, %lu bad results, %lu cut before the model was touched\n", cuts, bad,
          untouched);

@@ -1,0 +1,355 @@
+"""Differential fuzzing of the patch appliers with a structure-aware mutator.
+
+    python -m benchmarks.fuzz --inputs=1000000 --out=benchmarks/results/fuzz.json
+
+Random bytes die at the checksum, so the mutator works on the patch's
+structure: it takes a valid patch for the tiny int8 model of
+`tests/fixtures/tiny_model.tflite`, changes record fields to interesting
+values (offsets of other buffers, counts near 2^32, offsets near 2^64),
+flips bits in the position and value streams, drops, duplicates, reorders
+and inserts records (whole-file ones too), touches header fields, and then
+seals the result again: body length, signature (with a test key) and
+checksum are correct, and, for bodies the Python applier decodes, so is the
+result hash (9 times in 10; the tenth keeps a wrong one). The Python
+applier's verdict for every input is recorded beside it, and each other
+applier must reach the same one on the same input:
+
+* accepted: it writes exactly the declared result;
+* refused at the result hash: it decoded and wrote the same body, whose
+  hash is not the declared one;
+* refused: it refused before writing anything.
+
+So a body that one applier writes and another refuses is a failure, in
+either direction. The C applier runs the inputs through `fuzz/batch.c`
+(one process, under AddressSanitizer and UBSan in the tests), the JVM
+applier through its `batch` command.
+"""
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+
+from tflite_edge import patch_format
+from tflite_edge.apply import apply_to, patched_chunks, verify, write_atomic
+from tflite_edge.errors import PatchError
+from tflite_edge.patch_format import (ELEMENTS_RECORD, HEADER, KIND_ELEMENTS, KIND_WHOLE_FILE,
+                                      WHOLE_FILE_RECORD)
+from tflite_edge.regions import writable_regions
+from tflite_edge.source import Source
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+C_DIR = os.path.join(ROOT, "tflite_edge", "c")
+JAR = os.path.join(ROOT, "tflite_edge", "android", "build", "dpu-patch.jar")
+ACCEPTED, RESULT, REFUSED = 0, 1, 2
+VERDICTS = ("accepted", "refused at the result hash", "refused")
+
+# (offset, width) of the fields of each record kind's header.
+_ELEMENT_FIELDS = [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1), (8, 4),
+                   (12, 8), (20, 4), (24, 4), (28, 4), (32, 4)]
+_WHOLE_FILE_FIELDS = [(0, 1), (1, 1), (4, 8)]
+# (offset, width) of header fields (after the magic), as mutation targets.
+_HEADER_FIELDS = [(4, 2), (6, 2), (8, 4), (12, 8), (20, 8), (92, 4)]
+
+
+def _split(patch: bytes) -> Tuple[bytearray, List[bytearray], bool]:
+    """A valid patch's header and the bytes of each record."""
+    header = bytearray(patch[:HEADER.size])
+    count, body_length = struct.unpack_from("<II", patch, 92)
+    signed = bool(struct.unpack_from("<H", patch, 6)[0] & patch_format.FLAG_SIGNED)
+    at, end, records = HEADER.size, HEADER.size + body_length, []
+    for _ in range(count):
+        if patch[at] == KIND_WHOLE_FILE:
+            length = WHOLE_FILE_RECORD.size + struct.unpack_from("<Q", patch, at + 4)[0]
+        else:
+            pos_len, value_len = struct.unpack_from("<II", patch, at + 28)
+            length = ELEMENTS_RECORD.size + pos_len + value_len
+        records.append(bytearray(patch[at:at + length]))
+        at += length
+    assert at == end, "seed patches must be valid"
+    return header, records, signed
+
+
+def _seal(header: bytearray, body: bytes, signer, keep_count: bool, count: int) -> bytes:
+    """Header lengths, signature and checksum made consistent with `body`."""
+    header = bytearray(header)
+    struct.pack_into("<I", header, 96, len(body))
+    if not keep_count:
+        struct.pack_into("<I", header, 92, count)
+    signed = struct.unpack_from("<H", header, 6)[0] & patch_format.FLAG_SIGNED
+    content = bytes(header) + body
+    if signed:
+        content += signer(content) if signer else bytes(64)
+    return content + hashlib.sha256(content).digest()
+
+
+class Mutator:
+    """Mutates valid seed patches for one base model; every output is sealed again.
+
+    Args:
+      base: the base model the seeds apply to.
+      seeds: valid patches for it.
+      signer: signs the mutated patches (callable(bytes) -> 64 bytes), or None.
+      seed: the random seed.
+    """
+
+    def __init__(self, base: bytes, seeds: List[bytes], signer, seed: int):
+        self.base = base
+        self.seeds = [_split(s) for s in seeds]
+        self.signer = signer
+        self.rng = np.random.RandomState(seed)
+        regions = writable_regions(base, len(base)).values()
+        self.offsets = sorted({r.offset for r in regions})
+        self.counts = sorted({r.count for r in regions})
+        self.buffers = sorted({r.buffer for r in regions})
+
+    def _interesting(self, width: int, current: int) -> int:
+        rng, size = self.rng, len(self.base)
+        top = (1 << (8 * width)) - 1
+        choices = [0, 1, 2, 3, 4, 7, 8, 9, 31, 32, top, top - 1, current + 1, current - 1,
+                   current * 2, current // 2, int(rng.randint(0, 256))]
+        if width >= 4:
+            choices += [size, size - 1, 0x7fffffff, 0x80000000, 0xffffffff, 2 ** 32 - 100]
+            choices += list(rng.choice(self.offsets + self.counts + self.buffers, 3))
+        if width == 8:
+            choices += [2 ** 64 - 2 ** 32 + 100, 2 ** 63, current + 4, current - 4]
+        return int(choices[rng.randint(len(choices))]) & top
+
+    def _set(self, data: bytearray, at: int, width: int) -> None:
+        current = int.from_bytes(data[at:at + width], "little")
+        data[at:at + width] = self._interesting(width, current).to_bytes(width, "little")
+
+    def mutate(self) -> Tuple[bytearray, bytes, bool]:
+        """(header, body, keep the header's record count) of one mutated patch."""
+        rng = self.rng
+        header, records, _ = self.seeds[rng.randint(len(self.seeds))]
+        header = bytearray(header)
+        records = [bytearray(r) for r in records]
+        keep_count = False
+        for _ in range(1 + rng.randint(3)):
+            action = rng.randint(9)
+            if action <= 2 and records:                       # a record field
+                record = records[rng.randint(len(records))]
+                fields = _WHOLE_FILE_FIELDS if record[0] == KIND_WHOLE_FILE else _ELEMENT_FIELDS
+                at, width = fields[rng.randint(len(fields))]
+                self._set(record, at, width)
+            elif action == 3 and records:                     # a stream bit
+                record = records[rng.randint(len(records))]
+                if len(record) > ELEMENTS_RECORD.size:
+                    at = rng.randint(ELEMENTS_RECORD.size if record[0] == KIND_ELEMENTS else 12,
+                                     len(record))
+                    record[at] ^= 1 << rng.randint(8)
+            elif action == 4 and records:                     # a stream byte
+                record = records[rng.randint(len(records))]
+                if len(record) > ELEMENTS_RECORD.size:
+                    record[rng.randint(ELEMENTS_RECORD.size, len(record))] = rng.randint(256)
+            elif action == 5 and records:                     # shorter or longer streams
+                record = records[rng.randint(len(records))]
+                if rng.rand() < 0.5 and len(record) > 1:
+                    del record[rng.randint(1, len(record)):]
+                else:
+                    record.extend(rng.randint(0, 256, rng.randint(1, 9)).astype(np.uint8))
+            elif action == 6 and records:                     # the list of records
+                op = rng.randint(4)
+                i = rng.randint(len(records))
+                if op == 0:
+                    del records[i]
+                elif op == 1:
+                    records.insert(i, bytearray(records[i]))
+                elif op == 2:
+                    j = rng.randint(len(records))
+                    records[i], records[j] = records[j], records[i]
+                else:
+                    data = rng.randint(0, 256, rng.randint(0, 64)).astype(np.uint8).tobytes()
+                    records.insert(i, bytearray(WHOLE_FILE_RECORD.pack(KIND_WHOLE_FILE,
+                                                                       len(data)) + data))
+            elif action == 7:                                 # a header field
+                at, width = _HEADER_FIELDS[rng.randint(len(_HEADER_FIELDS))]
+                self._set(header, at, width)
+                keep_count = keep_count or at == 92
+            elif records:                                     # a record's kind
+                records[rng.randint(len(records))][0] = [1, 2, 3, 0, 255][rng.randint(5)]
+        return header, b"".join(bytes(r) for r in records), keep_count
+
+    def case(self, public_key, whole_file: str) -> Tuple[bytes, int]:
+        """A mutated, resealed patch and the Python applier's verdict on it."""
+        header, body, keep_count = self.mutate()
+        count = body_count(body)
+        patch = _seal(header, body, self.signer, keep_count, count)
+        result = decoded_result(self.base, patch, public_key, whole_file)
+        if result is not None and self.rng.rand() < 0.9:
+            header[60:92] = hashlib.sha256(result).digest()
+            patch = _seal(header, body, self.signer, keep_count, count)
+        return patch, python_verdict(self.base, patch, public_key, whole_file)
+
+
+def body_count(body: bytes) -> int:
+    """How many records a mutated body holds, walking their declared lengths."""
+    at, count = 0, 0
+    while at < len(body):
+        if body[at] == KIND_WHOLE_FILE and at + WHOLE_FILE_RECORD.size <= len(body):
+            at += WHOLE_FILE_RECORD.size + struct.unpack_from("<Q", body, at + 4)[0]
+        elif at + ELEMENTS_RECORD.size <= len(body):
+            at += ELEMENTS_RECORD.size + sum(struct.unpack_from("<II", body, at + 28))
+        else:
+            at = len(body)
+        count += 1
+    return count
+
+
+def decoded_result(base: bytes, patch: bytes, public_key, whole_file: str) -> Optional[bytes]:
+    """The bytes the Python applier would write for `patch`, None if it refuses them."""
+    try:
+        envelope = patch_format.open_envelope(patch)
+        parsed = verify(base, envelope, public_key, None, whole_file)
+    except PatchError:
+        return None
+    return b"".join(patched_chunks(Source.of(base), parsed.records))
+
+
+def python_verdict(base: bytes, patch: bytes, public_key, whole_file: str) -> int:
+    """What the Python applier does with `patch`: ACCEPTED, RESULT or REFUSED."""
+    written = []
+    try:
+        apply_to(Source.of(base), patch, public_key, None, written.append, whole_file)
+    except PatchError:
+        return RESULT if written else REFUSED
+    return ACCEPTED
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """How the simulated device is configured for one batch."""
+
+    keyed: bool          # holds a public key (patches must be signed with it)
+    whole_file: str      # whole-file policy
+
+
+SETTINGS = (Setting(True, "signed"), Setting(False, "always"), Setting(False, "never"))
+
+
+def write_batch(path: str, base: bytes, key_bytes: bytes, options: int,
+                cases: List[Tuple[bytes, int]]) -> None:
+    """The batch file format of fuzz/batch.c (and the JVM applier's `batch`)."""
+    out = io.BytesIO()
+    out.write(b"DPUB" + struct.pack("<I", len(base)) + base)
+    out.write(bytes([1 if key_bytes else 0]) + (key_bytes or bytes(32)) + bytes([options]))
+    out.write(struct.pack("<I", len(cases)))
+    for patch, verdict in cases:
+        out.write(struct.pack("<IB", len(patch), verdict) + patch)
+    write_atomic(path, out.getvalue())
+
+
+def generate(folder: str, inputs: int, seed: int, batch_size: int = 10000,
+             progress: Callable[[str], None] = lambda line: None) -> dict:
+    """Writes batch files of mutated patches with the Python applier's verdicts.
+
+    Returns:
+      {"files": [...], "verdicts": {name: count}, "python_seconds": s, ...}.
+    """
+    sys.path.insert(0, os.path.join(C_DIR, "fuzz"))
+    import make_seeds  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives.asymmetric import ed25519  # pylint: disable=import-outside-toplevel
+    private = ed25519.Ed25519PrivateKey.from_private_bytes(
+        hashlib.sha256(b"dpu fuzz key %d" % seed).digest())
+    public = private.public_key()
+    key_bytes = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    base = make_seeds.fuzz_base()
+    seeds = make_seeds.seed_patches()
+    counts = np.zeros(3, np.int64)
+    files, python_seconds, number = [], 0.0, 0
+    while number * batch_size < inputs:
+        setting = SETTINGS[number % len(SETTINGS)]
+        signer = private.sign if setting.keyed else None
+        signed_seeds = [_resign(s, signer) for s in seeds] if signer else seeds
+        mutator = Mutator(base, signed_seeds, signer, seed * 1000003 + number)
+        key = public if setting.keyed else None
+        size = min(batch_size, inputs - number * batch_size)
+        started = time.process_time()
+        cases = [mutator.case(key, setting.whole_file) for _ in range(size)]
+        python_seconds += time.process_time() - started
+        for _, verdict in cases:
+            counts[verdict] += 1
+        path = os.path.join(folder, f"batch_{number:04d}.bin")
+        options = 1 if setting.whole_file == "always" or (
+            setting.whole_file == "signed" and setting.keyed) else 0
+        write_batch(path, base, key_bytes if setting.keyed else b"", options, cases)
+        files.append(path)
+        number += 1
+        progress(f"{min(number * batch_size, inputs)} inputs judged by the Python applier")
+    return {"files": files, "inputs": int(inputs), "python_seconds": python_seconds,
+            "verdicts": {name: int(c) for name, c in zip(VERDICTS, counts)}}
+
+
+def _resign(patch: bytes, signer) -> bytes:
+    """An unsigned seed, signed."""
+    header = bytearray(patch[:HEADER.size])
+    struct.pack_into("<H", header, 6, patch_format.FLAG_SIGNED)
+    body_length, count = struct.unpack_from("<I", patch, 96)[0], struct.unpack_from("<I", patch, 92)[0]
+    return _seal(header, patch[HEADER.size:HEADER.size + body_length], signer, False, count)
+
+
+def build_c_batch(out_dir: str, sanitized: bool) -> str:
+    """Builds the C differential driver (with the sanitizers, or optimised)."""
+    name = "dpu_batch" if sanitized else "dpu_batch_fast"
+    subprocess.run(["make", "-s", "-C", C_DIR, f"OUT={out_dir}", f"{out_dir}/{name}"],
+                   check=True, capture_output=True, text=True)
+    return os.path.join(out_dir, name)
+
+
+def run_batches(command: List[str], files: List[str]) -> Tuple[str, float]:
+    """Runs an applier's batch command over the files; raises on a disagreement."""
+    env = dict(os.environ, ASAN_OPTIONS="abort_on_error=1:detect_leaks=0",
+               UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+    started = time.time()
+    proc = subprocess.run(command + files, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise AssertionError(f"{command[0]} failed ({proc.returncode}): "
+                             f"{(proc.stdout + proc.stderr)[-3000:]}")
+    return proc.stdout.strip(), time.time() - started
+
+
+def main(argv=None) -> int:
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    del argv
+    settings = flags.FLAGS
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        judged = generate(folder, settings.inputs, settings.seed,
+                          progress=lambda line: print(line, flush=True))
+        results["python"] = {"inputs": judged["inputs"], "verdicts": judged["verdicts"],
+                             "seconds": round(judged["python_seconds"], 1)}
+        c_batch = build_c_batch(folder, sanitized=settings.sanitizers)
+        line, seconds = run_batches([c_batch], judged["files"])
+        results["c"] = {"inputs": judged["inputs"], "summary": line,
+                        "sanitizers": settings.sanitizers, "seconds": round(seconds, 1)}
+        print(f"C applier: {line} ({seconds:.0f} s)", flush=True)
+        if os.path.exists(JAR):
+            line, seconds = run_batches(["java", "-jar", JAR, "batch"], judged["files"])
+            results["java"] = {"inputs": judged["inputs"], "summary": line,
+                               "seconds": round(seconds, 1)}
+            print(f"JVM applier: {line} ({seconds:.0f} s)", flush=True)
+    print(json.dumps(results, indent=2))
+    if settings.out:
+        write_atomic(settings.out, (json.dumps(results, indent=2) + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    from absl import app, flags as absl_flags  # pylint: disable=ungrouped-imports
+    absl_flags.DEFINE_integer("inputs", 1000000, "mutated patches per applier")
+    absl_flags.DEFINE_integer("seed", 1, "random seed of the mutator")
+    absl_flags.DEFINE_bool("sanitizers", False, "run the C applier under ASan and UBSan "
+                           "(slower)")
+    absl_flags.DEFINE_string("out", None, "write the results as JSON here")
+    app.run(main)

@@ -1,0 +1,146 @@
+/*
+ * Differential driver: runs the C applier over patches whose outcome the Python
+ * applier already decided, and aborts at the first disagreement.
+ *   dpu_batch FILE...
+ * Each FILE (written by benchmarks/fuzz.py) holds "DPUB", the base model
+ * (u32 size, bytes), a public key flag and key (u8, 32 bytes), the options
+ * (u8), then u32 count entries of: u32 length, u8 verdict, the patch.
+ * Verdicts: 0 accepted (the C applier must return DPU_OK and write exactly
+ * the declared result), 1 written but refused at the result hash (it must
+ * return DPU_ERR_RESULT: it decoded the same body), 2 refused before writing
+ * anything (any other error). So a body the Python decoder refuses that the
+ * C applier writes anyway is caught, and the other way round.
+ * Built with -DDPU_WITH_OPENSSL, signed patches are verified with OpenSSL.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../dpu_patch.h"
+
+static uint8_t *base, *patch, *out;
+static uint32_t base_size, patch_size, out_capacity, next_write;
+static uint8_t public_key[32];
+
+static int read_patch(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len) {
+  (void)ctx;
+  if ((uint64_t)offset + len > patch_size) abort();
+  memcpy(buf, patch + offset, len);
+  return 0;
+}
+
+static int read_base(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len) {
+  (void)ctx;
+  if ((uint64_t)offset + len > base_size) abort();
+  memcpy(buf, base + offset, len);
+  return 0;
+}
+
+static int write_out(void *ctx, uint32_t offset, const uint8_t *buf, uint32_t len) {
+  (void)ctx;
+  if ((uint64_t)offset + len > out_capacity || offset != next_write) abort();
+  memcpy(out + offset, buf, len);
+  next_write = offset + len;
+  return 0;
+}
+
+#ifdef DPU_WITH_OPENSSL
+#include <openssl/evp.h>
+
+static int verify_ed25519(void *ctx, uint32_t length, const uint8_t signature[64]) {
+  EVP_PKEY *key = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, public_key, 32);
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  int ok = 0;
+  (void)ctx;
+  if ((uint64_t)length > patch_size) abort();
+  if (key && md && EVP_DigestVerifyInit(md, NULL, NULL, NULL, key) == 1)
+    ok = EVP_DigestVerify(md, signature, 64, patch, length) == 1;
+  EVP_MD_CTX_free(md);
+  EVP_PKEY_free(key);
+  return ok ? 0 : -1;
+}
+#endif
+
+static int read_u32(FILE *f, uint32_t *v) {
+  uint8_t b[4];
+  if (fread(b, 1, 4, f) != 4) return -1;
+  *v = (uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16) | ((uint32_t)b[3] << 24);
+  return 0;
+}
+
+static int run_file(const char *path, unsigned long counts[3]) {
+  static dpu_applier applier;
+  static const char *names[3] = {"accepted", "refused at the result hash", "refused"};
+  FILE *f = fopen(path, "rb");
+  uint8_t magic[4], has_key = 0, options = 0, verdict;
+  uint32_t count, i;
+  dpu_io io;
+  if (!f || fread(magic, 1, 4, f) != 4 || memcmp(magic, "DPUB", 4) != 0 ||
+      read_u32(f, &base_size) != 0) {
+    fprintf(stderr, "error: %s is not a batch file\n", path);
+    return 2;
+  }
+  base = realloc(base, base_size ? base_size : 1);
+  if (!base || fread(base, 1, base_size, f) != base_size || fread(&has_key, 1, 1, f) != 1 ||
+      fread(public_key, 1, 32, f) != 32 || fread(&options, 1, 1, f) != 1 ||
+      read_u32(f, &count) != 0) {
+    fprintf(stderr, "error: %s is truncated\n", path);
+    return 2;
+  }
+  memset(&io, 0, sizeof(io));
+  io.read_patch = read_patch;
+  io.read_base = read_base;
+  io.write_out = write_out;
+#ifdef DPU_WITH_OPENSSL
+  if (has_key) io.verify_signature = verify_ed25519;
+#else
+  if (has_key) {
+    fprintf(stderr, "error: %s needs signatures: build with OpenSSL\n", path);
+    return 2;
+  }
+#endif
+  for (i = 0; i < count; i++) {
+    dpu_status status;
+    int got;
+    if (read_u32(f, &patch_size) != 0 || fread(&verdict, 1, 1, f) != 1 || verdict > 2) {
+      fprintf(stderr, "error: %s is truncated at entry %u\n", path, i);
+      return 2;
+    }
+    patch = realloc(patch, patch_size ? patch_size : 1);
+    if (!patch || fread(patch, 1, patch_size, f) != patch_size) {
+      fprintf(stderr, "error: %s is truncated at entry %u\n", path, i);
+      return 2;
+    }
+    out_capacity = patch_size > base_size ? patch_size : base_size;
+    out = realloc(out, out_capacity);
+    next_write = 0;
+    status = dpu_apply(&applier, &io, patch_size, base_size, 0, options);
+    got = status == DPU_OK ? 0 : (status == DPU_ERR_RESULT ? 1 : 2);
+    if (got == 0 && (next_write != applier.info.result_size)) abort();
+    if (got != verdict) {
+      fprintf(stderr, "disagreement at entry %u of %s: the Python applier %s it, the C "
+                      "applier returned \"%s\"\n", i, path, names[verdict], dpu_strerror(status));
+      abort();
+    }
+    counts[got]++;
+  }
+  fclose(f);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  unsigned long counts[3] = {0, 0, 0};
+  int a;
+  if (argc < 2) {
+    fprintf(stderr, "usage: dpu_batch FILE...\n");
+    return 2;
+  }
+  for (a = 1; a < argc; a++)
+    if (run_file(argv[a], counts) != 0) return 2;
+  printf("%lu inputs: %lu accepted, %lu refused at the result hash, %lu refused; "
+         "no disagreement\n", counts[0] + counts[1] + counts[2], counts[0], counts[1], counts[2]);
+  free(base);
+  free(patch);
+  free(out);
+  return 0;
+}
