@@ -99,10 +99,10 @@ class Mutator:
       base: the base model the seeds apply to.
       seeds: valid patches for it.
       signer: signs the mutated patches (callable(bytes) -> 64 bytes), or None.
-      seed: the random seed.
+      seed: the random seed (an int or a sequence of ints).
     """
 
-    def __init__(self, base: bytes, seeds: List[bytes], signer, seed: int):
+    def __init__(self, base: bytes, seeds: List[bytes], signer, seed):
         self.base = base
         self.seeds = [_split(s) for s in seeds]
         self.signer = signer
@@ -272,7 +272,7 @@ def generate(folder: str, inputs: int, seed: int, batch_size: int = 10000,
         setting = SETTINGS[number % len(SETTINGS)]
         signer = private.sign if setting.keyed else None
         signed_seeds = [_resign(s, signer) for s in seeds] if signer else seeds
-        mutator = Mutator(base, signed_seeds, signer, seed * 1000003 + number)
+        mutator = Mutator(base, signed_seeds, signer, [seed, number])
         key = public if setting.keyed else None
         size = min(batch_size, inputs - number * batch_size)
         started = time.process_time()

@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import C_DIR
+from conftest import C_DIR, build_c
 
 from tflite_edge import patch_format
 from tflite_edge.create import create_patch
@@ -91,17 +91,6 @@ def test_min_round_refuses_replays(c_applier, files, tmp_path):
     assert proc.returncode == 2 and "not newer" in proc.stderr
 
 
-@pytest.fixture(scope="module")
-def c_signed_applier(tmp_path_factory):
-    out = tmp_path_factory.mktemp("c_ed25519")
-    proc = subprocess.run(["make", "-s", "-C", C_DIR, f"OUT={out}", f"{out}/dpu_apply_ed25519"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0 and "openssl" in proc.stderr.lower():
-        pytest.skip("OpenSSL headers are not installed")
-    assert proc.returncode == 0, proc.stderr
-    return str(out / "dpu_apply_ed25519")
-
-
 def test_c_signature_callback_with_a_real_ed25519(c_signed_applier, c_applier, files, tmp_path):
     from tflite_edge import signing
     keys = {}
@@ -133,9 +122,7 @@ def test_c_signature_callback_with_a_real_ed25519(c_signed_applier, c_applier, f
 
 @pytest.fixture(scope="module")
 def powercut(tmp_path_factory):
-    out = tmp_path_factory.mktemp("powercut")
-    subprocess.run(["make", "-s", "-C", C_DIR, f"OUT={out}", f"{out}/dpu_powercut"], check=True)
-    return str(out / "dpu_powercut")
+    return build_c("dpu_powercut", tmp_path_factory.mktemp("powercut"))
 
 
 def _powercut(binary, base, patch, target, folder):

@@ -11,8 +11,10 @@ float rounding:
   selections drift apart round by round (benchmarks/results/distributed.md:
   100 %, 100 %, 84 %, 63 % in common over rounds 1-4). So a run must change
   exactly as many elements every partial round, share at least 90 % of them
-  in the first partial round and 50 % later, and land within 3 points of
-  accuracy.
+  in the first partial round and 50 % later, and land within 0.5 point of
+  accuracy on two mirrored CPUs (measured: identical) and 1.5 points on two
+  workers (measured: 1.0, i.e. 2 of the 200 test and 3 of the 300 validation
+  samples).
 """
 
 import json
@@ -43,8 +45,8 @@ def _metrics(run_dir):
         return json.load(f)["rounds"]
 
 
-def _assert_matches_single_device(single, distributed):
-    """Same budgets and counts; selections and accuracies within the stated tolerance."""
+def _assert_matches_single_device(single, distributed, points):
+    """Same budgets and counts; selections and accuracies within `points` (percent)."""
     a, b = _metrics(single), _metrics(distributed)
     assert len(a) == len(b)
     for ra, rb in zip(a, b):
@@ -53,7 +55,7 @@ def _assert_matches_single_device(single, distributed):
         if not ra["full_round"]:
             assert ra["updated_elements"] == rb["updated_elements"], ra["round"]
         for key in ("val_accuracy", "test_accuracy"):
-            assert abs(ra[key] - rb[key]) <= 0.03, (ra["round"], key)
+            assert abs(ra[key] - rb[key]) <= points / 100, (ra["round"], key)
     for r in range(1, len(a)):
         if a[r]["full_round"]:
             continue
@@ -94,7 +96,7 @@ def test_replicas_hold_identical_weights_and_contributions(mirrored_runs):
 @pytest.mark.parametrize("method", METHODS)
 def test_mirrored_matches_one_device(mirrored_runs, method):
     _assert_matches_single_device(str(mirrored_runs / method / "default"),
-                                  str(mirrored_runs / method / "mirrored"))
+                                  str(mirrored_runs / method / "mirrored"), points=0.5)
 
 
 def test_batchnorm_under_two_replicas(mirrored_runs):
@@ -129,7 +131,7 @@ def two_worker_run(tmp_path_factory):
 
 def test_two_workers_on_loopback_match_one_device(two_worker_run):
     single, multi = two_worker_run
-    _assert_matches_single_device(str(single), str(multi))
+    _assert_matches_single_device(str(single), str(multi), points=1.5)
     # Worker 1 kept its own copy: bit-identical weights and byte-identical
     # int8 files and patches, so the two replicas never diverged.
     copy = multi / "workers" / "1"

@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-from conftest import ROOT
+from conftest import ROOT, require_module
 from tflite_edge import runtime
 from tflite_edge.apply import apply_patch
 
@@ -31,8 +30,11 @@ def test_metrics_carry_the_deployment_figures(exported_run):
         else:
             assert r["patch_bytes"] == 0 and not os.path.exists(patch)
         assert r["clipped_fraction"] == 0.0   # training stays inside the frozen scales
+    # Frozen scales with headroom and bounded training: the device computes
+    # almost what the server does (measured here: 1-2 of the 300 test samples
+    # apart; the benchmark's 700-sample test set: 0.29 point at most).
     for r in doc["rounds"]:
-        assert abs(r["tflite_test_accuracy"] - r["test_accuracy"]) <= 0.02
+        assert abs(r["tflite_test_accuracy"] - r["test_accuracy"]) <= 3 / 300
 
 
 def test_patch_chain_reproduces_every_round_with_both_appliers(exported_run, c_applier,
@@ -74,22 +76,27 @@ def _micro_logits(micro, model, x):
     return np.concatenate(outputs)
 
 
-def test_patched_file_runs_like_the_servers_in_litert_and_tflite_micro(exported_run):
+def test_the_devices_patched_file_scores_what_the_server_measured(exported_run):
+    """The chain of patches applied on the device, run in LiteRT and TFLite Micro.
+
+    The server measured `tflite_test_accuracy` on its own file in LiteRT; the
+    device's file, rebuilt patch by patch, must score the same in LiteRT, and
+    TFLite Micro must agree with LiteRT to one int8 step per logit.
+    """
     result, data = exported_run
-    micro = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+    micro = require_module("tflite_micro.python.tflite_micro.runtime", "tflite-micro")
     folders = _round_files(result)
     device = open(os.path.join(folders[0], "model.tflite"), "rb").read()
-    for folder in folders[1:]:
+    for folder, record in zip(folders[1:], result.rounds[1:]):
         patch = os.path.join(folder, "update.patch")
         if os.path.exists(patch):
             device = apply_patch(device, open(patch, "rb").read())
-    server = open(os.path.join(folders[-1], "model.tflite"), "rb").read()
-    x = data.x_test[:60]
-    litert = runtime.logits(device, x)
-    assert np.array_equal(litert, runtime.logits(server, x))
-    tflm = _micro_logits(micro, device, x)
-    assert np.array_equal(tflm, _micro_logits(micro, server, x))
-    # The two runtimes round requantization differently in rare cases (seen
-    # on the converter's own files too): at most one int8 step apart.
-    assert np.abs(litert.astype(int) - tflm).max() <= 1
-    assert np.mean(np.argmax(litert, -1) == np.argmax(tflm, -1)) >= 0.95
+        x, y = data.x_test, data.y_test
+        litert = runtime.logits(device, x)
+        assert np.mean(np.argmax(litert, -1) == y) == record["tflite_test_accuracy"]
+        tflm = _micro_logits(micro, device, x)
+        # The two runtimes round requantization differently in rare cases
+        # (seen on the converter's own files too): at most one int8 step apart.
+        assert np.abs(litert.astype(int) - tflm).max() <= 1
+        tflm_accuracy = np.mean(np.argmax(tflm, -1) == y)
+        assert abs(tflm_accuracy - record["tflite_test_accuracy"]) <= 1 / len(y)

@@ -4,14 +4,13 @@ import os
 
 import pytest
 
-from conftest import ROOT
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+from conftest import ROOT, require_module
 
 
 @pytest.mark.parametrize("name", ["quickstart.ipynb", "deployment.ipynb"])
 def test_notebook_runs(name, tmp_path, monkeypatch):
+    nbformat = require_module("nbformat", "nbformat")
+    nbclient = require_module("nbclient", "nbclient")
     notebook = nbformat.read(os.path.join(ROOT, "colab", name), as_version=4)
     install = [c for c in notebook.cells if "colab-install" in c.metadata.get("tags", [])]
     assert install and install[0] is notebook.cells[1]  # the first code cell installs

@@ -9,7 +9,8 @@ import pytest
 from tf_dpu import RunConfig
 from tf_dpu.models import build_model
 from tf_dpu.outputs import load_weights, round_dir
-from tf_dpu.rounds import run
+from tf_dpu.data import Dataset
+from tf_dpu.rounds import run, should_send
 from tf_dpu.weights import BIAS, KERNEL, STATE, Layout, count_changed
 
 SMALL = dict(rounds=4, initial_samples=100, samples_per_round=100, epochs=2,
@@ -50,6 +51,8 @@ def test_partial_rounds_change_at_most_ceil_k_i_kernel_elements(small_mnist, tmp
         assert count_changed(layout, weights, base, KERNEL) == record["updated_elements"]
         assert count_changed(layout, weights, base, BIAS, STATE) == record["changed_biases"]
         assert record["updated_elements"] > 0.9 * budget
+        # Every partial method spends exactly its budget of ceil(k * I) elements.
+        assert record["selected_elements"] == budget
         previous = weights
 
 
@@ -129,3 +132,33 @@ def test_run_folder_contents(small_mnist, tmp_path):
     assert open(os.path.join(out, "accuracy.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(os.path.join(out, "tensorboard"))
     assert not [f for _, _, files in os.walk(out) for f in files if "partial" in f]
+
+
+def test_send_or_keep_rule():
+    finite, diverged = [np.ones(3, np.float32)], [np.array([1.0, np.nan], np.float32)]
+    assert not should_send(0.80, 0.81, finite)      # worse: the device keeps its model
+    assert should_send(0.81, 0.81, finite)          # a tie goes to the newer candidate
+    assert should_send(0.82, 0.81, finite)
+    assert not should_send(0.99, 0.10, diverged)    # never a model with NaN or infinity
+    assert not should_send(0.99, 0.10, [np.array([np.inf], np.float32)])
+
+
+def test_a_worse_candidate_is_not_sent_and_nothing_changes_on_the_device(small_mnist,
+                                                                         tmp_path):
+    """Validation labels shifted by one: training only makes validation worse."""
+    d = small_mnist
+    shifted = Dataset("shifted", d.x_train, d.y_train, d.x_val, (d.y_val + 1) % 10, d.x_test,
+                      d.y_test, d.num_classes)
+    result = _run(shifted, tmp_path, rounds=3, method="dpu", export_tflite=True)
+    layout, init, saved = _saved_rounds(result, shifted)
+    files = [open(os.path.join(round_dir(result.out_dir, r), "model.tflite"), "rb").read()
+             for r in range(3)]
+    assert [r["sent"] for r in result.rounds] == [False, False, False]
+    for record, weights in zip(result.rounds, saved):
+        assert record["candidate_val_accuracy"] < record["val_accuracy"]
+        assert record["sent_bytes"] == (len(files[0]) if record["round"] == 0 else 0)
+        assert record["updated_elements"] == record["changed_biases"] == 0
+        assert count_changed(layout, weights, init, KERNEL, BIAS, STATE) == 0
+        assert not os.path.exists(os.path.join(round_dir(result.out_dir, record["round"]),
+                                               "update.patch"))
+    assert files[1] == files[0] and files[2] == files[0]

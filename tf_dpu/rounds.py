@@ -183,13 +183,7 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None],
             f"{' (re-initialized: data doubled)' if reinit else ''}")
         best = (methods.full_training(ctx, w0) if full and config.method != "fu"
                 else methods.METHODS[config.method](ctx))
-        # The device keeps its model only when the candidate is worse on
-        # validation; a tie goes to the candidate, trained on more data (the
-        # reference reports rounds the same way).
-        # A diverged step can leave NaN or infinity in any candidate (even the
-        # rewound model); such a model is never sent.
-        sent = best.val_accuracy >= deployed_val and all(
-            np.isfinite(w).all() for w in best.weights)
+        sent = should_send(best.val_accuracy, deployed_val, best.weights)
         record = {"round": r, "train_samples": size}
         if sent:
             # What the device builds the update on: nothing (pruning sends a whole
@@ -236,6 +230,18 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None],
     if writer:
         writer.write_plot(rounds)
     return RunResult(config.to_dict(), rounds, deployed, w0, config.out_dir)
+
+
+def should_send(candidate_val: float, deployed_val: float, weights) -> bool:
+    """Whether a round's best candidate replaces the device's model.
+
+    The device keeps its model only when the candidate is worse on
+    validation; a tie goes to the candidate, trained on more data (the
+    reference reports rounds the same way). A diverged step can leave NaN or
+    infinity in any candidate (even the rewound model); such a model is never
+    sent.
+    """
+    return candidate_val >= deployed_val and all(np.isfinite(w).all() for w in weights)
 
 
 def _bound_training(export, trainer: Trainer, config: RunConfig) -> None:
@@ -285,4 +291,4 @@ def _restore_export(export, trainer: Trainer, model, config: RunConfig, deployed
     _bound_training(export, trainer, config)
 
 
-__all__ = ["run", "RunResult", "PARTIAL_METHODS"]
+__all__ = ["run", "RunResult", "PARTIAL_METHODS", "should_send"]

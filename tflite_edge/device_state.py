@@ -104,9 +104,16 @@ class StateFile:
                              "to update without knowing the current round") from None
         state = _entry(doc, self.path, "the state")
         if isinstance(doc, dict) and "pending" in doc:
+            # An update was cut off between its two state writes: the model's
+            # hash says whether its rename happened. Recorded as settled (a
+            # failure to rewrite changes nothing: the next load decides again).
             pending = _entry(doc["pending"], self.path, "the pending update")
             if model.sha256() == pending.sha256:
-                state = pending   # the crash came after the model was replaced
+                state = pending
+            try:
+                self._write(state.to_json())
+            except OSError:
+                pass
         self.current = state
         return state
 

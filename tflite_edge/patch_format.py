@@ -218,8 +218,8 @@ class Envelope:
     """
 
     header: Header
-    data: bytes          # the whole patch
-    signed_part: bytes   # header and body: what the signature covers
+    data: memoryview           # the whole patch
+    signed_part: memoryview    # header and body: what the signature covers
     signature: bytes
     size: int
 
@@ -230,7 +230,7 @@ class Patch:
 
     header: Header
     records: List[Record]
-    signed_part: bytes
+    signed_part: memoryview
     signature: bytes
     size: int
 
@@ -242,13 +242,13 @@ def open_envelope(data: bytes) -> Envelope:
       PatchError: wrong magic, version or flags, a size that does not match
         the header, a bad checksum.
     """
-    data = bytes(data)
+    data = memoryview(data).toreadonly()   # slices below are views, not copies
     if len(data) < HEADER.size + CHECKSUM_SIZE:
         raise PatchError(f"patch is truncated ({len(data)} bytes; a patch has at least "
                          f"{HEADER.size + CHECKSUM_SIZE})")
     magic, version, flags, round_, base_size, result_size, base_sha, result_sha, count, \
         body_length = HEADER.unpack_from(data)
-    if magic != MAGIC:
+    if bytes(magic) != MAGIC:
         raise PatchError("not a DPU patch (bad magic)")
     if version != VERSION:
         raise PatchError(f"patch format version {version} is not supported (this applier "
@@ -268,8 +268,8 @@ def open_envelope(data: bytes) -> Envelope:
     header = Header(round_, base_size, result_size, base_sha, result_sha, count, body_length,
                     flags, version)
     body_end = HEADER.size + body_length
-    return Envelope(header, data, data[:body_end], data[body_end:body_end + signature_size],
-                    len(data))
+    return Envelope(header, data, data[:body_end],
+                    bytes(data[body_end:body_end + signature_size]), len(data))
 
 
 # Lazily computed writable regions of the base (None: no base to check against).
@@ -345,7 +345,7 @@ def _whole_file(data, at, end, header: Header, allowed: bool):
     if length != header.result_size or length != end - at:
         raise PatchError(f"whole-file record holds {length} bytes; the header's result has "
                          f"{header.result_size} and the body {end - at}")
-    return Record(KIND_WHOLE_FILE, 0, raw=data[at:end]), end
+    return Record(KIND_WHOLE_FILE, 0, raw=bytes(data[at:end])), end
 
 
 def _elements(data, at, end, header: Header, known: Optional[Dict[int, Region]]):

@@ -184,9 +184,11 @@ def decode(data: bytes, count: int, changed: int, coding: int, parameter: int) -
             raise PatchError(f"record codes all {count} elements but claims {changed} "
                              f"with {len(data)} position bytes")
         return np.arange(count, dtype=np.int64)
-    bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
     if coding == BITMAP:
-        if len(data) != (count + 7) // 8 or bits[count:].any():
+        if len(data) != (count + 7) // 8:
+            raise PatchError("bitmap has the wrong length or bits past the buffer's end")
+        bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+        if bits[count:].any():
             raise PatchError("bitmap has the wrong length or bits past the buffer's end")
         positions = np.flatnonzero(bits[:count])
         if len(positions) != changed:

@@ -2,6 +2,7 @@
  *   dpu_apply [--min-round N] [--public-key KEY] [--whole-file signed|always|never]
  *             [--bench REPEATS] BASE PATCH OUT
  *   dpu_apply --in-place [--min-round N] [--public-key KEY] MODEL PATCH MODEL
+ *   dpu_apply --check-key KEY
  *
  * It reads through the same callbacks a firmware would implement.
  * - Copy mode writes the result to a new temporary file beside OUT, flushes it
@@ -181,6 +182,8 @@ int main(int argc, char **argv) {
     printf("%lu\n", (unsigned long)sizeof(dpu_applier));
     return 0;
   }
+  if (argc == 3 && strcmp(argv[1], "--check-key") == 0) /* provisioning a key */
+    return load_key(argv[2], fs.public_key) ? 2 : 0;
   while (arg < argc && strncmp(argv[arg], "--", 2) == 0) {
     /* --name VALUE or --name=VALUE */
     static char name[32];

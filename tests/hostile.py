@@ -1,0 +1,195 @@
+"""Crafted hostile patches for the tiny int8 model, shared by every applier's tests.
+
+Each one is what an attacker who can reach the link (not the signing key)
+would send: its checksum is correct, its signature valid where the case
+needs one, and, where it matters, its result hash is that of the bytes a
+careless applier would write, so that an applier refusing it only at the
+result hash has *not* caught it. Every case names the refusal each applier
+must give, so a check removed from an applier shows as a different message,
+not as a pass.
+"""
+
+import dataclasses
+import hashlib
+import os
+import struct
+from typing import List, Optional
+
+from tflite_edge import patch_format
+from tflite_edge.patch_format import ELEMENTS_RECORD, HEADER, KIND_ELEMENTS, WHOLE_FILE_RECORD
+from tflite_edge.regions import writable_regions
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TINY_MODEL = os.path.join(HERE, "fixtures", "tiny_model.tflite")
+INT8, INT32 = 9, 2
+
+
+def tiny_model() -> bytes:
+    with open(TINY_MODEL, "rb") as f:
+        return f.read()
+
+
+@dataclasses.dataclass(frozen=True)
+class Hostile:
+    """A crafted patch and the refusal it must get.
+
+    Attributes:
+      name: what it tries.
+      patch: its bytes.
+      python: a substring of the Python applier's one-line refusal.
+      c: a substring of the C applier's.
+      signed: whether it carries a valid signature of the test key.
+    """
+
+    name: str
+    patch: bytes
+    python: str
+    c: str
+    signed: bool = False
+
+
+def test_key():
+    """A fixed Ed25519 key pair (private object, raw public bytes)."""
+    from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives.asymmetric import ed25519  # pylint: disable=import-outside-toplevel
+    private = ed25519.Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"hostile").digest())
+    public = private.public_key().public_bytes(serialization.Encoding.Raw,
+                                               serialization.PublicFormat.Raw)
+    return private, public
+
+
+def seal(base: bytes, body: bytes, count: int, result: Optional[bytes] = None, *,
+         version: int = patch_format.VERSION, signer=None, base_size: Optional[int] = None,
+         result_size: Optional[int] = None, round_: int = 1) -> bytes:
+    """A patch around `body` whose lengths, hashes and checksum are all correct.
+
+    `result` is the file the header declares (default: the base unchanged).
+    """
+    result = base if result is None else result
+    header = HEADER.pack(patch_format.MAGIC, version, patch_format.FLAG_SIGNED if signer else 0,
+                         round_, len(base) if base_size is None else base_size,
+                         len(result) if result_size is None else result_size,
+                         hashlib.sha256(base).digest(), hashlib.sha256(result).digest(), count,
+                         len(body))
+    content = header + body
+    if signer:
+        content += signer(content)
+    return content + hashlib.sha256(content).digest()
+
+
+def elements(etype, coding, k, value_coding, value_k, buffer, offset, count, changed,
+             positions: bytes, values: bytes) -> bytes:
+    """An elements record with any field values at all."""
+    return ELEMENTS_RECORD.pack(KIND_ELEMENTS, etype, coding, k, value_coding, value_k, buffer,
+                                offset, count, changed, len(positions), len(values)) \
+        + positions + values
+
+
+def _written(base: bytes, offset: int, data: bytes) -> bytes:
+    """What a careless applier produces: `data` written at `offset` (wrapped to 32 bits)."""
+    out = bytearray(base)
+    at = offset % (1 << 32) % len(base)
+    out[at:at + len(data)] = data[:len(base) - at]
+    return bytes(out)
+
+
+_OUTSIDE_PY = "is not one of this model's weight or bias buffers"
+_OUTSIDE_C = "writes outside the model's weight and bias buffers"
+
+
+def cases() -> List[Hostile]:
+    """Every crafted case, with correct checksums (and signatures where noted)."""
+    base = tiny_model()
+    private, _ = test_key()
+    regions = writable_regions(base, len(base))
+    kernel = regions[4]          # the Dense kernel: int8, 48 elements
+    shape = 2                    # the Reshape's int32 shape constant (not writable)
+    out = []
+
+    def add(name, body, count, python, c, result=None, **seal_args):
+        out.append(Hostile(name, seal(base, body, count, result, **seal_args), python, c,
+                           "signer" in seal_args))
+
+    # 1. The C applier's old 64-bit wrap: offset + span overflows past 2^64.
+    wrap = 2 ** 64 - 2 ** 32 + 100
+    # (The C applier's overflow-safe bounds check refuses it before the
+    # weight-buffer walk does.)
+    add("offset that wraps around 2^64",
+        elements(INT8, 0, 0, 0, 0, kernel.buffer, wrap, 2 ** 32 - 100, 1, b"\x00", b"\x7f"), 1,
+        _OUTSIDE_PY, "malformed record", _written(base, wrap, b"\x7f"))
+    # 2. Sizes the attacker chooses: a record claiming 2^27 or 2^32 - 1 elements.
+    for n in (2 ** 27, 2 ** 32 - 1):
+        add(f"{n} positions declared (all-coded, delta values)",
+            elements(INT8, 2, 0, 1, 0, kernel.buffer, kernel.offset, n, n, b"", b"\x00"), 1,
+            _OUTSIDE_PY, "malformed record")
+    # 3. One Rice code with a 16-million-bit run of ones.
+    add("Rice code with a 16 MB unary run",
+        elements(INT8, 0, 0, 0, 0, kernel.buffer, kernel.offset, kernel.count, 1,
+                 b"\xff" * (2 << 20), b"\x7f"), 1,
+        "out of range", "malformed record")
+    # 4. Flatbuffer tables: a record over the root table (removes Model.subgraphs).
+    add("record over the flatbuffer's root table",
+        elements(3, 0, 0, 0, 0, kernel.buffer, 16, 8, 1, b"\x00", b"\x00"), 1,
+        _OUTSIDE_PY, _OUTSIDE_C, _written(base, 16, b"\x00"))
+    # 5. A real buffer that is not a weight: the Reshape's shape constant.
+    add("the Reshape's shape constant",
+        elements(INT32, 2, 0, 0, 0, shape, 708, 2, 2, b"", struct.pack("<ii", 1, 1 << 30)), 1,
+        _OUTSIDE_PY, _OUTSIDE_C, _written(base, 708, struct.pack("<ii", 1, 1 << 30)))
+    # 6. A weight buffer under the wrong element type.
+    add("int8 weights written as int32",
+        elements(INT32, 2, 0, 0, 0, kernel.buffer, kernel.offset, 12, 12, b"",
+                 b"\x7f" * 48), 1, _OUTSIDE_PY, _OUTSIDE_C, _written(base, kernel.offset,
+                                                                 b"\x7f" * 48))
+    # 7. Part of a weight buffer, or past its end.
+    for count in (kernel.count - 1, kernel.count + 60):
+        add(f"{count} of the kernel's {kernel.count} elements",
+            elements(INT8, 0, 0, 0, 0, kernel.buffer, kernel.offset, count, 1, b"\x00", b"\x7f"),
+            1, _OUTSIDE_PY, _OUTSIDE_C, _written(base, kernel.offset, b"\x7f"))
+    # 8. Another buffer's index with this buffer's offset.
+    add("buffer index and offset of different buffers",
+        elements(INT8, 0, 0, 0, 0, 8, kernel.offset, kernel.count, 1, b"\x00", b"\x7f"), 1,
+        _OUTSIDE_PY, _OUTSIDE_C, _written(base, kernel.offset, b"\x7f"))
+    # 9. Version 1 and its raw record kind.
+    raw = struct.pack("<B3xQI", 2, 20, 4) + b"\0\0\0\0"
+    add("a version-1 raw record over Model.subgraphs", raw, 1, "version 1 is not supported",
+        "unsupported patch format version", _written(base, 20, b"\0\0\0\0"), version=1)
+    add("kind 2 (raw bytes) in version 2", raw, 1, "unknown record kind 2", "malformed record",
+        _written(base, 20, b"\0\0\0\0"))
+    # 10. A whole new file, unsigned: refused by the default policy.
+    evil = base[:20] + b"\0\0\0\0" + base[24:]
+    add("unsigned whole-file update", WHOLE_FILE_RECORD.pack(3, len(evil)) + evil, 1,
+        "whole model", "replaces the whole model", evil)
+    # 11. Rice parameters where the coding has none.
+    add("a Rice parameter on an all-coded record",
+        elements(INT32, 2, 255, 0, 0, 3, regions[3].offset, 4, 4, b"", b"\0" * 16), 1,
+        "Rice parameter out of range", "malformed record",
+        _written(base, regions[3].offset, b"\0" * 16))
+    # 12. A record count far beyond what the body holds.
+    add("2^32 - 1 records announced",
+        elements(INT8, 0, 0, 0, 0, kernel.buffer, kernel.offset, kernel.count, 1, b"\x00",
+                 b"\x7f"), 2 ** 32 - 1, "records in a", "malformed record",
+        _written(base, kernel.offset, b"\x7f"))
+    # 13. A signed patch with a malformed body still gets to the record checks.
+    add("signed, over the root table",
+        elements(3, 0, 0, 0, 0, kernel.buffer, 16, 8, 1, b"\x00", b"\x00"), 1,
+        _OUTSIDE_PY, _OUTSIDE_C, _written(base, 16, b"\x00"), signer=private.sign)
+    return out
+
+
+def small_order_keys() -> List[bytes]:
+    """Encodings of the eight points of small order (with both sign bits where valid)."""
+    ys = ["00" * 32, "01" + "00" * 31, "ec" + "ff" * 30 + "7f",
+          "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+          "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"]
+    keys = [bytes.fromhex(y) for y in ys]
+    keys += [k[:31] + bytes([k[31] | 0x80]) for k in keys[:1] + keys[3:]]
+    return keys
+
+
+def malformed_keys() -> List[bytes]:
+    """Not canonical or not on the curve."""
+    p = 2 ** 255 - 19
+    return [(p).to_bytes(32, "little"), (p + 1).to_bytes(32, "little"),
+            (2 ** 255 - 1).to_bytes(32, "little"),
+            bytes([1]) + bytes(30) + bytes([0x80]),           # x = 0 with the sign bit set
+            bytes([2]) + bytes(31)]                            # y = 2 is not on the curve
