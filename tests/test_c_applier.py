@@ -1,6 +1,7 @@
 """The C applier against the Python one: same results, same refusals."""
 
 import os
+import re
 import sys
 import subprocess
 
@@ -30,9 +31,49 @@ def files(exported_run):
             for r in range(len(result.rounds))]
 
 
+def _header_says(pattern):
+    with open(os.path.join(C_DIR, "dpu_patch.h")) as f:
+        return [int(n) for n in re.search(pattern, f.read().replace("\n *", "")).groups()]
+
+
 def test_builds_with_strict_flags_and_states_its_ram(c_applier):
     size = int(subprocess.run([c_applier, "--sizeof"], capture_output=True, text=True).stdout)
-    assert 0 < size <= 640  # 624 on x86-64: chunk, journal entry, two bit readers, SHA-256
+    stated, = _header_says(r"sizeof\(dpu_applier\) bytes, (\d+) on x86-64")
+    assert size == stated   # chunk, journal entry, two bit readers, SHA-256
+
+
+def test_the_stack_the_header_states_is_the_deepest_call_chain(tmp_path):
+    """gcc's call graph with per-function stack use: the longest chain from each entry."""
+    subprocess.run(["gcc", "-std=c99", "-O2", "-fcallgraph-info=su", "-c",
+                    os.path.join(C_DIR, "dpu_patch.c"), "-o", str(tmp_path / "dpu_patch.o")],
+                   check=True, cwd=tmp_path)
+    text = (tmp_path / "dpu_patch.ci").read_text()
+    frame = {t.split(":")[-1]: int(b) for t, b in re.findall(
+        r'node: \{ title: "([^"]+)" label: "[^"]*?\\n(\d+) bytes', text)}
+    calls = {}
+    for caller, callee in re.findall(r'sourcename: "([^"]+)" targetname: "([^"]+)"', text):
+        calls.setdefault(caller.split(":")[-1], set()).add(callee.split(":")[-1])
+
+    def deepest(name, seen=()):
+        assert name not in seen, "the applier must not recurse"
+        below = [deepest(c, seen + (name,)) for c in calls.get(name, ()) if c in frame]
+        return frame[name] + max(below, default=0)
+    limit, measured, key_limit = _header_says(
+        r"at most (\d+) bytes on the deepest.*gcc -O2: (\d+),.*and (\d+) for dpu_check")
+    chain = max(deepest("dpu_apply"), deepest("dpu_apply_in_place"))
+    assert chain <= limit and abs(chain - measured) <= 0.1 * measured
+    assert deepest("dpu_check_public_key") <= key_limit
+
+
+def test_the_environment_cannot_drop_the_strict_flags():
+    proc = subprocess.run(["make", "-n", "-B", "-C", C_DIR, "OUT=/nonexistent",
+                           "CFLAGS=-O0 -w -Wno-error -Wno-pedantic"],
+                          capture_output=True, text=True)
+    command = next(line for line in proc.stdout.splitlines() if "dpu_apply_main.c" in line)
+    flags = command.split()
+    assert "-w" not in flags and "-Wno-error" not in flags and "-O0" in flags
+    for strict in ("-Werror", "-pedantic", "-Wall", "-Wextra", "-std=c99"):
+        assert strict in flags and flags.index(strict) > flags.index("-O0"), strict
 
 
 def test_same_bytes_as_the_python_applier_for_every_round(c_applier, files, tmp_path):
