@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: quickstart test benchmark clean
+.PHONY: quickstart test benchmark notebooks clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,11 +13,16 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,benchmarks]'
 	touch $(STAMP)
 
+# --overwrite: running the quick start again replaces its run folder.
 quickstart: $(STAMP)
-	$(BIN)/python -m tf_dpu.train --flagfile=flags/quickstart.flags
+	$(BIN)/python -m tf_dpu.train --flagfile=flags/quickstart.flags --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Runs both notebooks top to bottom and saves them with their outputs.
+notebooks: $(STAMP)
+	$(BIN)/python colab/refresh.py
 
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks --quick --out=benchmarks/results/quick.json

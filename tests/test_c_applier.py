@@ -126,7 +126,7 @@ def test_min_round_refuses_replays(c_applier, files, tmp_path):
     patch = create_patch(files[0], files[1], 1)
     (tmp_path / "b").write_bytes(files[0])
     (tmp_path / "p").write_bytes(patch)
-    proc = subprocess.run([c_applier, "--min-round", "2", str(tmp_path / "b"),
+    proc = subprocess.run([c_applier, "--min_round", "2", str(tmp_path / "b"),
                            str(tmp_path / "p"), str(tmp_path / "o")], capture_output=True,
                           text=True)
     assert proc.returncode == 2 and "not newer" in proc.stderr
@@ -147,7 +147,7 @@ def test_c_signature_callback_with_a_real_ed25519(c_signed_applier, c_applier, f
     (tmp_path / "base").write_bytes(base)
     for label, (patch, code, message) in cases.items():
         (tmp_path / "patch").write_bytes(patch)
-        proc = subprocess.run([c_signed_applier, "--public-key", str(tmp_path / "good.pub"),
+        proc = subprocess.run([c_signed_applier, "--public_key", str(tmp_path / "good.pub"),
                                str(tmp_path / "base"), str(tmp_path / "patch"),
                                str(tmp_path / "out")], capture_output=True, text=True)
         assert proc.returncode == code, (label, proc.stderr)
@@ -155,7 +155,7 @@ def test_c_signature_callback_with_a_real_ed25519(c_signed_applier, c_applier, f
             assert message in proc.stderr, label
         else:
             assert (tmp_path / "out").read_bytes() == target
-    plain = subprocess.run([c_applier, "--public-key", str(tmp_path / "good.pub"),
+    plain = subprocess.run([c_applier, "--public_key", str(tmp_path / "good.pub"),
                             str(tmp_path / "base"), str(tmp_path / "patch"), str(tmp_path / "o")],
                            capture_output=True, text=True)
     assert plain.returncode == 2 and "no signature support" in plain.stderr

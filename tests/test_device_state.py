@@ -242,10 +242,10 @@ def test_the_c_driver_never_truncates_or_deletes_what_it_did_not_create(chain, c
     assert stat.S_IMODE(os.stat(existing).st_mode) == 0o600
     assert not [n for n in os.listdir(folder) if ".tflite." in n]
     # In place, with the journal beside the model.
-    proc = subprocess.run([c_applier, "--in-place", str(model), str(patch), str(model)],
+    proc = subprocess.run([c_applier, "--in_place", str(model), str(patch), str(model)],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and model.read_bytes() == files[1]
-    proc = subprocess.run([c_applier, "--in-place", str(model), str(patch), str(existing)],
+    proc = subprocess.run([c_applier, "--in_place", str(model), str(patch), str(existing)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "OUT must be BASE" in proc.stderr
 

@@ -108,13 +108,13 @@ def test_c_applier_takes_catchup_and_full_updates(run_dir, c_applier, tmp_path):
     for policy in ("catchup", "full"):
         patch = releases.update(device, policy).patches[0]
         out = tmp_path / f"{policy}.tflite"
-        done = subprocess.run([c_applier, "--min-round", str(device.round + 1),
-                               "--whole-file", "always", device.path, patch, str(out)],
+        done = subprocess.run([c_applier, "--min_round", str(device.round + 1),
+                               "--whole_file", "always", device.path, patch, str(out)],
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert out.read_bytes() == _read(latest.path)
         # A device already past the latest round refuses the same update.
-        stale = subprocess.run([c_applier, "--min-round", str(latest.round + 1), device.path,
+        stale = subprocess.run([c_applier, "--min_round", str(latest.round + 1), device.path,
                                 patch, str(tmp_path / "x")], capture_output=True, text=True)
         assert stale.returncode != 0 and not (tmp_path / "x").exists()
 

@@ -51,7 +51,7 @@ def test_python_refuses_each_hostile_patch_with_its_own_check(case, device):
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_c_refuses_each_hostile_patch_with_its_own_check(case, device, c_signed_applier):
     (device / "p").write_bytes(case.patch)
-    key = ["--public-key", str(device / "key.pub")] if case.signed else []
+    key = ["--public_key", str(device / "key.pub")] if case.signed else []
     proc = subprocess.run([c_signed_applier, *key, str(device / "model.tflite"),
                            str(device / "p"), str(device / "out.tflite")],
                           capture_output=True, text=True)
@@ -104,7 +104,7 @@ def test_weak_and_malformed_keys_are_refused_at_load(raw, tmp_path, c_signed_app
     (tmp_path / "k.pub").write_bytes(raw)
     with pytest.raises(PatchError, match="small order|not a valid Ed25519 point"):
         signing.load_public_key(str(tmp_path / "k.pub"))
-    proc = subprocess.run([c_signed_applier, "--check-key", str(tmp_path / "k.pub")],
+    proc = subprocess.run([c_signed_applier, "--check_key", str(tmp_path / "k.pub")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "malformed or of small order" in proc.stderr
 
@@ -124,7 +124,7 @@ def test_real_keys_pass_the_checks_and_wrong_lengths_do_not(tmp_path, c_signed_a
     for n in range(40):
         signing.generate_keypair(str(tmp_path / "k.pem"), str(tmp_path / "k.pub"))
         signing.load_public_key(str(tmp_path / "k.pub"))
-        proc = subprocess.run([c_signed_applier, "--check-key", str(tmp_path / "k.pub")],
+        proc = subprocess.run([c_signed_applier, "--check_key", str(tmp_path / "k.pub")],
                               capture_output=True, text=True)
         assert proc.returncode == 0, (n, proc.stderr)
     good = (tmp_path / "k.pub").read_bytes()
@@ -132,7 +132,7 @@ def test_real_keys_pass_the_checks_and_wrong_lengths_do_not(tmp_path, c_signed_a
         (tmp_path / "bad.pub").write_bytes(raw)
         with pytest.raises(PatchError, match="32-byte"):
             signing.load_public_key(str(tmp_path / "bad.pub"))
-        proc = subprocess.run([c_signed_applier, "--check-key", str(tmp_path / "bad.pub")],
+        proc = subprocess.run([c_signed_applier, "--check_key", str(tmp_path / "bad.pub")],
                               capture_output=True, text=True)
         assert proc.returncode == 2 and "32-byte" in proc.stderr
 
@@ -151,9 +151,9 @@ def test_whole_file_updates_follow_the_device_policy(device, c_signed_applier):
     assert (device / "out.tflite").read_bytes() == new
     with pytest.raises(PatchError, match="whole model"):
         apply_patch_file(model, str(device / "p"), out, key, whole_file="never")
-    for args, code in ((["--public-key", str(device / "key.pub")], 0),
-                       (["--public-key", str(device / "key.pub"), "--whole-file=never"], 2),
-                       ([], 2), (["--whole-file=always"], 0)):
+    for args, code in ((["--public_key", str(device / "key.pub")], 0),
+                       (["--public_key", str(device / "key.pub"), "--whole_file=never"], 2),
+                       ([], 2), (["--whole_file=always"], 0)):
         os.unlink(out) if os.path.exists(out) else None
         proc = subprocess.run([c_signed_applier, *args, model, str(device / "p"), out],
                               capture_output=True, text=True)

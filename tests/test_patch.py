@@ -138,9 +138,17 @@ def test_command_line_create_inspect_apply_in_place(pair, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["apply", "--base=/no/model", "--patch=/no/patch"], "cannot read model /no/model"),
-    (["apply", "--base=x"], "required: --patch"),
-    (["frobnicate"], "invalid choice"),
+    (["apply", "--base=x"], "apply needs --patch"),
+    (["frobnicate"], "unknown command 'frobnicate'"),
+    ([], "give a command: create, apply, inspect, keygen"),
     (["inspect", "--patch=README.md"], "not a DPU patch"),
+    (["inspect", "--patch=p", "--public_key=k"], "inspect does not take --public_key"),
+    (["apply", "--base=a", "--patch=p", "--whole_file=sometimes"], "flag --whole_file"),
+    (["apply", "--base=a", "--patch=p", "--initial_round=-1"], "flag --initial_round"),
+    (["apply", "--base=a", "--patch=p", "--no_state", "--initial_round=0"],
+     "--no_state excludes"),
+    (["apply", "--base=a", "--patch=p", "--flagfile=/no/such.flags"], "/no/such.flags"),
+    (["inspect", "--patch=p", "stray"], "unexpected argument(s): stray"),
 ])
 def test_command_line_errors_are_one_line(args, message):
     proc = _cli(*args)

@@ -26,8 +26,11 @@ __all__ = ["RunConfig", "run", "DpuError", "ConfigError", "DataError"]
 
 def __getattr__(name):
     # `run` pulls in TensorFlow; import it only when asked for, so that
-    # `import tf_dpu` (flag parsing, config checks) stays fast.
+    # `import tf_dpu` (flag parsing, config checks) stays fast. TensorFlow's
+    # native start-up lines (oneDNN, CUDA probes) are kept off stderr.
     if name == "run":
-        from tf_dpu.rounds import run  # pylint: disable=import-outside-toplevel
+        from tflite_edge import native_output  # pylint: disable=import-outside-toplevel
+        with native_output.muted():
+            from tf_dpu.rounds import run  # pylint: disable=import-outside-toplevel
         return run
     raise AttributeError(name)

@@ -84,6 +84,8 @@ class RunConfig:
     sign_key: Optional[str] = None
     out_dir: Optional[str] = None
     resume: bool = False
+    overwrite: bool = False
+    num_classes: Optional[int] = None
     checkpoint_seconds: float = 30.0
     strategy: str = "default"
     logical_cpus: int = 0
@@ -176,6 +178,12 @@ class RunConfig:
                               f"{self.checkpoint_seconds!r}")
         if self.resume and not self.out_dir:
             raise ConfigError("--resume continues the run in --out_dir; give --out_dir")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues the run in --out_dir, --overwrite replaces "
+                              "it: give one of them")
+        if self.num_classes is not None and (not isinstance(self.num_classes, int)
+                                             or self.num_classes < 2):
+            raise ConfigError(f"--num_classes must be an integer >= 2, got {self.num_classes!r}")
         if self.qat and not self.export_tflite:
             raise ConfigError("--qat trains against the deployed int8 model; add --export_tflite")
         if self.budget_bytes is not None:
@@ -213,7 +221,7 @@ class RunConfig:
         for key in sorted(set(mine) | set(other)):
             # How a run is spread over devices, and where its folder sits (it
             # may have been moved or copied), may change between resumes.
-            if key not in ("resume", "checkpoint_seconds", "strategy", "logical_cpus",
-                           "out_dir") and mine.get(key) != other.get(key):
+            if key not in ("resume", "overwrite", "checkpoint_seconds", "strategy",
+                           "logical_cpus", "out_dir") and mine.get(key) != other.get(key):
                 return key
         return None

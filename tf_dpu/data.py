@@ -9,7 +9,7 @@ CIFAR-10 or their own data).
 import dataclasses
 import gzip
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -50,19 +50,23 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
-def load_dataset(spec: str, validation_samples: int, seed: int) -> Dataset:
+def load_dataset(spec: str, validation_samples: int, seed: int,
+                 num_classes: Optional[int] = None) -> Dataset:
     """Loads a data set by name and splits validation off its test set.
 
     Args:
       spec: `mnist`, `mnist1d`, `digits` or `npz:PATH`.
       validation_samples: how many test samples become the validation split.
       seed: chooses which test samples are validation.
+      num_classes: the model's number of classes; None: one more than the
+        largest training label (see `check_labels`).
 
     Returns:
       A `Dataset` with float32 inputs and int32 labels.
 
     Raises:
-      DataError: unknown name, unreadable or malformed file, too few samples.
+      DataError: unknown name, unreadable or malformed file, too few samples,
+        labels outside the classes.
     """
     if spec == "mnist":
         x_train, y_train, x_test, y_test = _mnist()
@@ -80,9 +84,52 @@ def load_dataset(spec: str, validation_samples: int, seed: int) -> Dataset:
             f"test set has only {len(x_test)} (some must remain for testing)")
     order = np.random.RandomState(seed).permutation(len(x_test))
     val, test = order[:validation_samples], np.sort(order[validation_samples:])
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    num_classes = check_labels(spec, y_train, y_test, num_classes)
     return Dataset(spec, x_train, y_train, x_test[np.sort(val)], y_test[np.sort(val)],
                    x_test[test], y_test[test], num_classes)
+
+
+def check_labels(name: str, y_train: np.ndarray, y_test: np.ndarray,
+                 num_classes: Optional[int] = None) -> int:
+    """The number of classes, after checking every label against it.
+
+    Labels are integers in [0, classes). Without `num_classes`, the classes
+    are those of the training pool (0 to its largest label), and a test or
+    validation label the pool never shows is refused: a model trained on the
+    pool has no output for it (a test label of 1000 would otherwise build a
+    1001-class model without a word).
+
+    Raises:
+      DataError: a label outside [0, classes), or unseen in training.
+    """
+    for split, y in (("training", y_train), ("test", y_test)):
+        if y.dtype.kind not in "ui" or (len(y) and int(y.min()) < 0):
+            raise DataError(f"{name}: {split} labels must be integers >= 0")
+    if num_classes is not None:
+        for split, y in (("training", y_train), ("test", y_test)):
+            if len(y) and int(y.max()) >= num_classes:
+                raise DataError(f"{name}: {split} label {int(y.max())} is outside [0, "
+                                f"{num_classes}) (--num_classes={num_classes})")
+        return num_classes
+    unseen = np.setdiff1d(np.unique(y_test), np.unique(y_train))
+    if len(unseen):
+        shown = ", ".join(str(int(c)) for c in unseen[:5]) + (", ..." if len(unseen) > 5 else "")
+        raise DataError(f"{name}: test labels {shown} never occur in the training pool, so "
+                        "the model would have no output for them (give --num_classes to "
+                        "train such a model anyway)")
+    return int(y_train.max()) + 1
+
+
+def check_dataset(data: "Dataset", num_classes: Optional[int] = None) -> "Dataset":
+    """A user-built `Dataset` with its labels checked against its classes.
+
+    Args:
+      data: the data set.
+      num_classes: overrides `data.num_classes` (the model's output count).
+    """
+    classes = num_classes or data.num_classes
+    check_labels(data.name, data.y_train, np.concatenate([data.y_val, data.y_test]), classes)
+    return dataclasses.replace(data, num_classes=classes)
 
 
 def _split_rows(x, y, num_test):

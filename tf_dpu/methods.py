@@ -41,6 +41,8 @@ class RoundContext:
         budget, or as many as fit a byte budget).
       byte_budget: whether `select` counts bytes rather than elements.
       checkpoints: saves each epoch and restores finished ones on resume.
+      log_epoch: receives (step name, epoch, {"loss", "val_accuracy",
+        "learning_rate"}) after every epoch (TensorBoard curves).
     """
 
     config: RunConfig
@@ -60,6 +62,7 @@ class RoundContext:
     select: Callable[[dict], selection.Masks] = None
     byte_budget: bool = False
     checkpoints: Optional[object] = None   # tf_dpu.checkpoints.EpochCheckpoints
+    log_epoch: Callable[[str, int, dict], None] = lambda step, epoch, values: None
 
 
 @dataclasses.dataclass
@@ -121,6 +124,7 @@ def run_step(ctx: RoundContext, name: str, epochs: int, *, masks=None,
         val = trainer.accuracy(ctx.x_val, ctx.y_val)
         ctx.progress(f"round {ctx.index} {name} epoch {epoch + 1}/{epochs} "
                      f"lr {lr:.2e} loss {loss:.4f} val {val:.4f}")
+        ctx.log_epoch(name, epoch + 1, {"loss": loss, "val_accuracy": val, "learning_rate": lr})
         if best is None or val > best.val_accuracy:
             weights = trainer.model.get_weights()
             if not all(np.isfinite(w).all() for w in weights):

@@ -1,5 +1,8 @@
 """What a run writes: weights per round, metrics.json, CSV, TensorBoard, a plot.
 
+TensorBoard gets the per-round figures under `tensorboard/` and, per round,
+the per-epoch curves of each training step under `tensorboard/round_NNN/`.
+
 Every file is written to a temporary name and renamed into place, so a file
 in the run folder is always either the old one or the new one.
 """
@@ -86,6 +89,45 @@ def format_table(rounds: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(rounds: List[Dict], config: Dict):
+    """Test accuracy and what was sent, per round, as a matplotlib `Figure`.
+
+    Left: the server's (float) test accuracy and, with the int8 export, the
+    device's (LiteRT on the deployed file). Right: cumulative kilobytes sent
+    with the export, else cumulative kernel elements updated. Built without
+    pyplot, so it never changes the process's (or a notebook's) backend; a
+    notebook shows it by returning it from a cell.
+    """
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+    from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
+    fig = Figure(figsize=(10, 3.6))
+    accuracy, sent = fig.subplots(1, 2)
+    x = [r["round"] for r in rounds]
+    accuracy.plot(x, [100 * r["test_accuracy"] for r in rounds], marker="o",
+                  label=f"{config['method']}, server (float)")
+    exported = all("tflite_test_accuracy" in r for r in rounds)
+    if exported:
+        accuracy.plot(x, [100 * r["tflite_test_accuracy"] for r in rounds], marker="s",
+                      linestyle="--", label=f"{config['method']}, device (int8)")
+        sent.plot(x, np.cumsum([r["sent_bytes"] for r in rounds]) / 1e3, marker="o")
+        sent.set_ylabel("cumulative kB sent")
+    else:
+        sent.plot(x, np.cumsum([r["updated_elements"] for r in rounds]), marker="o")
+        sent.set_ylabel("cumulative kernel elements updated")
+    accuracy.set_ylabel("test accuracy (%)")
+    accuracy.legend()
+    budget = (f"k = {config['update_ratio']:g}" if not config.get("budget_bytes")
+              else f"{config['budget_bytes']:,} bytes per round")
+    fig.suptitle(f"{config['method']} on {config['dataset']}, {config['model']}, {budget}")
+    sent.set_ylim(bottom=0)
+    for ax in (accuracy, sent):
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 class RunWriter:
     """Writes the files of one run folder as rounds finish."""
 
@@ -96,6 +138,7 @@ class RunWriter:
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         self._tf = tf
         self._summary = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard"))
+        self._round_writer = None   # (round, writer) of the per-epoch curves
 
     def write_round(self, model, weights, rounds: List[Dict], shuffle_state=None,
                     resume_values: Optional[Dict] = None) -> None:
@@ -128,23 +171,30 @@ class RunWriter:
         write_atomic(os.path.join(self.out_dir, "metrics.csv"), text.getvalue().encode())
 
     def write_plot(self, rounds: List[Dict]) -> str:
-        """Test accuracy per round, as `accuracy.png`."""
-        import matplotlib  # pylint: disable=import-outside-toplevel
-        matplotlib.use("Agg")
-        from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot([r["round"] for r in rounds], [100 * r["test_accuracy"] for r in rounds],
-                marker="o", label=self.config["method"])
-        ax.set_xlabel("round")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{self.config['method']} on {self.config['dataset']}, "
-                     f"k = {self.config['update_ratio']:g}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
+        """The run's figure (see `plot`), as `accuracy.png`."""
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        plt.close(fig)
+        plot(rounds, self.config).savefig(buffer, format="png", dpi=100)
         path = os.path.join(self.out_dir, "accuracy.png")
         write_atomic(path, buffer.getvalue())
         return path
+
+    def log_epoch(self, round_index: int, step: str, epoch: int, values: Dict) -> None:
+        """Per-epoch curves (loss, validation accuracy, learning rate) of one step.
+
+        Each round is a TensorBoard run of its own (`tensorboard/round_NNN`),
+        each step a group of tags, the epoch the x axis.
+        """
+        if self._round_writer is None or self._round_writer[0] != round_index:
+            if self._round_writer is not None:
+                self._round_writer[1].close()
+            self._round_writer = (round_index, self._tf.summary.create_file_writer(
+                os.path.join(self.out_dir, "tensorboard", f"round_{round_index:03d}")))
+        with self._round_writer[1].as_default(step=epoch):
+            for key, value in values.items():
+                self._tf.summary.scalar(f"{step}/{key}", value)
+
+    def close(self) -> None:
+        if self._round_writer is not None:
+            self._round_writer[1].close()
+            self._round_writer = None
+        self._summary.close()

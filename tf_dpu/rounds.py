@@ -19,9 +19,9 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from tf_dpu import distribute, methods, selection
+from tf_dpu import distribute, methods, run_folder, selection
 from tf_dpu.config import PARTIAL_METHODS, RunConfig
-from tf_dpu.data import Dataset, RoundSchedule, load_dataset
+from tf_dpu.data import Dataset, RoundSchedule, check_dataset, load_dataset
 from tf_dpu.models import build_model
 from tf_dpu.checkpoints import EpochCheckpoints
 from tf_dpu.errors import ConfigError
@@ -74,12 +74,24 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
       metrics.json.
 
     Raises:
-      DpuError: bad settings or data (one-line message).
+      DpuError: bad settings, data or run folder (one-line message), before
+        anything is written.
     """
     config = config.resolved()
-    # Multi-worker collectives must be set up before TensorFlow does anything else.
-    strategy = distribute.make_strategy(config.strategy, config.logical_cpus)
+    # Everything that can be refused is refused before the first write.
+    if data is None:
+        data = load_dataset(config.dataset, config.validation_samples, config.seed,
+                            config.num_classes)
+    else:
+        data = check_dataset(data, config.num_classes)
+    schedule = RoundSchedule(len(data.x_train), config.initial_samples,
+                             config.samples_per_round, config.rounds, config.seed)
+    signer = None
+    if config.sign_key:
+        from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
+        signer = load_signer(config.sign_key)
     task = distribute.cluster_task()
+    multi_worker = config.strategy == "multi_worker"
     if not task.is_chief:
         # Every worker runs the whole program (same data, same selections);
         # only the chief reports and writes the run folder. The others keep
@@ -87,20 +99,26 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
         progress = None
         if config.out_dir:
             config = dataclasses.replace(config, out_dir=os.path.join(
-                config.out_dir, "workers", str(task.index)))
+                config.out_dir, run_folder.WORKERS, str(task.index)))
+    # The chief leaves workers/ alone: the other processes write there.
+    shared = (run_folder.WORKERS,) if multi_worker and task.is_chief else ()
+    if config.out_dir:
+        run_folder.check(config.out_dir, config.resume, config.overwrite, ignore=shared)
+    # Multi-worker collectives must be set up before TensorFlow does anything else.
+    strategy = distribute.make_strategy(config.strategy, config.logical_cpus)
+    if config.out_dir:
+        run_folder.claim(config.out_dir, config.overwrite, keep=shared)
+        if shared and config.overwrite:
+            run_folder.prune_workers(config.out_dir, task.workers - task.has_chief)
     with strategy.scope():
-        return _run(config, strategy, progress or (lambda line: None), data)
+        return _run(config, strategy, progress or (lambda line: None), data, schedule, signer)
 
 
-def _run(config: RunConfig, strategy, say: Callable[[str], None],
-         data: Optional[Dataset]) -> RunResult:
+def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
+         schedule: RoundSchedule, signer) -> RunResult:
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.random.set_seed(config.seed)
-    if data is None:
-        data = load_dataset(config.dataset, config.validation_samples, config.seed)
-    schedule = RoundSchedule(len(data.x_train), config.initial_samples,
-                             config.samples_per_round, config.rounds, config.seed)
     model = build_model(config.model, data.input_shape, data.num_classes, config.seed,
                         config.initializer)
     layout = Layout(model)
@@ -124,10 +142,6 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None],
         save_weights(model, w0, f"{config.out_dir}/init")
     if config.export_tflite:
         from tf_dpu.deployment import TfliteExport  # pylint: disable=import-outside-toplevel
-        signer = None
-        if config.sign_key:
-            from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
-            signer = load_signer(config.sign_key)
         export = TfliteExport(model, data.x_test, data.y_test, signer, config.int8_headroom)
     say(f"{config.method} on {config.dataset} ({len(data.x_train)} pool, "
         f"{len(data.x_val)} val, {len(data.x_test)} test), model {config.model}: "
@@ -172,6 +186,9 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None],
         if writer and config.strategy != "multi_worker":
             ctx.checkpoints = EpochCheckpoints(os.path.join(config.out_dir, "checkpoint"), r,
                                                config.checkpoint_seconds)
+        if writer:
+            ctx.log_epoch = lambda step, epoch, values, r=r: writer.log_epoch(r, step, epoch,
+                                                                              values)
         ctx.select = lambda scores: selection.top_k(scores, budget, len(w0))
         if config.budget_bytes and export and export.mapping is not None:
             cost = export.patch_cost(config.bias_policy)
@@ -229,6 +246,7 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None],
                 ctx.checkpoints.clear()
     if writer:
         writer.write_plot(rounds)
+        writer.close()
     return RunResult(config.to_dict(), rounds, deployed, w0, config.out_dir)
 
 

@@ -8,65 +8,75 @@ Any bad input ends with one line on stderr and exit status 2.
 """
 
 import json
-import os
 import sys
 
 from absl import app, flags
 
 from tf_dpu import config as cfg
+from tf_dpu import flag_files, run_folder
 from tf_dpu.data import RoundSchedule, load_dataset
 from tf_dpu.errors import DpuError
+from tflite_edge import native_output
 from tflite_edge.errors import PatchError
 
 _D = cfg.RunConfig()  # the defaults live in one place: RunConfig
 
 _DATASET = flags.DEFINE_string("dataset", _D.dataset, "mnist | mnist1d | digits | npz:PATH")
 _MODEL = flags.DEFINE_string("model", _D.model, "mlp | cnn | vgg | resnet<6n+2>")
-_METHOD = flags.DEFINE_string("method", _D.method, " | ".join(cfg.METHODS))
-_INITIALIZER = flags.DEFINE_string(
-    "initializer", _D.initializer, "glorot (Keras default) | torch (PyTorch's default, "
-    "U(±1/sqrt(fan_in)) kernels and biases, as the reference code)")
+_METHOD = flags.DEFINE_enum("method", _D.method, cfg.METHODS, "the update method")
+_INITIALIZER = flags.DEFINE_enum(
+    "initializer", _D.initializer, ("glorot", "torch"), "glorot (Keras default) | torch "
+    "(PyTorch's default, U(±1/sqrt(fan_in)) kernels and biases, as the reference code)")
 _UPDATE_RATIO = flags.DEFINE_float(
-    "update_ratio", _D.update_ratio, "k: fraction of kernel elements a partial round changes")
-_ROUNDS = flags.DEFINE_integer("rounds", _D.rounds, "number of rounds")
-_INITIAL = flags.DEFINE_integer("initial_samples", _D.initial_samples, "|D^0|")
+    "update_ratio", None, f"k: fraction of kernel elements a partial round changes "
+    f"(default {_D.update_ratio}); excludes --budget_bytes")
+_ROUNDS = flags.DEFINE_integer("rounds", _D.rounds, "number of rounds", lower_bound=1)
+_INITIAL = flags.DEFINE_integer("initial_samples", _D.initial_samples, "|D^0|", lower_bound=1)
 _PER_ROUND = flags.DEFINE_integer("samples_per_round", _D.samples_per_round,
-                                  "new training samples per round")
+                                  "new training samples per round", lower_bound=0)
 _VALIDATION = flags.DEFINE_integer("validation_samples", _D.validation_samples,
-                                   "test samples set aside for validation")
-_EPOCHS = flags.DEFINE_integer("epochs", _D.epochs, "epochs per step (two-step methods)")
+                                   "test samples set aside for validation", lower_bound=1)
+_NUM_CLASSES = flags.DEFINE_integer(
+    "num_classes", None, "classes of the model (default: those of the training pool; "
+    "needed when test labels include classes the pool never shows)", lower_bound=2)
+_EPOCHS = flags.DEFINE_integer("epochs", _D.epochs, "epochs per step (two-step methods)",
+                               lower_bound=1)
 _SINGLE_EPOCHS = flags.DEFINE_integer(
     "single_step_epochs", None, "epochs of one-step methods (FU, RPU, full round 0); "
-    "default 2 x --epochs, the same compute as two steps")
-_BATCH = flags.DEFINE_integer("batch_size", _D.batch_size, "batch size")
-_OPTIMIZER = flags.DEFINE_string("optimizer", _D.optimizer, "adam | sgd (Nesterov)")
+    "default 2 x --epochs, the same compute as two steps", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch_size", _D.batch_size, "batch size", lower_bound=1)
+_OPTIMIZER = flags.DEFINE_enum("optimizer", _D.optimizer, cfg.OPTIMIZERS,
+                               "adam | sgd (Nesterov)")
 _LR = flags.DEFINE_float("learning_rate", _D.learning_rate, "initial learning rate")
-_SCHEDULE = flags.DEFINE_string(
-    "lr_schedule", _D.lr_schedule, "auto | step | cosine | constant "
-    "(auto: step decay x0.1 at each third for adam, cosine for sgd)")
-_MOMENTUM = flags.DEFINE_float("momentum", _D.momentum, "SGD momentum")
-_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", _D.weight_decay, "L2 on all parameters")
+_SCHEDULE = flags.DEFINE_enum(
+    "lr_schedule", _D.lr_schedule, cfg.LR_SCHEDULES,
+    "auto: step decay x0.1 at each third for adam, cosine for sgd")
+_MOMENTUM = flags.DEFINE_float("momentum", _D.momentum, "SGD momentum", lower_bound=0.0)
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", _D.weight_decay, "L2 on all parameters",
+                                   lower_bound=0.0)
 _MIX = flags.DEFINE_float("contribution_mix", None,
                           "λ, weight of the global contribution (default 0.5; "
-                          "fixed to 1 by gcpu, 0 by lcpu)")
-_REINIT = flags.DEFINE_string(
-    "reinit", _D.reinit, "auto | doubling | periodic | off (auto: doubling for dpu "
-    "and lcpu, off for gcpu and rpu)")
+                          "fixed to 1 by gcpu, 0 by lcpu)", lower_bound=0.0, upper_bound=1.0)
+_REINIT = flags.DEFINE_enum(
+    "reinit", _D.reinit, cfg.REINIT_RULES, "auto: doubling for dpu and lcpu after a partial "
+    "round 0, off otherwise")
 _REINIT_PERIOD = flags.DEFINE_integer("reinit_period", _D.reinit_period,
-                                      "rounds between re-initializations (periodic)")
-_BIAS = flags.DEFINE_string("bias_policy", _D.bias_policy,
-                            "full | masked | frozen: how biases and BatchNorm update")
-_INITIAL_DEPLOYMENT = flags.DEFINE_string(
-    "initial_deployment", _D.initial_deployment,
+                                      "rounds between re-initializations (periodic)",
+                                      lower_bound=0)
+_BIAS = flags.DEFINE_enum("bias_policy", _D.bias_policy, cfg.BIAS_POLICIES,
+                          "how biases and BatchNorm update")
+_INITIAL_DEPLOYMENT = flags.DEFINE_enum(
+    "initial_deployment", _D.initial_deployment, cfg.INITIAL_DEPLOYMENTS,
     "full: round 0 trains and ships the whole model; partial: the reference's "
     "partial update of the random initialization")
-_FU_INIT = flags.DEFINE_string("fu_init", _D.fu_init, "same_init | last_round | diff_init")
+_FU_INIT = flags.DEFINE_enum("fu_init", _D.fu_init, cfg.FU_INITS, "where FU starts")
 _ITERATIVE = flags.DEFINE_bool("iterative", _D.iterative,
                                "single-round variant: shrink the selection x0.8 per stage")
 _ITERATIVE_DECAY = flags.DEFINE_float("iterative_decay", _D.iterative_decay,
                                       "shrink factor per stage")
 _ITERATIVE_EPOCHS = flags.DEFINE_integer("iterative_epochs", _D.iterative_epochs,
-                                         "fine-tuning epochs per shrinking stage")
+                                         "fine-tuning epochs per shrinking stage",
+                                         lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", _D.seed, "seed of init, schedule and shuffling")
 _DETERMINISTIC = flags.DEFINE_bool("deterministic", _D.deterministic,
                                    "TensorFlow op determinism (same seed, same bits)")
@@ -74,38 +84,64 @@ _EXPORT = flags.DEFINE_bool("export_tflite", False,
                             "write round_NNN/model.tflite (int8) and update.patch per round")
 _HEADROOM = flags.DEFINE_float(
     "int8_headroom", 1.5, "widen round 0's int8 weight scales by this factor, so later "
-    "partial updates have room to grow without clipping")
+    "partial updates have room to grow without clipping", lower_bound=1.0, upper_bound=16.0)
 _QAT = flags.DEFINE_bool(
     "qat", False, "after round 0, train and validate through the deployed int8 model "
     "(frozen weight scales and activation ranges, tfmot wrappers); needs --export_tflite")
 _BUDGET_BYTES = flags.DEFINE_integer(
     "budget_bytes", None, "instead of --update_ratio: update as many elements as fit an "
-    "int8 patch of at most this many bytes (headers included); needs --export_tflite")
+    "int8 patch of at most this many bytes (headers included); needs --export_tflite",
+    lower_bound=200)
 _SIGN_KEY = flags.DEFINE_string("sign_key", None,
                                 "Ed25519 private key (PEM) that signs every patch")
-_OUT_DIR = flags.DEFINE_string("out_dir", "runs/latest", "where the run is written")
+_OUT_DIR = flags.DEFINE_string("out_dir", "runs/latest", "where the run is written (a new or "
+                               "empty folder, or one holding a run with --resume/--overwrite)")
 _QUIET = flags.DEFINE_bool("quiet", False, "no per-epoch progress lines")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "also show what TensorFlow and TensorFlow "
+                             "Lite print natively (start-up, converter, delegates)")
 _CHECKPOINT_SECONDS = flags.DEFINE_float(
     "checkpoint_seconds", 30.0, "save the training state inside a round at most this often "
-    "(0: after every epoch), so --resume continues from the last saved epoch")
+    "(0: after every epoch), so --resume continues from the last saved epoch", lower_bound=0.0)
 _RESUME = flags.DEFINE_bool(
     "resume", False, "continue the run in --out_dir from its last finished round and saved "
     "epoch, with the same settings (the same metrics and patches as an uninterrupted run)")
-_STRATEGY = flags.DEFINE_string(
-    "strategy", _D.strategy, "default | mirrored (local GPUs or --logical_cpus) | multi_worker "
-    "(one process per worker; the cluster comes from TF_CONFIG)")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "replace the run in --out_dir: it is removed whole before anything "
+    "is written")
+_STRATEGY = flags.DEFINE_enum(
+    "strategy", _D.strategy, cfg.STRATEGIES, "default | mirrored (local GPUs or "
+    "--logical_cpus) | multi_worker (one process per worker; the cluster comes from TF_CONFIG)")
 _LOGICAL_CPUS = flags.DEFINE_integer(
     "logical_cpus", _D.logical_cpus, "with --strategy=mirrored: split the CPU into this many "
-    "devices (0: use the GPUs)")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False,
+    "devices (0: use the GPUs)", lower_bound=0, upper_bound=64)
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "check the settings, the data and --out_dir, "
                              "print the resolved settings as JSON and exit without training")
+
+flags.mark_flags_as_mutual_exclusive(["update_ratio", "budget_bytes"])
+flags.mark_bool_flags_as_mutual_exclusive(["resume", "overwrite"])
+flags.register_multi_flags_validator(
+    ["qat", "export_tflite"], lambda f: not f["qat"] or f["export_tflite"],
+    "--qat trains against the deployed int8 model; add --export_tflite")
+flags.register_multi_flags_validator(
+    ["budget_bytes", "export_tflite"], lambda f: f["budget_bytes"] is None or f["export_tflite"],
+    "--budget_bytes counts the bytes of the int8 patch; add --export_tflite")
+flags.register_multi_flags_validator(
+    ["sign_key", "export_tflite"], lambda f: not f["sign_key"] or f["export_tflite"],
+    "--sign_key signs exported patches; add --export_tflite")
+flags.register_multi_flags_validator(
+    ["logical_cpus", "strategy"], lambda f: not f["logical_cpus"] or f["strategy"] == "mirrored",
+    "--logical_cpus splits the CPU for --strategy=mirrored only")
+flags.register_multi_flags_validator(
+    ["reinit", "reinit_period"], lambda f: f["reinit"] != "periodic" or f["reinit_period"] >= 1,
+    "--reinit=periodic needs --reinit_period >= 1")
 
 
 def config_from_flags() -> cfg.RunConfig:
     return cfg.RunConfig(
         dataset=_DATASET.value, model=_MODEL.value, method=_METHOD.value,
         initializer=_INITIALIZER.value,
-        update_ratio=_UPDATE_RATIO.value, rounds=_ROUNDS.value,
+        update_ratio=_D.update_ratio if _UPDATE_RATIO.value is None else _UPDATE_RATIO.value,
+        rounds=_ROUNDS.value, num_classes=_NUM_CLASSES.value, overwrite=_OVERWRITE.value,
         initial_samples=_INITIAL.value, samples_per_round=_PER_ROUND.value,
         validation_samples=_VALIDATION.value, epochs=_EPOCHS.value,
         single_step_epochs=_SINGLE_EPOCHS.value, batch_size=_BATCH.value,
@@ -130,10 +166,11 @@ def fail(message: str) -> None:
 
 
 def parse_flags(argv):
-    """absl's own parser prints a usage hint under the error; one line is enough."""
+    """absl's parser, with one-line errors and flag files also found by name."""
     try:
+        argv = [argv[0]] + [flag_files.resolve_argument(a) for a in argv[1:]]
         return flags.FLAGS(argv)
-    except flags.Error as e:
+    except (flags.Error, DpuError) as e:
         fail(str(e))
     return None
 
@@ -146,29 +183,27 @@ def _import_tensorflow_quietly():
     should not bury its own messages under them. Import errors still surface,
     because stderr is restored before the exception propagates.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with native_output.muted():
+        import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
 
 def main(argv):
     if len(argv) > 1:
         fail(f"unexpected argument(s): {' '.join(argv[1:])} (flags start with --)")
+    native_output.set_verbose(_VERBOSE.value)
     try:
         config = config_from_flags().resolved()
+        # Data and folder problems surface before the slow TensorFlow import,
+        # and before anything is written.
+        data = load_dataset(config.dataset, config.validation_samples, config.seed,
+                            config.num_classes)
+        RoundSchedule(len(data.x_train), config.initial_samples, config.samples_per_round,
+                      config.rounds, config.seed)
+        if config.out_dir and config.strategy != "multi_worker":   # workers: in run()
+            run_folder.check(config.out_dir, config.resume, config.overwrite)
         if _DRY_RUN.value:
             print(json.dumps(config.to_dict(), indent=2))
             return
-        # Data problems surface before the slow TensorFlow import.
-        data = load_dataset(config.dataset, config.validation_samples, config.seed)
-        RoundSchedule(len(data.x_train), config.initial_samples, config.samples_per_round,
-                      config.rounds, config.seed)
         _import_tensorflow_quietly()
         from tf_dpu.rounds import run  # pylint: disable=import-outside-toplevel
         quiet = _QUIET.value

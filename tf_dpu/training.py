@@ -44,6 +44,11 @@ def learning_rate_at(schedule: str, base: float, epoch: int, epochs: int) -> flo
     return base
 
 
+def _any_count(t: tf.Tensor) -> tf.TensorSpec:
+    """The spec of `t` with any number of samples (first dimension)."""
+    return tf.TensorSpec([None, *t.shape[1:]], t.dtype)
+
+
 def make_optimizer(name: str, learning_rate: float, momentum: float):
     if name == "adam":
         return keras.optimizers.Adam(learning_rate)
@@ -96,7 +101,7 @@ class Trainer:
             from_logits=True, reduction=keras.losses.Reduction.NONE)
         self._rng = np.random.RandomState(seed)
         self._epoch_fns = {}
-        self._correct_fn = tf.function(self._correct, reduce_retracing=True)
+        self._correct_fns = {}
 
     # -- state ----------------------------------------------------------------
 
@@ -126,7 +131,7 @@ class Trainer:
         """
         self._forward = forward or self.model
         self._epoch_fns.clear()
-        self._correct_fn = tf.function(self._correct, reduce_retracing=True)
+        self._correct_fns.clear()
 
     def set_bounds(self, bounds: Optional[Sequence[Optional[np.ndarray]]]) -> None:
         """Keeps weights within ±bound after every step (None: unbounded).
@@ -205,13 +210,20 @@ class Trainer:
         order = tf.constant(self._rng.permutation(int(x.shape[0])).astype(np.int32))
         key = (bool(masked), bool(accumulate), bool(bn_training))
         if key not in self._epoch_fns:
+            # The training set grows every round: a signature with any number
+            # of samples traces each variant once, not once per round.
             self._epoch_fns[key] = tf.function(
-                lambda a, b, o: self._epoch(a, b, o, *key), reduce_retracing=True)
+                lambda a, b, o: self._epoch(a, b, o, *key),
+                input_signature=[_any_count(x), _any_count(y), tf.TensorSpec([None], tf.int32)])
         return float(self._epoch_fns[key](x, y, order))
 
     def accuracy(self, x: tf.Tensor, y: tf.Tensor) -> float:
         """Top-1 accuracy of the model's current weights (inference mode)."""
-        return float(self._correct_fn(x, y)) / int(x.shape[0])
+        key = (tuple(x.shape[1:]), x.dtype, y.dtype)
+        if key not in self._correct_fns:
+            self._correct_fns[key] = tf.function(
+                self._correct, input_signature=[_any_count(x), _any_count(y)])
+        return float(self._correct_fns[key](x, y)) / int(x.shape[0])
 
     def _epoch(self, x, y, order, masked, accumulate, bn_training):
         batch = self.batch_size

@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from tflite_edge import native_output
 from tflite_edge.errors import PatchError
 from tflite_edge.model_file import (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, INT8, INT32,
                                     ModelFile, Tensor)
@@ -38,17 +39,23 @@ def convert_int8(model, representative: np.ndarray) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
+    import logging as python_logging  # pylint: disable=import-outside-toplevel
     from absl import logging  # pylint: disable=import-outside-toplevel
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.WARNING)  # the converter logs every SavedModel step
+    tf_logger = python_logging.getLogger("tensorflow")
+    tf_level = tf_logger.level
+    tf_logger.setLevel(python_logging.WARNING)   # "Assets written to: /tmp/..."
     try:
         with warnings.catch_warnings():
             # "Statistics for quantized inputs were expected": the input range
             # comes from the representative data, which is what we want.
             warnings.simplefilter("ignore", UserWarning)
-            return converter.convert()
+            with native_output.muted():
+                return converter.convert()
     finally:
         logging.set_verbosity(verbosity)
+        tf_logger.setLevel(tf_level)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ the device verifies the same way (signature, round, base hash, result hash):
 
     python -m tflite_edge.fleet plan --run_dir=runs/x --device_round=3 --out=update/
     python -m tflite_edge.fleet plan --run_dir=runs/x --device_sha256=HEX --json
-    python -m tflite_edge.fleet simulate --run_dir=runs/x --devices=1000 --online=0.5
+    python -m tflite_edge.fleet simulate --run_dir=runs/x --devices=1000 --online=0.5 --out=sim.json
 
 Catch-up patches are built on demand and kept in `run_dir/fleet/`, so a
 thousand devices at round 3 cost one patch creation.
@@ -29,6 +29,7 @@ import sys
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+from absl import flags
 
 from tflite_edge import cli
 from tflite_edge.apply import apply_to, write_atomic
@@ -268,69 +269,86 @@ def format_table(results: Dict[str, Dict], model_bytes: int) -> str:
     return "\n".join(lines)
 
 
-def _parser():
-    parser = cli.Parser(prog="python -m tflite_edge.fleet", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=cli.Parser)
-    plan = commands.add_parser("plan", help="the cheapest update for one device")
-    plan.add_argument("--run_dir", required=True)
-    which = plan.add_mutually_exclusive_group(required=True)
-    which.add_argument("--device_round", type=int, help="the round the device reports")
-    which.add_argument("--device_sha256", help="the SHA-256 (hex) of the device's model")
-    plan.add_argument("--policy", default="cheapest", choices=POLICIES)
-    plan.add_argument("--out", help="folder to copy the update's patch files into, in order")
-    plan.add_argument("--sign_key", help="Ed25519 private key for patches built here")
-    plan.add_argument("--json", action="store_true",
-                      help="print the update as one JSON line (for a serving backend)")
-    sim = commands.add_parser("simulate", help="a fleet that misses rounds at random")
-    sim.add_argument("--run_dir", required=True)
-    sim.add_argument("--devices", type=int, default=1000)
-    sim.add_argument("--online", type=float, default=0.5,
-                     help="chance that a device is online at each release")
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--json", help="also write the results here")
-    sim.add_argument("--sign_key", help="Ed25519 private key for patches built here")
-    return parser
+def _define(values: flags.FlagValues) -> None:
+    flags.DEFINE_string("run_dir", None, "a run folder written with --export_tflite",
+                        flag_values=values)
+    flags.DEFINE_integer("device_round", None, "the round the device reports", lower_bound=0,
+                         flag_values=values)
+    flags.DEFINE_string("device_sha256", None, "the SHA-256 (hex) of the device's model",
+                        flag_values=values)
+    flags.DEFINE_enum("policy", "cheapest", POLICIES, "which update to send",
+                      flag_values=values)
+    flags.DEFINE_string("out", None, "plan: folder to copy the update's patch files into, in "
+                        "order; simulate: write the results here as JSON", flag_values=values)
+    flags.DEFINE_string("sign_key", None, "Ed25519 private key for patches built here",
+                        flag_values=values)
+    flags.DEFINE_bool("json", False, "plan: print the update as one JSON line (for a serving "
+                      "backend)", flag_values=values)
+    flags.DEFINE_integer("devices", 1000, "simulated devices", lower_bound=1,
+                         flag_values=values)
+    flags.DEFINE_float("online", 0.5, "chance that a device is online at each release",
+                       lower_bound=0.0, upper_bound=1.0, flag_values=values)
+    flags.DEFINE_integer("seed", 0, "seed of the simulation", flag_values=values)
+    flags.mark_flags_as_mutual_exclusive(["device_round", "device_sha256"], required=False,
+                                         flag_values=values)
+
+
+def _releases(values) -> Releases:
+    signer = None
+    if values["sign_key"].value:
+        from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
+        signer = load_signer(values["sign_key"].value)
+    return Releases(values["run_dir"].value, signer)
+
+
+def _plan(values) -> None:
+    if values["device_round"].value is None and values["device_sha256"].value is None:
+        raise PatchError("plan needs --device_round or --device_sha256")
+    releases = _releases(values)
+    try:
+        digest = (bytes.fromhex(values["device_sha256"].value)
+                  if values["device_sha256"].value else None)
+    except ValueError:
+        raise PatchError("--device_sha256 must be 64 hex digits") from None
+    device = releases.find(values["device_round"].value, digest)
+    update = releases.update(device, values["policy"].value)
+    if values["json"].value:
+        print(json.dumps({"policy": update.policy, "from_round": update.from_round,
+                          "to_round": update.to_round, "bytes": update.bytes,
+                          "patches": update.patches,
+                          "result_sha256": releases.latest.sha256.hex()}))
+        return
+    print(f"device at round {device.round}, latest round {releases.latest.round}: "
+          f"{update.policy}, {len(update.patches)} file(s), {update.bytes} bytes")
+    out = values["out"].value
+    if out:
+        os.makedirs(out, exist_ok=True)
+        for i, path in enumerate(update.patches):
+            with open(path, "rb") as f:
+                write_atomic(os.path.join(out, f"{i:02d}.patch"), f.read())
+        print(f"wrote {len(update.patches)} patch file(s) to {out}")
+
+
+def _simulate(values) -> None:
+    releases = _releases(values)
+    results = simulate(releases, values["devices"].value, values["online"].value,
+                       values["seed"].value)
+    print(format_table(results, releases.latest.size))
+    if values["out"].value:
+        write_atomic(values["out"].value, json.dumps(results, indent=2).encode())
+
+
+COMMANDS = {
+    "plan": cli.Command("the update for one device", ("run_dir",),
+                        ("device_round", "device_sha256", "policy", "out", "sign_key", "json"),
+                        _plan),
+    "simulate": cli.Command("a fleet that misses rounds at random", ("run_dir",),
+                            ("devices", "online", "seed", "out", "sign_key"), _simulate),
+}
 
 
 def main(argv=None) -> int:
-    return cli.run(_main, argv)
-
-
-def _main(argv) -> None:
-    args = _parser().parse_args(argv)
-    signer = None
-    if args.sign_key:
-        from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
-        signer = load_signer(args.sign_key)
-    releases = Releases(args.run_dir, signer)
-    if args.command == "plan":
-        try:
-            digest = bytes.fromhex(args.device_sha256) if args.device_sha256 else None
-        except ValueError:
-            raise PatchError("--device_sha256 must be 64 hex digits") from None
-        device = releases.find(args.device_round, digest)
-        update = releases.update(device, args.policy)
-        if args.json:
-            print(json.dumps({"policy": update.policy, "from_round": update.from_round,
-                              "to_round": update.to_round, "bytes": update.bytes,
-                              "patches": update.patches,
-                              "result_sha256": releases.latest.sha256.hex()}))
-            return
-        print(f"device at round {device.round}, latest round {releases.latest.round}: "
-              f"{update.policy}, {len(update.patches)} file(s), {update.bytes} bytes")
-        if args.out:
-            os.makedirs(args.out, exist_ok=True)
-            for i, path in enumerate(update.patches):
-                with open(path, "rb") as f:
-                    write_atomic(os.path.join(args.out, f"{i:02d}.patch"), f.read())
-            print(f"wrote {len(update.patches)} patch file(s) to {args.out}")
-    else:
-        if args.devices < 1 or not 0.0 <= args.online <= 1.0:
-            raise PatchError("--devices must be >= 1 and --online in [0, 1]")
-        results = simulate(releases, args.devices, args.online, args.seed)
-        print(format_table(results, releases.latest.size))
-        if args.json:
-            write_atomic(args.json, json.dumps(results, indent=2).encode())
+    return cli.run("tflite_edge.fleet", COMMANDS, _define, argv)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python -m tflite_edge.patch create --base=A.tflite --target=B.tflite --out=P [--round=N] [--sign_key=K]
     python -m tflite_edge.patch create --base=round_003/model.tflite --target=round_009/model.tflite --out=P
+    python -m tflite_edge.patch create --base=A.tflite --target=NEW.tflite --out=P --round=N --whole
     python -m tflite_edge.patch apply --base=A.tflite --patch=P --out=B.tflite [--public_key=K] [--state=S]
     python -m tflite_edge.patch apply --base=M.tflite --patch=P --initial_round=0   # a new device
     python -m tflite_edge.patch inspect --patch=P
@@ -13,56 +14,59 @@ Any failure prints one line and exits with status 2; the base file is left as it
 import os
 import sys
 
+from absl import flags
+
 from tflite_edge import cli, patch_format
 from tflite_edge.apply import (WHOLE_FILE_POLICIES, apply_patch_file, read_patch_file,
                                write_atomic)
-from tflite_edge.create import create_patch_files
+from tflite_edge.create import create_patch_files, create_whole_file_patch
+from tflite_edge.source import Source
 from tflite_edge.errors import PatchError
 from tflite_edge.positions import entropy_bound_bits
 
 
-def _parser():
-    parser = cli.Parser(prog="python -m tflite_edge.patch", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=cli.Parser)
-    create = commands.add_parser("create", help="diff two models into a patch")
-    create.add_argument("--base", required=True)
-    create.add_argument("--target", required=True)
-    create.add_argument("--out", required=True)
-    create.add_argument("--round", type=int,
-                        help="round the target belongs to (default: from a round_NNN folder "
-                        "holding --target)")
-    create.add_argument("--sign_key", help="Ed25519 private key (PEM) to sign with")
-    apply = commands.add_parser("apply", help="apply a patch to a model")
-    apply.add_argument("--base", required=True)
-    apply.add_argument("--patch", required=True)
-    apply.add_argument("--out", help="output model (default: replace --base safely)")
-    apply.add_argument("--public_key", help="refuse patches not signed by this key")
-    apply.add_argument("--state", help="device state file (round, model hash); default: the "
-                       "output model's path + .state")
-    apply.add_argument("--no_state", action="store_true",
-                       help="do not check or record the device's round")
-    apply.add_argument("--initial_round", type=int,
-                       help="initialise a new device: its model belongs to this round (refused "
-                       "once a state file exists)")
-    apply.add_argument("--whole_file", default="signed", choices=WHOLE_FILE_POLICIES,
-                       help="accept whole-file updates: only signed ones verified with "
-                       "--public_key (default), always, or never")
-    inspect = commands.add_parser("inspect", help="show a patch's header and records")
-    inspect.add_argument("--patch", required=True)
-    keygen = commands.add_parser("keygen", help="generate an Ed25519 key pair")
-    keygen.add_argument("--private", required=True)
-    keygen.add_argument("--public", required=True)
-    return parser
+def _define(values: flags.FlagValues) -> None:
+    def string(name, text):
+        flags.DEFINE_string(name, None, text, flag_values=values)
+    string("base", "the model the patch applies to (apply), or diffs from (create)")
+    string("target", "the model the patch must produce")
+    string("out", "the patch to write (create); the output model (apply; default: "
+           "replace --base safely)")
+    string("patch", "the patch file")
+    string("sign_key", "Ed25519 private key (PEM) to sign with")
+    string("public_key", "refuse patches not signed by this key (raw 32 bytes)")
+    string("state", "device state file (round, model hash); default: the output model's "
+           "path + .state")
+    string("private", "where keygen writes the private key (PEM)")
+    string("public", "where keygen writes the public key (raw 32 bytes)")
+    flags.DEFINE_integer("round", None, "round the target belongs to (default: from a "
+                         "round_NNN folder holding --target)", lower_bound=0,
+                         upper_bound=2 ** 32 - 1, flag_values=values)
+    flags.DEFINE_integer("initial_round", None, "initialise a new device: its model belongs "
+                         "to this round (refused once a state file exists)", lower_bound=0,
+                         upper_bound=2 ** 32 - 1, flag_values=values)
+    flags.DEFINE_bool("no_state", False, "do not check or record the device's round",
+                      flag_values=values)
+    flags.DEFINE_bool("whole", False, "create: replace the whole file (any size or "
+                      "structure) instead of diffing weights", flag_values=values)
+    flags.DEFINE_enum("whole_file", "signed", WHOLE_FILE_POLICIES, "apply: accept whole-file "
+                      "updates only from signed patches verified with --public_key, always, "
+                      "or never", flag_values=values)
+    flags.register_multi_flags_validator(
+        ["no_state", "state", "initial_round"],
+        lambda f: not f["no_state"] or (f["state"] is None and f["initial_round"] is None),
+        "--no_state excludes --state and --initial_round", flag_values=values)
 
 
-def _target_round(args) -> int:
+def _target_round(values: flags.FlagValues) -> int:
     """--round, or the NNN of the run folder round_NNN the target file sits in."""
-    if args.round is not None:
-        return args.round
-    folder = os.path.basename(os.path.dirname(os.path.abspath(args.target)))
+    if values["round"].value is not None:
+        return values["round"].value
+    target = values["target"].value
+    folder = os.path.basename(os.path.dirname(os.path.abspath(target)))
     if folder.startswith("round_") and folder[6:].isdigit():
         return int(folder[6:])
-    raise PatchError(f"give --round: {args.target} is not in a round_NNN folder")
+    raise PatchError(f"give --round: {target} is not in a round_NNN folder")
 
 
 def describe(data: bytes) -> str:
@@ -86,36 +90,57 @@ def describe(data: bytes) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    return cli.run(_main, argv)
-
-
-def _main(argv) -> None:
-    args = _parser().parse_args(argv)
-    if args.command == "create":
-        signer = None
-        if args.sign_key:
-            from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
-            signer = load_signer(args.sign_key)
-        data = create_patch_files(args.base, args.target, _target_round(args), signer)
-        write_atomic(args.out, data)
-        print(f"wrote {args.out}: {len(data)} bytes")
-    elif args.command == "apply":
-        key = None
-        if args.public_key:
-            from tflite_edge.signing import load_public_key  # pylint: disable=import-outside-toplevel
-            key = load_public_key(args.public_key)
-        state = None if args.no_state else (args.state or f"{args.out or args.base}.state")
-        patch = apply_patch_file(args.base, args.patch, args.out, key, state,
-                                 args.initial_round, args.whole_file)
-        print(f"wrote {args.out or args.base}: {patch.header.result_size} bytes, verified, "
-              f"round {patch.header.round}")
-    elif args.command == "inspect":
-        print(describe(read_patch_file(args.patch)))
+def _create(values) -> None:
+    signer = None
+    if values["sign_key"].value:
+        from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
+        signer = load_signer(values["sign_key"].value)
+    base, target, out = values["base"].value, values["target"].value, values["out"].value
+    if values["whole"].value:
+        with Source.open(base) as b, Source.open(target, "target") as t:
+            data = create_whole_file_patch(b, t, _target_round(values), signer)
     else:
-        from tflite_edge.signing import generate_keypair  # pylint: disable=import-outside-toplevel
-        generate_keypair(args.private, args.public)
-        print(f"wrote {args.private} (keep secret) and {args.public}")
+        data = create_patch_files(base, target, _target_round(values), signer)
+    write_atomic(out, data)
+    print(f"wrote {out}: {len(data)} bytes")
+
+
+def _apply(values) -> None:
+    key = None
+    if values["public_key"].value:
+        from tflite_edge.signing import load_public_key  # pylint: disable=import-outside-toplevel
+        key = load_public_key(values["public_key"].value)
+    base, out = values["base"].value, values["out"].value
+    state = None if values["no_state"].value else (values["state"].value or f"{out or base}.state")
+    patch = apply_patch_file(base, values["patch"].value, out, key, state,
+                             values["initial_round"].value, values["whole_file"].value)
+    print(f"wrote {out or base}: {patch.header.result_size} bytes, verified, "
+          f"round {patch.header.round}")
+
+
+def _inspect(values) -> None:
+    print(describe(read_patch_file(values["patch"].value)))
+
+
+def _keygen(values) -> None:
+    from tflite_edge.signing import generate_keypair  # pylint: disable=import-outside-toplevel
+    generate_keypair(values["private"].value, values["public"].value)
+    print(f"wrote {values['private'].value} (keep secret) and {values['public'].value}")
+
+
+COMMANDS = {
+    "create": cli.Command("diff two models into a patch", ("base", "target", "out"),
+                          ("round", "sign_key", "whole"), _create),
+    "apply": cli.Command("verify a patch and apply it to a model", ("base", "patch"),
+                         ("out", "public_key", "state", "no_state", "initial_round",
+                          "whole_file"), _apply),
+    "inspect": cli.Command("show a patch's header and records", ("patch",), (), _inspect),
+    "keygen": cli.Command("generate an Ed25519 key pair", ("private", "public"), (), _keygen),
+}
+
+
+def main(argv=None) -> int:
+    return cli.run("tflite_edge.patch", COMMANDS, _define, argv)
 
 
 if __name__ == "__main__":

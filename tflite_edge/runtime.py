@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from tflite_edge import native_output
+
 
 def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
@@ -10,7 +12,9 @@ def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 def logits(model_bytes: bytes, x: np.ndarray, batch: int = 256) -> np.ndarray:
     """The model's raw int8 outputs for float inputs `x` (quantized as the model asks)."""
     from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
-    interpreter = Interpreter(model_content=bytes(model_bytes))
+    with native_output.muted():   # "Created TensorFlow Lite XNNPACK delegate" on stderr
+        interpreter = Interpreter(model_content=bytes(model_bytes))
+        interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
     output = interpreter.get_output_details()[0]
     scale, zero_point = detail["quantization"]

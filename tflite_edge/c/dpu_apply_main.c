@@ -1,8 +1,8 @@
 /* Command-line driver for the C applier (host builds and tests):
- *   dpu_apply [--min-round N] [--public-key KEY] [--whole-file signed|always|never]
+ *   dpu_apply [--min_round N] [--public_key KEY] [--whole_file signed|always|never]
  *             [--bench REPEATS] BASE PATCH OUT
- *   dpu_apply --in-place [--min-round N] [--public-key KEY] MODEL PATCH MODEL
- *   dpu_apply --check-key KEY
+ *   dpu_apply --in_place [--min_round N] [--public_key KEY] MODEL PATCH MODEL
+ *   dpu_apply --check_key KEY
  *
  * It reads through the same callbacks a firmware would implement.
  * - Copy mode writes the result to a new temporary file beside OUT, flushes it
@@ -11,11 +11,11 @@
  *   link too: the link's target is what gets replaced). OUT may not be BASE.
  * - In-place mode (OUT must be BASE) patches the model where it lies, with the
  *   journal in MODEL.journal, and resumes after an interruption when run again.
- * --public-key (builds with -DDPU_WITH_OPENSSL) plugs OpenSSL's Ed25519 into the
+ * --public_key (builds with -DDPU_WITH_OPENSSL) plugs OpenSSL's Ed25519 into the
  * verify callback, as firmware would plug in its own library; KEY is exactly the
  * raw 32-byte public key, checked with dpu_check_public_key.
- * --whole-file: accept whole-file updates only from signed patches verified
- * with --public-key (signed, the default), always, or never.
+ * --whole_file: accept whole-file updates only from signed patches verified
+ * with --public_key (signed, the default), always, or never.
  * --bench applies the patch REPEATS times in one process and prints the
  * seconds per application (CPU time), for the benchmarks.
  * On any error one line goes to stderr and the exit status is 2. */
@@ -182,7 +182,7 @@ int main(int argc, char **argv) {
     printf("%lu\n", (unsigned long)sizeof(dpu_applier));
     return 0;
   }
-  if (argc == 3 && strcmp(argv[1], "--check-key") == 0) /* provisioning a key */
+  if (argc == 3 && strcmp(argv[1], "--check_key") == 0) /* provisioning a key */
     return load_key(argv[2], fs.public_key) ? 2 : 0;
   while (arg < argc && strncmp(argv[arg], "--", 2) == 0) {
     /* --name VALUE or --name=VALUE */
@@ -192,25 +192,25 @@ int main(int argc, char **argv) {
     if (length >= sizeof(name)) return fail("unknown option", argv[arg]);
     memcpy(name, argv[arg], length);
     name[length] = '\0';
-    if (strcmp(name, "--in-place") == 0 && !equals) {
+    if (strcmp(name, "--in_place") == 0 && !equals) {
       in_place = 1;
       arg += 1;
       continue;
     }
     if (!equals && arg + 1 >= argc) return fail("missing value after", argv[arg]);
     value = equals ? equals + 1 : argv[arg + 1];
-    if (strcmp(name, "--min-round") == 0) {
+    if (strcmp(name, "--min_round") == 0) {
       min_round = strtoul(value, NULL, 10);
-    } else if (strcmp(name, "--public-key") == 0) {
+    } else if (strcmp(name, "--public_key") == 0) {
 #ifndef DPU_WITH_OPENSSL
       return fail("this build has no signature support (build with OpenSSL)", NULL);
 #endif
       if (load_key(value, fs.public_key) != 0) return 2;
       with_key = 1;
-    } else if (strcmp(name, "--whole-file") == 0) {
+    } else if (strcmp(name, "--whole_file") == 0) {
       whole = value;
       if (strcmp(whole, "signed") && strcmp(whole, "always") && strcmp(whole, "never"))
-        return fail("--whole-file takes signed, always or never, not", whole);
+        return fail("--whole_file takes signed, always or never, not", whole);
     } else if (strcmp(name, "--bench") == 0) {
       repeats = strtoul(value, NULL, 10);
       if (repeats == 0) repeats = 1;
@@ -221,16 +221,16 @@ int main(int argc, char **argv) {
     arg += equals ? 1 : 2;
   }
   if (argc - arg != 3) {
-    fprintf(stderr, "usage: dpu_apply [--min-round N] [--public-key KEY] [--whole-file "
-                    "signed|always|never] [--in-place] BASE PATCH OUT\n");
+    fprintf(stderr, "usage: dpu_apply [--min_round N] [--public_key KEY] [--whole_file "
+                    "signed|always|never] [--in_place] BASE PATCH OUT\n");
     return 2;
   }
   if (strcmp(whole, "always") == 0 || (strcmp(whole, "signed") == 0 && with_key))
     options |= DPU_ALLOW_WHOLE_FILE;
   if (in_place && !same_file(argv[arg], argv[arg + 2]))
-    return fail("--in-place patches the model where it lies: OUT must be BASE", argv[arg + 2]);
+    return fail("--in_place patches the model where it lies: OUT must be BASE", argv[arg + 2]);
   if (!in_place && same_file(argv[arg], argv[arg + 2]))
-    return fail("OUT is BASE (use --in-place, or write elsewhere)", argv[arg + 2]);
+    return fail("OUT is BASE (use --in_place, or write elsewhere)", argv[arg + 2]);
   fs.base = fopen(argv[arg], in_place ? "r+b" : "rb");
   if (!fs.base) return fail("cannot open", argv[arg]);
   fs.patch = fopen(argv[arg + 1], "rb");
