@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: quickstart test benchmark notebooks clean
+.PHONY: quickstart test benchmark notebooks android clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ test: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python colab/refresh.py
 
+# The JVM patch applier for Android apps: tflite_edge/android/build/dpu-patch.jar,
+# built offline with Maven (its JUnit tests run too).
+android:
+	mvn -o -q -f tflite_edge/android/pom.xml package
+
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks --quick --out=benchmarks/results/quick.json
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build *.egg-info tflite_edge/android/build

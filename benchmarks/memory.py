@@ -23,6 +23,7 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
+from benchmarks import jvm
 from benchmarks.scaling import WIDTHS, _model
 
 # A 100M-parameter MLP as well, to show what grows with the model.
@@ -63,6 +64,7 @@ OPERATIONS = {
     "apply, streamed from files": "apply_patch_file(base, patch, out, state_path=None)",
     "apply, in memory": "apply_patch(read(base), read(patch))",
 }
+# (The JVM and C rows are measured by their own processes; see main.)
 
 
 def _probe(operation: str, paths) -> dict:
@@ -114,6 +116,13 @@ def main(argv):
             rows[name] = _probe(operation, paths)
             print(name, rows[name], flush=True)
         rows["apply, C applier (host driver)"] = _c_peak(paths, folder)
+        jar = jvm.build()
+        if jar:
+            java = jvm.bench(jar, paths[0], paths[2], 3, time_command=True)
+            rows["apply, JVM applier"] = {"rss_kb": java["rss_kb"],
+                                          "heap_kb": java["peak_heap_bytes"] // 1024,
+                                          "smallest_xmx_mb": jvm.smallest_heap(jar, paths[0],
+                                                                              paths[2])}
         with open(paths[3], "rb") as f:
             assert f.read() == target
     result = {"parameters": model.count_params(), "model_bytes": len(base),
@@ -121,7 +130,7 @@ def main(argv):
     mb = len(base) / 2 ** 20
     lines = [f"{result['parameters']:,} parameters, int8 file {len(base):,} bytes "
              f"({mb:.1f} MiB), k = {_RATIO.value:g}, patch {len(patch):,} bytes.\n",
-             "| operation | peak RSS above start | / model size | Python heap peak |",
+             "| operation | peak RSS above start | / model size | heap peak |",
              "|---|---:|---:|---:|"]
     for name, r in rows.items():
         if r["rss_kb"] is None:
@@ -129,8 +138,13 @@ def main(argv):
         heap = "" if r["heap_kb"] is None else f"{r['heap_kb'] / 1024:.1f} MiB"
         lines.append(f"| {name} | {r['rss_kb'] / 1024:.1f} MiB | "
                      f"{r['rss_kb'] / 1024 / mb:.2f} | {heap} |")
-    lines.append("\nPython rows: peak resident set above the process after its imports. "
-                 "C row: the whole process's peak resident set (GNU time).")
+    lines.append("\nPython rows: peak resident set above the process after its imports; "
+                 "heap: tracemalloc's peak. C row: the whole process's peak resident set (GNU "
+                 "time). JVM row: the whole JVM's peak resident set (GNU time, the runtime "
+                 "included); heap: the peak heap in use, sampled every millisecond "
+                 "(garbage not yet collected included)"
+                 + (f"; it applies the patch with -Xmx{rows['apply, JVM applier']['smallest_xmx_mb']}m, "
+                    "less than the model" if "apply, JVM applier" in rows else "") + ".")
     table = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
     with open(_OUT.value + ".json", "w") as f:

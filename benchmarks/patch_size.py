@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from benchmarks import jvm
+
 from tflite_edge import patch_format
 from tflite_edge.apply import apply_patch
 from tflite_edge.model_file import ELEMENT_DTYPES
@@ -75,7 +77,7 @@ def ratios(table: dict) -> dict:
 
 
 def apply_speed(base: bytes, patch: bytes, repeats: int = 20) -> dict:
-    """Model megabytes patched per second by the Python and the C applier."""
+    """Model megabytes patched per second by the Python, C and JVM appliers."""
     started = time.perf_counter()
     for _ in range(repeats):
         apply_patch(base, patch)
@@ -89,9 +91,14 @@ def apply_speed(base: bytes, patch: bytes, repeats: int = 20) -> dict:
         c_seconds = float(subprocess.run(
             [os.path.join(folder, "dpu_apply"), "--bench", str(repeats * 5), *paths],
             check=True, capture_output=True, text=True).stdout)
+        jar = jvm.build()
+        jvm_seconds = jvm.bench(jar, paths[0], paths[1], repeats * 5)["seconds"] if jar else None
     megabytes = len(base) / 1e6
-    return {"apply_mb_per_s_python": round(megabytes / python_seconds, 2),
-            "apply_mb_per_s_c": round(megabytes / c_seconds, 2)}
+    out = {"apply_mb_per_s_python": round(megabytes / python_seconds, 2),
+           "apply_mb_per_s_c": round(megabytes / c_seconds, 2)}
+    if jvm_seconds:
+        out["apply_mb_per_s_jvm"] = round(megabytes / jvm_seconds, 2)
+    return out
 
 
 def markdown(table: dict) -> str:

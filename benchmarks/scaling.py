@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from benchmarks import jvm
 from tflite_edge import patch_format
 from tflite_edge.apply import apply_patch
 from tflite_edge.convert import build_map, convert_int8, requantize
@@ -37,14 +38,16 @@ def _model(width: int, seed: int = 0):
                                                   bias_initializer="ones")(x))
 
 
-def _c_seconds(binary, base, patch, repeats):
+def _c_and_jvm_seconds(binary, jar, base, patch, repeats):
     with tempfile.TemporaryDirectory() as folder:
         paths = [os.path.join(folder, n) for n in ("base", "patch", "out")]
         for path, data in zip(paths, (base, patch)):
             with open(path, "wb") as f:
                 f.write(data)
-        return float(subprocess.run([binary, "--bench", str(repeats), *paths], check=True,
-                                    capture_output=True, text=True).stdout)
+        c = float(subprocess.run([binary, "--bench", str(repeats), *paths], check=True,
+                                 capture_output=True, text=True).stdout)
+        java = jvm.bench(jar, paths[0], paths[1], repeats)["seconds"] if jar else None
+        return c, java
 
 
 def measure(sizes=("10k", "100k", "1M", "10M"), ratios=(0.001, 0.01, 0.1)) -> list:
@@ -53,6 +56,7 @@ def measure(sizes=("10k", "100k", "1M", "10M"), ratios=(0.001, 0.01, 0.1)) -> li
     with tempfile.TemporaryDirectory() as build:
         subprocess.run(["make", "-s", "-C", _C_DIR, f"OUT={build}"], check=True)
         binary = os.path.join(build, "dpu_apply")
+        jar = jvm.build()
         for size in sizes:
             model = _model(WIDTHS[size])
             params = model.count_params()
@@ -75,23 +79,27 @@ def measure(sizes=("10k", "100k", "1M", "10M"), ratios=(0.001, 0.01, 0.1)) -> li
                 for _ in range(repeats):
                     apply_patch(base, patch)
                 python_s = (time.perf_counter() - started) / repeats
-                c_s = _c_seconds(binary, base, patch, repeats)
+                c_s, jvm_s = _c_and_jvm_seconds(binary, jar, base, patch, repeats)
                 changed = sum(len(r.positions) for r in patch_format.decode(patch).records)
                 rows.append({"model": size, "parameters": params, "ratio": k,
                              "model_bytes": len(base), "patch_bytes": len(patch),
                              "patch_fraction": round(len(patch) / len(base), 5),
                              "bytes_per_change": round(len(patch) / max(1, changed), 3),
                              "create_s": round(create_s, 4), "apply_python_s": round(python_s, 5),
-                             "apply_c_s": round(c_s, 5)})
+                             "apply_c_s": round(c_s, 5),
+                             "apply_jvm_s": round(jvm_s, 5) if jvm_s else None})
     return rows
 
 
 def markdown(rows) -> str:
     lines = ["| model | parameters | k | .tflite | patch | patch / file | bytes per change | "
-             "create | apply (Python) | apply (C) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "create | apply (Python) | apply (C) | apply (JVM) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        java = f"{r['apply_jvm_s'] * 1e3:.1f} ms" if r.get("apply_jvm_s") else "-"
         lines.append(f"| {r['model']} | {r['parameters']:,} | {r['ratio']:g} | "
                      f"{r['model_bytes']:,} | {r['patch_bytes']:,} | {r['patch_fraction']:.4f} | "
                      f"{r['bytes_per_change']:.2f} | {r['create_s'] * 1e3:.1f} ms | "
-                     f"{r['apply_python_s'] * 1e3:.1f} ms | {r['apply_c_s'] * 1e3:.1f} ms |")
+                     f"{r['apply_python_s'] * 1e3:.1f} ms | {r['apply_c_s'] * 1e3:.1f} ms | "
+                     f"{java} |")
     return "\n".join(lines) + "\n"

@@ -118,3 +118,25 @@ def exported_run(tmp_path_factory):
                        batch_size=64, seed=5, update_ratio=0.01, export_tflite=True,
                        out_dir=str(out))
     return run(config, progress=None, data=small), small
+
+
+ANDROID_DIR = os.path.join(ROOT, "tflite_edge", "android")
+JAR = os.path.join(ANDROID_DIR, "build", "dpu-patch.jar")
+
+
+@pytest.fixture(scope="session")
+def jar():
+    """The JVM applier's jar, built offline by Maven as `make android` does (JUnit runs too)."""
+    import shutil  # pylint: disable=import-outside-toplevel
+    if not (shutil.which("mvn") and shutil.which("java")):
+        missing_tool("the JDK and Maven")
+    proc = subprocess.run(["mvn", "-o", "-q", "-f", os.path.join(ANDROID_DIR, "pom.xml"),
+                           "package"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return JAR
+
+
+def run_jar(jar_path, *args, timeout=120):
+    """`java -jar dpu-patch.jar ARGS`; returns the process."""
+    return subprocess.run(["java", "-jar", jar_path, *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)

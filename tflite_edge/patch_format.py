@@ -298,7 +298,7 @@ def decode_records(envelope: Envelope, regions: Regions = None,
     data = envelope.data
     records: List[Record] = []
     previous_end = 0
-    known = regions() if regions is not None and h.record_count else None
+    known = None   # walked at the first elements record: a whole file needs none
     for _ in range(h.record_count):
         if at + 1 > end:
             raise PatchError("patch body ends before its last record")
@@ -306,6 +306,8 @@ def decode_records(envelope: Envelope, regions: Regions = None,
         if kind == KIND_WHOLE_FILE:
             record, at = _whole_file(data, at, end, h, allow_whole_file)
         elif kind == KIND_ELEMENTS:
+            if known is None and regions is not None:
+                known = regions()
             record, at = _elements(data, at, end, h, known)
         else:
             raise PatchError(f"unknown record kind {kind}")

@@ -1,0 +1,77 @@
+package org.tfdpu.patch;
+
+/** Constants and little-endian readers of the patch format (PATCH_FORMAT.md, version 2). */
+final class Format {
+  static final int VERSION = 2;
+  static final int FLAG_SIGNED = 1;
+  static final int HEADER_SIZE = 100;
+  static final int SIGNATURE_SIZE = 64;
+  static final int CHECKSUM_SIZE = 32;
+  static final int KIND_ELEMENTS = 1;
+  static final int KIND_WHOLE_FILE = 3;
+  static final int ELEMENTS_HEADER = 36;
+  static final int WHOLE_FILE_HEADER = 12;
+  static final int RICE = 0;
+  static final int BITMAP = 1;
+  static final int ALL = 2;
+  static final int VALUES_RAW = 0;
+  static final int VALUES_DELTA = 1;
+  static final int MAX_RICE_PARAMETER = 31;
+  static final long MAX_RECORDS = 1L << 20;
+  /** The body length is a 32-bit field: no patch is longer than this. */
+  static final long MAX_PATCH_SIZE = HEADER_SIZE + 0xffffffffL + SIGNATURE_SIZE + CHECKSUM_SIZE;
+
+  private Format() {}
+
+  /** Bytes per element of a TFLite TensorType, 0 for types a patch cannot carry. */
+  static int elementSize(int type) {
+    switch (type) {
+      case 0: return 4; // float32
+      case 2: return 4; // int32
+      case 3: return 1; // uint8
+      case 4: return 8; // int64
+      case 7: return 2; // int16
+      case 9: return 1; // int8
+      default: return 0;
+    }
+  }
+
+  static String typeName(int type) {
+    switch (type) {
+      case 0: return "float32";
+      case 2: return "int32";
+      case 3: return "uint8";
+      case 4: return "int64";
+      case 7: return "int16";
+      case 9: return "int8";
+      default: return "type " + type;
+    }
+  }
+
+  static int u8(byte[] b, int at) {
+    return b[at] & 0xff;
+  }
+
+  static int u16(byte[] b, int at) {
+    return (b[at] & 0xff) | (b[at + 1] & 0xff) << 8;
+  }
+
+  /** An unsigned 32-bit field, as a long. */
+  static long u32(byte[] b, int at) {
+    return (b[at] & 0xffL) | (b[at + 1] & 0xffL) << 8 | (b[at + 2] & 0xffL) << 16
+        | (b[at + 3] & 0xffL) << 24;
+  }
+
+  /** An unsigned 64-bit field; values of 2^63 and more come out negative. */
+  static long u64(byte[] b, int at) {
+    return u32(b, at) | u32(b, at + 4) << 32;
+  }
+
+  static String hex(byte[] digest, int bytes) {
+    StringBuilder out = new StringBuilder();
+    for (int i = 0; i < bytes; i++) {
+      out.append(String.format("%02x", digest[i] & 0xff));
+    }
+    return out.toString();
+  }
+}

@@ -1,0 +1,284 @@
+package org.tfdpu.patch;
+
+import java.io.IOException;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * The records of a patch: parsed, bounded and fully decoded once to validate
+ * them (nothing is kept per element), then decoded again while writing.
+ */
+final class Records {
+  /** Supplies the base's writable buffers, read at the first elements record. */
+  interface RegionSource {
+    Map<Long, Regions.Region> get() throws PatchException, IOException;
+  }
+
+  /** One record's fields (a whole-file record uses `dataAt` and `count`). */
+  static final class Record {
+    int kind;
+    int type;
+    int size;
+    int coding;
+    int k;
+    int valueCoding;
+    int valueK;
+    long buffer;
+    long offset;
+    long count;
+    long changed;
+    int positionsAt;
+    long positionBytes;
+    int valuesAt;
+    long valueBytes;
+
+    long span() {
+      return count * size;
+    }
+  }
+
+  private Records() {}
+
+  private static PatchException bad(String message) {
+    return new PatchException(PatchException.Reason.RECORD, message);
+  }
+
+  static List<Record> parse(byte[] patch, Header header, RegionSource regions,
+      boolean allowWholeFile) throws PatchException, IOException {
+    int at = Format.HEADER_SIZE;
+    int end = header.bodyEnd();
+    List<Record> records = new ArrayList<Record>();
+    Map<Long, Regions.Region> known = null;   // a whole-file patch needs none
+    long previousEnd = 0;
+    for (long r = 0; r < header.recordCount; r++) {
+      if (at + 1 > end) {
+        throw bad("patch body ends before its last record");
+      }
+      int kind = Format.u8(patch, at);
+      Record record;
+      if (kind == Format.KIND_WHOLE_FILE) {
+        record = wholeFile(patch, at, end, header, allowWholeFile);
+      } else if (kind == Format.KIND_ELEMENTS) {
+        if (known == null) {
+          known = regions.get();
+        }
+        record = elements(patch, at, end, known);
+      } else {
+        throw bad("unknown record kind " + kind);
+      }
+      if (record.offset < previousEnd) {
+        throw bad("records overlap or are not sorted by offset");
+      }
+      previousEnd = record.offset + record.span();
+      records.add(record);
+      at = record.kind == Format.KIND_WHOLE_FILE ? end
+          : (int) (record.valuesAt + record.valueBytes);
+    }
+    if (at != end) {
+      throw bad("patch body has " + (end - at) + " stray bytes after its records");
+    }
+    boolean whole = !records.isEmpty() && records.get(0).kind == Format.KIND_WHOLE_FILE;
+    if (!whole && header.baseSize != header.resultSize) {
+      throw bad("patch changes the file size; only a whole-file update may");
+    }
+    for (Record record : records) {
+      if (record.kind == Format.KIND_ELEMENTS) {
+        Cursor cursor = new Cursor(patch, record);
+        while (cursor.next()) {
+          // decoding every code is the check
+        }
+        cursor.end();
+      }
+    }
+    return records;
+  }
+
+  private static Record wholeFile(byte[] patch, int at, int end, Header header, boolean allowed)
+      throws PatchException {
+    if (!allowed) {
+      throw new PatchException(PatchException.Reason.WHOLE_FILE, "patch replaces the whole "
+          + "model, which this device does not accept (whole-file updates are refused by its "
+          + "configuration)");
+    }
+    if (header.recordCount != 1) {
+      throw bad("a whole-file record must be the patch's only record");
+    }
+    if (at + Format.WHOLE_FILE_HEADER > end) {
+      throw bad("patch body ends inside a record header");
+    }
+    if (patch[at + 1] != 0 || patch[at + 2] != 0 || patch[at + 3] != 0) {
+      throw bad("record has non-zero reserved bytes");
+    }
+    long length = Format.u64(patch, at + 4);
+    int dataAt = at + Format.WHOLE_FILE_HEADER;
+    if (length != header.resultSize || length != end - dataAt) {
+      throw bad("whole-file record holds " + Long.toUnsignedString(length) + " bytes; the "
+          + "header's result has " + Long.toUnsignedString(header.resultSize) + " and the body "
+          + (end - dataAt));
+    }
+    Record record = new Record();
+    record.kind = Format.KIND_WHOLE_FILE;
+    record.size = 1;
+    record.count = length;
+    record.changed = length;
+    record.valuesAt = dataAt;
+    record.valueBytes = length;
+    return record;
+  }
+
+  private static Record elements(byte[] patch, int at, int end, Map<Long, Regions.Region> known)
+      throws PatchException {
+    if (at + Format.ELEMENTS_HEADER > end) {
+      throw bad("patch body ends inside a record header");
+    }
+    Record r = new Record();
+    r.kind = Format.KIND_ELEMENTS;
+    r.type = Format.u8(patch, at + 1);
+    r.coding = Format.u8(patch, at + 2);
+    r.k = Format.u8(patch, at + 3);
+    r.valueCoding = Format.u8(patch, at + 4);
+    r.valueK = Format.u8(patch, at + 5);
+    r.buffer = Format.u32(patch, at + 8);
+    r.offset = Format.u64(patch, at + 12);
+    r.count = Format.u32(patch, at + 20);
+    r.changed = Format.u32(patch, at + 24);
+    r.positionBytes = Format.u32(patch, at + 28);
+    r.valueBytes = Format.u32(patch, at + 32);
+    if (patch[at + 6] != 0 || patch[at + 7] != 0) {
+      throw bad("record has non-zero reserved bytes");
+    }
+    // A Rice parameter is 0..31, and 0 for the codes without one.
+    if (r.k > Format.MAX_RICE_PARAMETER || (r.coding != Format.RICE && r.k != 0)
+        || r.valueK > Format.MAX_RICE_PARAMETER
+        || (r.valueCoding != Format.VALUES_DELTA && r.valueK != 0)) {
+      throw bad("record has a Rice parameter out of range (" + r.k + ", " + r.valueK + ")");
+    }
+    r.size = Format.elementSize(r.type);
+    if (r.size == 0) {
+      throw bad("record has unknown element type " + r.type);
+    }
+    Regions.Region region = known.get(r.buffer);
+    if (region == null || region.offset != r.offset || region.count() != r.count
+        || region.type != r.type) {
+      throw new PatchException(PatchException.Reason.REGION, "record for buffer " + r.buffer
+          + " (" + r.count + " " + Format.typeName(r.type) + " at offset "
+          + Long.toUnsignedString(r.offset) + ") is not one of this model's weight or bias "
+          + "buffers; a patch may write nowhere else");
+    }
+    if (r.changed > r.count || r.changed == 0) {
+      throw bad("record changes " + r.changed + " of " + r.count + " elements");
+    }
+    r.positionsAt = at + Format.ELEMENTS_HEADER;
+    if (r.positionsAt + r.positionBytes + r.valueBytes > end) {
+      throw bad("patch body ends inside a record's data");
+    }
+    r.valuesAt = (int) (r.positionsAt + r.positionBytes);
+    // Every count is bounded by the bytes that code it before anything is decoded.
+    if (r.valueCoding == Format.VALUES_RAW) {
+      if (r.valueBytes != r.changed * r.size) {
+        throw bad("raw values do not match the record's element count");
+      }
+    } else if (r.valueCoding == Format.VALUES_DELTA && r.size <= 4) {
+      if (r.changed * (1 + r.valueK) > 8 * r.valueBytes) {
+        throw bad("a value stream of " + r.valueBytes + " bytes cannot hold " + r.changed
+            + " codes");
+      }
+    } else {
+      throw bad("unknown value coding " + r.valueCoding);
+    }
+    if (r.coding == Format.ALL) {
+      if (r.changed != r.count || r.positionBytes != 0) {
+        throw bad("record codes all " + r.count + " elements but claims " + r.changed
+            + " with " + r.positionBytes + " position bytes");
+      }
+    } else if (r.coding == Format.BITMAP) {
+      if (r.positionBytes != (r.count + 7) / 8) {
+        throw bad("bitmap has the wrong length or bits past the buffer's end");
+      }
+    } else if (r.coding == Format.RICE) {
+      if (r.changed * (1 + r.k) > 8 * r.positionBytes) {
+        throw bad("a Rice stream of " + r.positionBytes + " bytes cannot hold " + r.changed
+            + " codes");
+      }
+    } else {
+      throw bad("unknown position coding " + r.coding);
+    }
+    return r;
+  }
+
+  /** Walks the changed elements of one elements record, in position order. */
+  static final class Cursor {
+    private final byte[] patch;
+    final Record record;
+    private final BitReader positions;
+    private final BitReader values;
+    private long index = -1;
+    long position = -1;
+    private long zigzag;
+
+    Cursor(byte[] patch, Record record) {
+      this.patch = patch;
+      this.record = record;
+      this.positions = new BitReader(patch, record.positionsAt, record.positionBytes);
+      this.values = new BitReader(patch, record.valuesAt, record.valueBytes);
+    }
+
+    /** Moves to the next changed element; false after the last. */
+    boolean next() throws PatchException {
+      if (++index >= record.changed) {
+        return false;
+      }
+      if (record.coding == Format.ALL) {
+        position = index;
+      } else if (record.coding == Format.BITMAP) {
+        do {
+          if (position + 1 >= record.count) {
+            throw bad("bitmap marks fewer elements than the record claims");
+          }
+          position++;
+        } while (positions.bit() == 0);
+      } else {
+        position = position + 1 + positions.rice(record.k, record.count);
+        if (position >= record.count) {
+          throw bad("position " + position + " is outside a buffer of " + record.count
+              + " elements");
+        }
+      }
+      if (record.valueCoding == Format.VALUES_DELTA) {
+        zigzag = values.rice(record.valueK, 1L << (8 * record.size));
+      }
+      return true;
+    }
+
+    /** After the last element: no stray bits in either stream. */
+    void end() throws PatchException {
+      if (record.coding != Format.ALL) {
+        positions.end(record.coding == Format.RICE);
+      }
+      if (record.valueCoding == Format.VALUES_DELTA) {
+        values.end(true);
+      }
+    }
+
+    /** Writes the current element's new bytes over its old ones at `out[at]`. */
+    void write(byte[] out, int at) {
+      int size = record.size;
+      if (record.valueCoding == Format.VALUES_RAW) {
+        System.arraycopy(patch, (int) (record.valuesAt + index * size), out, at, size);
+        return;
+      }
+      // (new - old) modulo the element width, zigzag-mapped: 0, -1, 1, -2, ...
+      long mask = size == 8 ? -1L : (1L << (8 * size)) - 1;
+      long step = (zigzag & 1) == 1 ? (mask - ((zigzag + 1) >>> 1) + 1) & mask : zigzag >>> 1;
+      long old = 0;
+      for (int i = 0; i < size; i++) {
+        old |= (out[at + i] & 0xffL) << (8 * i);
+      }
+      long value = (old + step) & mask;
+      for (int i = 0; i < size; i++) {
+        out[at + i] = (byte) (value >>> (8 * i));
+      }
+    }
+  }
+}
