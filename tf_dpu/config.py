@@ -11,14 +11,19 @@ from tf_dpu.errors import ConfigError
 
 METHODS = ("dpu", "gcpu", "lcpu", "rpu", "pruning", "fu")
 PARTIAL_METHODS = ("dpu", "gcpu", "lcpu", "rpu", "pruning")
-MODELS_FIXED = ("mlp", "cnn", "vgg")
+MODELS_FIXED = ("mlp", "cnn", "vgg", "mobilenet", "ds_cnn", "resnet8")
+MODEL_FILES = (".keras", ".h5")   # a user's own Keras model
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("auto", "step", "cosine", "constant")
 REINIT_RULES = ("auto", "doubling", "periodic", "off")
-BIAS_POLICIES = ("full", "masked", "frozen")
+BIAS_POLICIES = ("auto", "full", "masked", "frozen")
+TFLITE_IO = ("int8", "uint8")
 INITIAL_DEPLOYMENTS = ("full", "partial")
 FU_INITS = ("same_init", "last_round", "diff_init")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+
+# Built-in architectures with BatchNorm (and any resnet<6n+2>).
+_BATCH_NORM_MODELS = ("vgg", "mobilenet", "ds_cnn", "resnet8")
 
 # The contribution mix is what distinguishes DPU from its two ablations.
 _FIXED_MIX = {"gcpu": 1.0, "lcpu": 0.0}
@@ -51,6 +56,7 @@ class RunConfig:
 
     dataset: str = "mnist"
     model: str = "mlp"
+    width_multiplier: float = 0.25
     method: str = "dpu"
     initializer: str = "glorot"
     update_ratio: float = 0.01
@@ -69,7 +75,7 @@ class RunConfig:
     contribution_mix: Optional[float] = None
     reinit: str = "auto"
     reinit_period: int = 0
-    bias_policy: str = "full"
+    bias_policy: str = "auto"
     initial_deployment: str = "full"
     fu_init: str = "same_init"
     iterative: bool = False
@@ -78,6 +84,9 @@ class RunConfig:
     seed: int = 0
     deterministic: bool = True
     export_tflite: bool = False
+    tflite_io: str = "int8"
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
     qat: bool = False
     budget_bytes: Optional[int] = None
     int8_headroom: float = 1.5
@@ -116,16 +125,50 @@ class RunConfig:
         if schedule == "auto":
             schedule = "step" if self.optimizer == "adam" else "cosine"
         single = self.single_step_epochs or 2 * self.epochs
-        return dataclasses.replace(self, contribution_mix=mix, reinit=reinit,
-                                   lr_schedule=schedule, single_step_epochs=single)
+        resolved = dataclasses.replace(self, contribution_mix=mix, reinit=reinit,
+                                       lr_schedule=schedule, single_step_epochs=single)
+        if not self.model_file:   # a model file's layers are known once it is loaded
+            resolved = resolved.with_model(self.model in _BATCH_NORM_MODELS
+                                           or is_resnet(self.model))
+        return resolved
+
+    def with_model(self, has_batch_norm: bool) -> "RunConfig":
+        """The settings that depend on the model's layers, resolved and checked.
+
+        An exported model with BatchNorm keeps its BatchNorm parameters frozen
+        after round 0 by default (`--bias_policy=auto`): the converter folds
+        them into the kernels, so a changed gamma or variance would change a
+        whole channel of the int8 file. `full` trains them and sends what
+        changes (measured: the patch grows to most of the file); `masked`
+        would let them compete element by element with kernels and is refused.
+        """
+        policy = self.bias_policy
+        if policy == "auto":
+            policy = "frozen" if self.export_tflite and has_batch_norm else "full"
+        if self.export_tflite and has_batch_norm:
+            if policy == "masked":
+                raise ConfigError("--bias_policy=masked would let BatchNorm parameters compete "
+                                  "with single kernel elements, but the int8 file folds each "
+                                  "into a whole channel; use frozen (the default for exported "
+                                  "BatchNorm models) or full")
+            if self.qat:
+                raise ConfigError("--qat does not support models with BatchNorm (the device's "
+                                  "kernels are folded with it)")
+            if self.budget_bytes and policy != "frozen":
+                raise ConfigError("--budget_bytes with a BatchNorm model needs "
+                                  "--bias_policy=frozen (a BatchNorm change costs a channel)")
+        return dataclasses.replace(self, bias_policy=policy)
 
     def validate(self) -> None:
         """Raises ConfigError with a one-line message on the first bad setting."""
         _one_of("method", self.method, METHODS)
-        if self.model not in MODELS_FIXED and not is_resnet(self.model):
+        if self.model not in MODELS_FIXED and not is_resnet(self.model) and not self.model_file:
             raise ConfigError(
-                f"--model={self.model!r} is not one of mlp, cnn, vgg, resnet<6n+2> "
-                "(resnet20, resnet56, ...)")
+                f"--model={self.model!r} is not one of {', '.join(MODELS_FIXED)}, "
+                "resnet<6n+2> (resnet20, resnet56, ...), or a Keras model file (.keras, .h5)")
+        if not 0.0 < self.width_multiplier <= 4.0:
+            raise ConfigError(f"--width_multiplier must be in (0, 4], got "
+                              f"{self.width_multiplier!r}")
         if not isinstance(self.update_ratio, (int, float)) or not (
                 0.0 < self.update_ratio <= 1.0) or math.isnan(self.update_ratio):
             raise ConfigError(
@@ -166,9 +209,11 @@ class RunConfig:
                 f"--iterative_decay must be in (0, 1), got {self.iterative_decay!r}")
         if self.iterative and self.method not in ("dpu", "gcpu", "lcpu"):
             raise ConfigError("--iterative applies to dpu, gcpu and lcpu only")
-        if self.export_tflite and (self.model == "vgg" or is_resnet(self.model)):
-            raise ConfigError(f"--export_tflite does not support --model={self.model} yet "
-                              "(its BatchNorm is folded into the int8 weights)")
+        _one_of("tflite_io", self.tflite_io, TFLITE_IO)
+        if not 0.0 <= self.bn_momentum < 1.0:
+            raise ConfigError(f"--bn_momentum must be in [0, 1), got {self.bn_momentum!r}")
+        if not 0.0 < self.bn_epsilon <= 1.0:
+            raise ConfigError(f"--bn_epsilon must be in (0, 1], got {self.bn_epsilon!r}")
         if self.export_tflite and not self.out_dir:
             raise ConfigError("--export_tflite needs --out_dir")
         if not 1.0 <= self.int8_headroom <= 16.0:
@@ -207,6 +252,11 @@ class RunConfig:
             raise ConfigError("--logical_cpus splits the CPU for --strategy=mirrored only")
         if self.method == "fu" and self.reinit not in ("auto", "off"):
             raise ConfigError("--method=fu chooses its start with --fu_init, not --reinit")
+
+    @property
+    def model_file(self) -> bool:
+        """Whether `model` names a Keras model file of the user's."""
+        return self.model.endswith(MODEL_FILES)
 
     def budget(self, total_elements: int) -> int:
         """The most kernel elements a partial round may change: ceil(k * I)."""

@@ -25,6 +25,45 @@ _MNIST_MEAN, _MNIST_STD = 0.1307, 0.3081
 
 
 @dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How a raw sample becomes the model's input: (raw * scale - mean) / std.
+
+    `mean` and `std` are scalars or per-channel arrays (the last axis). The
+    exported `.tflite` applies this inside its graph, so a device feeds its
+    raw samples (pixels as bytes); `to_raw` gives them back for the tests and
+    the on-device accuracy.
+
+    Attributes:
+      scale: e.g. 1/255 for 8-bit pixels.
+      mean, std: the standardisation, after scaling.
+      raw_dtype: `uint8` for pixels, `float32` for other features.
+    """
+
+    scale: float = 1.0
+    mean: object = 0.0
+    std: object = 1.0
+    raw_dtype: str = "float32"
+
+    @property
+    def identity(self) -> bool:
+        return (self.scale == 1.0 and not np.any(self.mean) and np.all(np.asarray(self.std) == 1)
+                and self.raw_dtype == "float32")
+
+    def affine(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(a, b) with input = raw * a + b."""
+        std = np.asarray(self.std, np.float64)
+        return ((self.scale / std).astype(np.float32),
+                (-np.asarray(self.mean, np.float64) / std).astype(np.float32))
+
+    def to_raw(self, x: np.ndarray) -> np.ndarray:
+        """The raw samples of model inputs `x` (exact for integer raw data)."""
+        raw = (x.astype(np.float64) * np.asarray(self.std) + np.asarray(self.mean)) / self.scale
+        if self.raw_dtype == "uint8":
+            raw = np.clip(np.round(raw), 0, 255)
+        return raw.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
 class Dataset:
     """A training pool and fixed validation and test splits, ready to train on.
 
@@ -34,6 +73,7 @@ class Dataset:
       x_val, y_val: validation split (checkpoint choice), taken out of the test set.
       x_test, y_test: what results are reported on.
       num_classes: number of label values.
+      preprocessing: how raw samples became the inputs (default: they are raw).
     """
 
     name: str
@@ -44,6 +84,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    preprocessing: Preprocessing = Preprocessing()
 
     @property
     def input_shape(self) -> Tuple[int, ...]:
@@ -69,13 +110,13 @@ def load_dataset(spec: str, validation_samples: int, seed: int,
         labels outside the classes.
     """
     if spec == "mnist":
-        x_train, y_train, x_test, y_test = _mnist()
+        x_train, y_train, x_test, y_test, preprocessing = _mnist()
     elif spec == "mnist1d":
-        x_train, y_train, x_test, y_test = _mnist1d()
+        x_train, y_train, x_test, y_test, preprocessing = _mnist1d()
     elif spec == "digits":
-        x_train, y_train, x_test, y_test = _digits()
+        x_train, y_train, x_test, y_test, preprocessing = _digits()
     elif spec.startswith("npz:"):
-        x_train, y_train, x_test, y_test = _npz(spec[4:])
+        x_train, y_train, x_test, y_test, preprocessing = _npz(spec[4:])
     else:
         raise DataError(f"unknown data set {spec!r}; use one of {', '.join(DATASETS)}")
     if validation_samples >= len(x_test):
@@ -86,7 +127,7 @@ def load_dataset(spec: str, validation_samples: int, seed: int,
     val, test = order[:validation_samples], np.sort(order[validation_samples:])
     num_classes = check_labels(spec, y_train, y_test, num_classes)
     return Dataset(spec, x_train, y_train, x_test[np.sort(val)], y_test[np.sort(val)],
-                   x_test[test], y_test[test], num_classes)
+                   x_test[test], y_test[test], num_classes, preprocessing)
 
 
 def check_labels(name: str, y_train: np.ndarray, y_test: np.ndarray,
@@ -146,7 +187,8 @@ def _mnist():
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
     x = (table[:, :-1] / 255.0 - _MNIST_MEAN) / _MNIST_STD
     y = table[:, -1].astype(np.int32)
-    return _split_rows(x.reshape(-1, 28, 28, 1).astype(np.float32), y, 1000)
+    return (*_split_rows(x.reshape(-1, 28, 28, 1).astype(np.float32), y, 1000),
+            Preprocessing(1 / 255.0, _MNIST_MEAN, _MNIST_STD, "uint8"))
 
 
 def _mnist1d():
@@ -156,14 +198,16 @@ def _mnist1d():
     x_test = generated["x_test"].astype(np.float32)
     mean, std = x_train.mean(), x_train.std()
     return ((x_train - mean) / std, generated["y"].astype(np.int32),
-            (x_test - mean) / std, generated["y_test"].astype(np.int32))
+            (x_test - mean) / std, generated["y_test"].astype(np.int32),
+            Preprocessing(1.0, float(mean), float(std)))
 
 
 def _digits():
     from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
-    return _split_rows(x, digits.target.astype(np.int32), 500)
+    return (*_split_rows(x, digits.target.astype(np.int32), 500),
+            Preprocessing(1 / 16.0, 0.0, 1.0, "uint8"))
 
 
 def _npz(path):
@@ -211,7 +255,8 @@ def _npz(path):
     mean = x_train.mean(axis=axes)
     std = np.maximum(x_train.std(axis=axes), 1e-6)
     return ((x_train - mean) / std, y_train.reshape(-1).astype(np.int32),
-            (x_test - mean) / std, y_test.reshape(-1).astype(np.int32))
+            (x_test - mean) / std, y_test.reshape(-1).astype(np.int32),
+            Preprocessing(1 / scale, mean, std, "uint8" if scale == 255.0 else "float32"))
 
 
 class RoundSchedule:

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from tf_dpu.data import Preprocessing
 from tflite_edge.apply import write_atomic
 from tflite_edge.convert import (PatchCost, build_map, convert_int8, int8_accuracy,
                                  kernel_bounds, requantize, with_headroom)
@@ -23,18 +24,29 @@ _CALIBRATION_SAMPLES = 100
 class TfliteExport:
     """Writes `round_NNN/model.tflite` and `round_NNN/update.patch` as rounds finish.
 
+    The files are device-ready: one sample at a time (static batch 1), the
+    data set's raw samples as input (its preprocessing runs in the graph),
+    int8 or uint8 input and output.
+
     Args:
       model: the Keras model (its weights are set to each round's deployment).
-      x_test, y_test: where the deployed int8 accuracy is measured.
+      x_test, y_test: where the deployed int8 accuracy is measured (model
+        inputs; the device is fed their raw samples).
       signer: optional callable(bytes) -> Ed25519 signature for the patches.
       headroom: factor by which round 0's weight scales are widened.
+      preprocessing: the data set's `tf_dpu.data.Preprocessing`.
+      io_type: `int8` or `uint8`.
     """
 
     def __init__(self, model, x_test: np.ndarray, y_test: np.ndarray, signer=None,
-                 headroom: float = 1.0):
+                 headroom: float = 1.0, preprocessing: Preprocessing = Preprocessing(),
+                 io_type: str = "int8"):
         self.model = model
         self.headroom = headroom
-        self.x_test, self.y_test = x_test, y_test
+        self.preprocessing = preprocessing
+        self.input_affine = None if preprocessing.identity else preprocessing.affine()
+        self.io_type = io_type
+        self.x_test, self.y_test = preprocessing.to_raw(x_test), y_test
         self.signer = signer
         self.mapping = None
         self.file: Optional[bytes] = None
@@ -62,11 +74,13 @@ class TfliteExport:
         record = {"patch_bytes": 0, "int8_changed": 0, "clipped_fraction": 0.0}
         if self.file is None:
             self.model.set_weights(weights)
-            converted = convert_int8(self.model, calibration[:_CALIBRATION_SAMPLES])
-            converted = with_headroom(converted, build_map(self.model, ModelFile(converted)),
-                                      weights, self.headroom)
+            raw = self.preprocessing.to_raw(calibration[:_CALIBRATION_SAMPLES])
+            converted = convert_int8(self.model, raw, self.input_affine, self.io_type)
+            mapping = build_map(self.model, ModelFile(converted), self.input_affine)
+            converted = with_headroom(converted, mapping, weights, self.headroom)
             self.file = converted
-            self.mapping = build_map(self.model, ModelFile(self.file))  # verifies the widening
+            # verifies the widening
+            self.mapping = build_map(self.model, ModelFile(self.file), self.input_affine)
             self.accuracy = int8_accuracy(self.file, self.x_test, self.y_test)
             sent_bytes = len(self.file)
         elif sent:
@@ -83,6 +97,6 @@ class TfliteExport:
             sent_bytes = 0
         self.weights = [w.copy() for w in weights]
         write_atomic(os.path.join(folder, "model.tflite"), self.file)
-        record.update(int8_headroom=self.headroom,tflite_test_accuracy=self.accuracy, tflite_bytes=len(self.file),
-                      sent_bytes=sent_bytes)
+        record.update(int8_headroom=self.headroom, tflite_test_accuracy=self.accuracy,
+                      tflite_bytes=len(self.file), sent_bytes=sent_bytes)
         return record

@@ -133,8 +133,14 @@ def frozen_qat_model(model: keras.Model, mapping, model_file) -> keras.Model:
       ConfigError: a model that is not a chain of layers.
     """
     by_layer = {entry.layer: entry for entry in mapping}
+    if any(e.batch_norm is not None or e.input_affine is not None for e in mapping):
+        raise ConfigError("--qat supports models whose int8 kernels are their Keras kernels "
+                          "(no BatchNorm or input preprocessing folded into them)")
+    first = next(by_layer[l.name] for l in model.layers if l.name in by_layer)
+    # The device's first weight layer reads its input on this grid (after the
+    # raw-input preprocessing, which runs in the file).
     inputs = keras.Input(shape=model.input_shape[1:])
-    x = _InputQuantizer(FrozenRangeQuantizer(*_range(model_file.tensors[model_file.inputs[0]])),
+    x = _InputQuantizer(FrozenRangeQuantizer(*_range(first.input_tensor)),
                         name="quantize_input")(inputs)
     previous = model.layers[0]
     for layer in model.layers[1:]:

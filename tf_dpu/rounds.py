@@ -22,7 +22,7 @@ import tensorflow as tf
 from tf_dpu import distribute, methods, run_folder, selection
 from tf_dpu.config import PARTIAL_METHODS, RunConfig
 from tf_dpu.data import Dataset, RoundSchedule, check_dataset, load_dataset
-from tf_dpu.models import build_model
+from tf_dpu.user_models import ModelSource
 from tf_dpu.checkpoints import EpochCheckpoints
 from tf_dpu.errors import ConfigError
 from tf_dpu.outputs import (RunWriter, format_table, load_resume_state, load_weights,
@@ -59,7 +59,7 @@ def _tensors(x, y):
 
 
 def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
-        data: Optional[Dataset] = None) -> RunResult:
+        data: Optional[Dataset] = None, model=None) -> RunResult:
     """Runs all rounds of one method and returns (and, with out_dir, writes) the records.
 
     Args:
@@ -68,6 +68,11 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
         for silence.
       data: an already loaded data set (skips `config.dataset`), e.g. for
         notebooks and tests that build their own.
+      model: your own model instead of `config.model`: a `tf_keras` model
+        (the run trains a copy; its weights are round 0's starting point w0)
+        or a builder `f(input_shape, num_classes, seed) -> keras.Model` (also
+        what `--fu_init=diff_init` draws new initializations from). Checked up
+        front (`tf_dpu.user_models`).
 
     Returns:
       A `RunResult`; `rounds` holds one dict per round with the fields of
@@ -106,21 +111,23 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
         run_folder.check(config.out_dir, config.resume, config.overwrite, ignore=shared)
     # Multi-worker collectives must be set up before TensorFlow does anything else.
     strategy = distribute.make_strategy(config.strategy, config.logical_cpus)
-    if config.out_dir:
-        run_folder.claim(config.out_dir, config.overwrite, keep=shared)
-        if shared and config.overwrite:
-            run_folder.prune_workers(config.out_dir, task.workers - task.has_chief)
     with strategy.scope():
-        return _run(config, strategy, progress or (lambda line: None), data, schedule, signer)
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        tf.random.set_seed(config.seed)
+        source = ModelSource(config, data.input_shape, data.num_classes, model)
+        config = config.with_model(source.has_batch_norm)
+        if config.out_dir:
+            run_folder.claim(config.out_dir, config.overwrite, keep=shared)
+            if shared and config.overwrite:
+                run_folder.prune_workers(config.out_dir, task.workers - task.has_chief)
+        return _run(config, strategy, progress or (lambda line: None), data, schedule, signer,
+                    source)
 
 
 def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
-         schedule: RoundSchedule, signer) -> RunResult:
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    tf.random.set_seed(config.seed)
-    model = build_model(config.model, data.input_shape, data.num_classes, config.seed,
-                        config.initializer)
+         schedule: RoundSchedule, signer, source: ModelSource) -> RunResult:
+    model = source.model
     layout = Layout(model)
     trainer = Trainer(model, layout, optimizer=config.optimizer,
                       learning_rate=config.learning_rate, momentum=config.momentum,
@@ -142,7 +149,8 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
         save_weights(model, w0, f"{config.out_dir}/init")
     if config.export_tflite:
         from tf_dpu.deployment import TfliteExport  # pylint: disable=import-outside-toplevel
-        export = TfliteExport(model, data.x_test, data.y_test, signer, config.int8_headroom)
+        export = TfliteExport(model, data.x_test, data.y_test, signer, config.int8_headroom,
+                              data.preprocessing, config.tflite_io)
     say(f"{config.method} on {config.dataset} ({len(data.x_train)} pool, "
         f"{len(data.x_val)} val, {len(data.x_test)} test), model {config.model}: "
         f"I = {total} kernel elements, budget ceil(k*I) = {budget} per partial round")
@@ -176,10 +184,7 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             config=config, trainer=trainer, layout=layout, index=r, x=x, y=y,
             x_val=x_val, y_val=y_val, start=w0 if reinit or r == 0 else deployed, w0=w0,
             budget=budget, rng=np.random.RandomState([config.seed, r]),
-            fresh_init=lambda r=r: build_model(config.model, data.input_shape,
-                                               data.num_classes,
-                                               config.seed + 7919 * (r + 1),
-                                               config.initializer).get_weights(),
+            fresh_init=lambda r=r: source.build(config.seed + 7919 * (r + 1)).get_weights(),
             progress=say)
         # Mid-round checkpoints are time-based, so workers would hold different
         # epochs; a multi-worker run resumes at round boundaries instead.
@@ -201,7 +206,7 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
         best = (methods.full_training(ctx, w0) if full and config.method != "fu"
                 else methods.METHODS[config.method](ctx))
         sent = should_send(best.val_accuracy, deployed_val, best.weights)
-        record = {"round": r, "train_samples": size}
+        record = {"round": r, "train_samples": size, "parameters": model.count_params()}
         if sent:
             # What the device builds the update on: nothing (pruning sends a whole
             # sparse model), w0 (round 0, re-initialized rounds) or its model.
@@ -299,7 +304,8 @@ def _restore_export(export, trainer: Trainer, model, config: RunConfig, deployed
     first = round_dir(config.out_dir, 0)
     model.set_weights(load_weights(model, first))
     with open(os.path.join(first, "model.tflite"), "rb") as f:
-        export.mapping = build_map(model, ModelFile(f.read()))  # verifies it again
+        export.mapping = build_map(model, ModelFile(f.read()),
+                                   export.input_affine)  # verifies it again
     with open(os.path.join(round_dir(config.out_dir, finished[-1]["round"]),
                            "model.tflite"), "rb") as f:
         export.file = f.read()

@@ -22,7 +22,17 @@ from tflite_edge.errors import PatchError
 _D = cfg.RunConfig()  # the defaults live in one place: RunConfig
 
 _DATASET = flags.DEFINE_string("dataset", _D.dataset, "mnist | mnist1d | digits | npz:PATH")
-_MODEL = flags.DEFINE_string("model", _D.model, "mlp | cnn | vgg | resnet<6n+2>")
+_MODEL = flags.DEFINE_string(
+    "model", _D.model, "mlp | cnn | vgg | mobilenet | ds_cnn | resnet8 | resnet<6n+2> | a Keras "
+    "model file (PATH.keras, PATH.h5)")
+_WIDTH = flags.DEFINE_float("width_multiplier", _D.width_multiplier,
+                            "MobileNet's alpha: every layer's filters times this",
+                            lower_bound=0.0, upper_bound=4.0)
+_BN_MOMENTUM = flags.DEFINE_float(
+    "bn_momentum", _D.bn_momentum, "BatchNorm moving-average momentum (0.9: PyTorch's default "
+    "and the reference's; Keras' is 0.99)", lower_bound=0.0, upper_bound=1.0)
+_BN_EPSILON = flags.DEFINE_float("bn_epsilon", _D.bn_epsilon, "BatchNorm epsilon (1e-5: "
+                                 "PyTorch's default; Keras' is 1e-3)", lower_bound=0.0)
 _METHOD = flags.DEFINE_enum("method", _D.method, cfg.METHODS, "the update method")
 _INITIALIZER = flags.DEFINE_enum(
     "initializer", _D.initializer, ("glorot", "torch"), "glorot (Keras default) | torch "
@@ -64,7 +74,8 @@ _REINIT_PERIOD = flags.DEFINE_integer("reinit_period", _D.reinit_period,
                                       "rounds between re-initializations (periodic)",
                                       lower_bound=0)
 _BIAS = flags.DEFINE_enum("bias_policy", _D.bias_policy, cfg.BIAS_POLICIES,
-                          "how biases and BatchNorm update")
+                          "how biases and BatchNorm update (auto: frozen for an exported model "
+                          "with BatchNorm, full otherwise)")
 _INITIAL_DEPLOYMENT = flags.DEFINE_enum(
     "initial_deployment", _D.initial_deployment, cfg.INITIAL_DEPLOYMENTS,
     "full: round 0 trains and ships the whole model; partial: the reference's "
@@ -82,6 +93,9 @@ _DETERMINISTIC = flags.DEFINE_bool("deterministic", _D.deterministic,
                                    "TensorFlow op determinism (same seed, same bits)")
 _EXPORT = flags.DEFINE_bool("export_tflite", False,
                             "write round_NNN/model.tflite (int8) and update.patch per round")
+_TFLITE_IO = flags.DEFINE_enum("tflite_io", _D.tflite_io, cfg.TFLITE_IO,
+                               "type of the exported file's input and output (Coral's examples "
+                               "feed uint8)")
 _HEADROOM = flags.DEFINE_float(
     "int8_headroom", 1.5, "widen round 0's int8 weight scales by this factor, so later "
     "partial updates have room to grow without clipping", lower_bound=1.0, upper_bound=16.0)
@@ -139,6 +153,8 @@ flags.register_multi_flags_validator(
 def config_from_flags() -> cfg.RunConfig:
     return cfg.RunConfig(
         dataset=_DATASET.value, model=_MODEL.value, method=_METHOD.value,
+        width_multiplier=_WIDTH.value, bn_momentum=_BN_MOMENTUM.value,
+        bn_epsilon=_BN_EPSILON.value, tflite_io=_TFLITE_IO.value,
         initializer=_INITIALIZER.value,
         update_ratio=_D.update_ratio if _UPDATE_RATIO.value is None else _UPDATE_RATIO.value,
         rounds=_ROUNDS.value, num_classes=_NUM_CLASSES.value, overwrite=_OVERWRITE.value,
@@ -201,10 +217,14 @@ def main(argv):
                       config.rounds, config.seed)
         if config.out_dir and config.strategy != "multi_worker":   # workers: in run()
             run_folder.check(config.out_dir, config.resume, config.overwrite)
-        if _DRY_RUN.value:
-            print(json.dumps(config.to_dict(), indent=2))
-            return
         _import_tensorflow_quietly()
+        if _DRY_RUN.value:
+            # The model too: a built-in one is built for the data, a user's
+            # file loaded and checked.
+            from tf_dpu.user_models import ModelSource  # pylint: disable=import-outside-toplevel
+            source = ModelSource(config, data.input_shape, data.num_classes)
+            print(json.dumps(config.with_model(source.has_batch_norm).to_dict(), indent=2))
+            return
         from tf_dpu.rounds import run  # pylint: disable=import-outside-toplevel
         quiet = _QUIET.value
         result = run(config, data=data, progress=(lambda line: None) if quiet else

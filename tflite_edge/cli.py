@@ -49,6 +49,33 @@ def usage(program: str, commands: Dict[str, Command]) -> str:
     return "\n".join(lines)
 
 
+def _parse(program: str, define: Callable[[flags.FlagValues], None],
+           argv: Optional[Sequence[str]]):
+    """(flag values, positional arguments, None) or (None, None, exit status) for --help."""
+    argv = list(sys.argv if argv is None else [program, *argv])
+    values = flags.FlagValues()
+    define(values)
+    flags.DEFINE_bool("verbose", False, "show what TensorFlow Lite prints natively",
+                      flag_values=values)
+    flags.DEFINE_bool("help", False, "show this help", flag_values=values)
+    positional = values(argv)[1:]
+    native_output.set_verbose(values["verbose"].value)
+    return values, positional
+
+
+def _one_line(action: Callable[[], Optional[int]]) -> int:
+    """Runs `action`; any bad command line, PatchError or OSError is one line and status 2."""
+    try:
+        return action() or 0
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+    except PatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
+    return 2
+
+
 def run(program: str, commands: Dict[str, Command],
         define: Callable[[flags.FlagValues], None],
         argv: Optional[Sequence[str]] = None) -> int:
@@ -57,18 +84,11 @@ def run(program: str, commands: Dict[str, Command],
     Any PatchError or OSError, and any bad command line, becomes one line on
     stderr and exit status 2.
     """
-    argv = list(sys.argv if argv is None else [program, *argv])
-    values = flags.FlagValues()
-    define(values)
-    flags.DEFINE_bool("verbose", False, "show what TensorFlow Lite prints natively",
-                      flag_values=values)
-    flags.DEFINE_bool("help", False, "show this help", flag_values=values)
-    try:
-        positional = values(argv)[1:]
+    def action():
+        values, positional = _parse(program, define, argv)
         if values["help"].value:
             print(usage(program, commands) + "\n\nflags:\n" + values.get_help())
             return 0
-        native_output.set_verbose(values["verbose"].value)
         if not positional:
             raise PatchError(f"give a command: {', '.join(commands)} (--help lists them)")
         name, extra = positional[0], positional[1:]
@@ -84,11 +104,23 @@ def run(program: str, commands: Dict[str, Command],
         stray = [f for f in values if values[f].present and f not in allowed]
         if stray:
             raise PatchError(f"{name} does not take --{stray[0]}")
-        return command.run(values) or 0
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-    except PatchError as e:
-        print(f"error: {e}", file=sys.stderr)
-    except OSError as e:
-        print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
-    return 2
+        return command.run(values)
+    return _one_line(action)
+
+
+def run_single(program: str, define: Callable[[flags.FlagValues], None],
+               required: Sequence[str], function, argv: Optional[Sequence[str]] = None) -> int:
+    """Like `run`, for a tool without commands that takes one file argument."""
+    def action():
+        values, positional = _parse(program, define, argv)
+        if values["help"].value:
+            print(f"usage: python -m {program} --flag=value ... FILE\n\nflags:\n"
+                  + values.get_help())
+            return 0
+        missing = [f for f in required if values[f].value is None]
+        if missing:
+            raise PatchError(f"give --{missing[0]}")
+        if len(positional) != 1:
+            raise PatchError(f"give one file, not {len(positional)} ({' '.join(positional)})")
+        return function(values, positional[0])
+    return _one_line(action)

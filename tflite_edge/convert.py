@@ -18,27 +18,47 @@ import numpy as np
 
 from tflite_edge import native_output
 from tflite_edge.errors import PatchError
-from tflite_edge.model_file import (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, INT8, INT32,
-                                    ModelFile, Tensor)
+from tflite_edge.folding import (LayerMap, _broadcast, build_map, folded, quantize_bias,
+                                 quantize_kernel, to_tflite_layout)
+from tflite_edge.model_file import ModelFile
 
-_INT32_LIMIT = 2 ** 31 - 1
 
+def convert_int8(model, representative: np.ndarray, input_affine=None,
+                 io_type: str = "int8") -> bytes:
+    """Converts a Keras model to a full-integer `.tflite` for a device.
 
-def convert_int8(model, representative: np.ndarray) -> bytes:
-    """Converts a Keras model to a full-integer int8 `.tflite` (int8 input and output).
+    The file takes one sample at a time (a static batch of 1: no -1 in its
+    shape signature, as the Edge TPU compiler and microcontrollers need) and,
+    with `input_affine`, the data set's raw samples: the preprocessing
+    `x * a + b` (pixels to standardised values) runs inside the file, so a
+    device feeds what its sensor gives.
 
     Args:
       model: a `tf_keras` model.
-      representative: samples that calibrate the activation ranges (about 100).
+      representative: samples that calibrate the activation ranges (about
+        100), raw when `input_affine` is given.
+      input_affine: (a, b), scalars or per-channel arrays, or None.
+      io_type: `int8` or `uint8`: the type of the file's input and output.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    import tf_keras as keras  # pylint: disable=import-outside-toplevel
+    shape = tuple(model.input_shape[1:])
+    inputs = keras.Input(shape, name="input")
+    x = inputs
+    if input_affine is not None:
+        a, b = (np.asarray(v, np.float32) for v in input_affine)
+        x = keras.layers.Rescaling(scale=a, offset=b, name="preprocessing")(x)
+    export = keras.Model(inputs, model(x, training=False), name="export")
+    function = tf.function(lambda t: export(t, training=False))
+    concrete = function.get_concrete_function(tf.TensorSpec((1, *shape), tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], export)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     samples = np.asarray(representative, np.float32)
     converter.representative_dataset = lambda: ([samples[i:i + 1]] for i in range(len(samples)))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    dtype = {"int8": tf.int8, "uint8": tf.uint8}[io_type]
+    converter.inference_input_type = dtype
+    converter.inference_output_type = dtype
     import logging as python_logging  # pylint: disable=import-outside-toplevel
     from absl import logging  # pylint: disable=import-outside-toplevel
     verbosity = logging.get_verbosity()
@@ -58,153 +78,6 @@ def convert_int8(model, representative: np.ndarray) -> bytes:
         tf_logger.setLevel(tf_level)
 
 
-@dataclasses.dataclass(frozen=True)
-class LayerMap:
-    """Where one Keras layer's kernel and bias live in the `.tflite` file."""
-
-    layer: str
-    layout: str                 # dense | conv2d | conv1d | depthwise
-    kernel_index: int           # position in model.weights
-    bias_index: Optional[int]
-    kernel_tensor: Tensor
-    bias_tensor: Optional[Tensor]
-    kernel_shape: tuple = ()    # Keras layout
-    output_tensor: Optional[Tensor] = None   # the operator's (int8) output
-
-
-_OPS = {"dense": FULLY_CONNECTED, "conv2d": CONV_2D, "conv1d": CONV_2D,
-        "depthwise": DEPTHWISE_CONV_2D}
-
-
-def to_tflite_layout(layout: str, kernel: np.ndarray) -> np.ndarray:
-    """Rearranges a Keras kernel into the converter's layout.
-
-    Dense (in, out) -> (out, in); Conv2D HWIO -> OHWI; Conv1D (k, in, out) ->
-    (out, 1, k, in); DepthwiseConv2D (h, w, c, m) -> (1, h, w, c*m).
-    """
-    if layout == "dense":
-        return kernel.T
-    if layout == "conv2d":
-        return kernel.transpose(3, 0, 1, 2)
-    if layout == "conv1d":
-        return kernel.transpose(2, 0, 1)[:, None, :, :]
-    h, w, c, m = kernel.shape
-    return kernel.reshape(1, h, w, c * m)
-
-
-def _layout_of(layer) -> Optional[str]:
-    kind = type(layer).__name__
-    return {"Dense": "dense", "Conv2D": "conv2d", "Conv1D": "conv1d",
-            "DepthwiseConv2D": "depthwise"}.get(kind)
-
-
-def quantize_kernel(values: np.ndarray, tensor: Tensor) -> np.ndarray:
-    """Symmetric int8 with the tensor's (frozen) per-channel scales, clipped to ±127."""
-    return np.clip(np.round(values / _broadcast(tensor, values.ndim)), -127, 127).astype(np.int8)
-
-
-def quantize_bias(values: np.ndarray, tensor: Tensor) -> np.ndarray:
-    return np.clip(np.round(values / _broadcast(tensor, 1)), -_INT32_LIMIT,
-                   _INT32_LIMIT).astype(np.int32)
-
-
-def _broadcast(tensor: Tensor, ndim: int) -> np.ndarray:
-    scales = tensor.scales.astype(np.float64)
-    if len(scales) == 1:
-        return scales.reshape((1,) * ndim)
-    shape = [1] * ndim
-    shape[tensor.quantized_dimension] = len(scales)
-    return scales.reshape(shape)
-
-
-def build_map(model, model_file: ModelFile) -> List[LayerMap]:
-    """Maps every Keras kernel and bias onto its TFLite tensor, and verifies it.
-
-    Layers are matched in graph order with the operators of their kind; the
-    match is accepted only if quantizing the Keras values with the tensor's
-    scales reproduces the converter's int8 (and int32) data.
-
-    Raises:
-      PatchError: an unsupported model (BatchNorm folding, shared buffers, a
-        layer the converter fused or split) or a mapping that does not verify.
-    """
-    layers = [l for l in model.layers if l.weights]
-    folded = [l.name for l in layers if type(l).__name__ == "BatchNormalization"]
-    if folded:
-        raise PatchError(f"int8 export does not support BatchNorm yet (layer {folded[0]} is "
-                         "folded into the convolution by the converter)")
-    positions = {w.ref(): i for i, w in enumerate(model.weights)}
-    weights = model.get_weights()
-    ops = [op for op in model_file.operators if op.opcode in _OPS.values()]
-    kernel_layers = []
-    for layer in layers:
-        layout = _layout_of(layer)
-        if layout is None:
-            raise PatchError(f"int8 export does not support layer {layer.name} "
-                             f"({type(layer).__name__})")
-        kernel_layers.append((layer, layout))
-    if len(ops) != len(kernel_layers):
-        raise PatchError(f"the model has {len(kernel_layers)} weight layers but the .tflite "
-                         f"has {len(ops)} matching operators")
-    mapping = []
-    for (layer, layout), op in zip(kernel_layers, ops):
-        if op.opcode != _OPS[layout]:
-            raise PatchError(f"layer {layer.name} ({layout}) maps onto operator {op.index} of "
-                             f"another kind")
-        kernel = getattr(layer, "depthwise_kernel", None)
-        if kernel is None:
-            kernel = layer.kernel
-        kernel_index = positions[kernel.ref()]
-        bias = getattr(layer, "bias", None)
-        bias_index = positions[bias.ref()] if bias is not None else None
-        kernel_tensor = model_file.tensors[op.inputs[1]]
-        bias_tensor = (model_file.tensors[op.inputs[2]]
-                       if len(op.inputs) > 2 and op.inputs[2] >= 0 else None)
-        entry = LayerMap(layer.name, layout, kernel_index, bias_index, kernel_tensor, bias_tensor,
-                         tuple(weights[kernel_index].shape), model_file.tensors[op.outputs[0]])
-        _verify(entry, weights, model_file)
-        mapping.append(entry)
-    return mapping
-
-
-def _verify(entry: LayerMap, weights, model_file: ModelFile) -> None:
-    kernel = to_tflite_layout(entry.layout, weights[entry.kernel_index])
-    tensor = entry.kernel_tensor
-    if tensor.type != INT8 or tuple(kernel.shape) != tensor.shape:
-        raise PatchError(f"layer {entry.layer}: kernel {kernel.shape} does not match the int8 "
-                         f"tensor {tensor.name!r} {tensor.shape}")
-    mismatch = np.abs(quantize_kernel(kernel, tensor).astype(np.int32)
-                      - model_file.array(tensor).astype(np.int32))
-    # The converter's rounding can differ from numpy's on exact halves only.
-    if mismatch.max(initial=0) > 1 or np.mean(mismatch > 0) > 0.001:
-        raise PatchError(f"layer {entry.layer}: re-quantized kernel does not reproduce the "
-                         f"converter's values ({np.mean(mismatch > 0):.1%} differ)")
-    shared = [t for t in model_file.tensors_of_buffer(tensor.buffer) if t.index != tensor.index]
-    if entry.bias_tensor is not None:
-        shared += [t for t in model_file.tensors_of_buffer(entry.bias_tensor.buffer)
-                   if t.index != entry.bias_tensor.index]
-    if shared:
-        raise PatchError(f"layer {entry.layer}: its buffer also backs tensor {shared[0].name!r} "
-                         "(deduplicated constants cannot be patched separately)")
-    if entry.bias_index is not None:
-        bias = weights[entry.bias_index]
-        if entry.bias_tensor is None:
-            if np.any(bias):
-                raise PatchError(f"layer {entry.layer}: bias has no tensor in the .tflite")
-            return
-        if entry.bias_tensor.type != INT32 or entry.bias_tensor.shape != bias.shape:
-            raise PatchError(f"layer {entry.layer}: bias does not match tensor "
-                             f"{entry.bias_tensor.name!r}")
-        got = model_file.array(entry.bias_tensor).astype(np.int64)
-        # The converter computes in float32: large int32 values may be a few
-        # units off (relative error ~6e-8).
-        tolerance = np.maximum(1, np.abs(got) * 2.0 ** -22)
-        if np.any(np.abs(quantize_bias(bias, entry.bias_tensor).astype(np.int64) - got)
-                  > tolerance):
-            raise PatchError(f"layer {entry.layer}: re-quantized bias does not reproduce the "
-                             "converter's values")
-
-
 def with_headroom(data: bytes, mapping: Sequence[LayerMap], weights: Sequence[np.ndarray],
                   headroom: float) -> bytes:
     """Widens every weight scale by `headroom`, revives dead channels, re-quantizes in place.
@@ -222,7 +95,7 @@ def with_headroom(data: bytes, mapping: Sequence[LayerMap], weights: Sequence[np
     view = ModelFile(data)
     for entry in mapping:
         tensor = entry.kernel_tensor
-        kernel = to_tflite_layout(entry.layout, weights[entry.kernel_index])
+        kernel, bias = folded(entry, weights)
         scales = tensor.scales.astype(np.float64) * headroom
         if len(scales) > 1:
             axes = tuple(a for a in range(kernel.ndim) if a != tensor.quantized_dimension)
@@ -233,8 +106,9 @@ def with_headroom(data: bytes, mapping: Sequence[LayerMap], weights: Sequence[np
         if entry.bias_tensor is not None:
             # The converter's bias scale is input scale x weight scale, per channel.
             input_scale = float(entry.bias_tensor.scales[0]) / float(tensor.scales[0])
-            pairs.append((entry.bias_tensor, scales * input_scale, weights[entry.bias_index],
-                          quantize_bias))
+            pairs.append((entry.bias_tensor, scales * input_scale,
+                          bias if bias is not None else np.zeros(entry.bias_tensor.shape,
+                                                                 np.float32), quantize_bias))
         for target, new_scales, values, quantize in pairs:
             if not target.scale_offset:
                 raise PatchError(f"tensor {target.name!r} has no scale vector to widen")
@@ -261,7 +135,11 @@ def kernel_bounds(mapping: Sequence[LayerMap], length: int) -> List[Optional[np.
         shape = entry.kernel_shape
         if entry.layout == "depthwise":
             limit = limit.reshape(shape[2], shape[3])
-        bounds[entry.kernel_index] = np.broadcast_to(limit, shape).astype(np.float32)
+        limit = np.broadcast_to(limit, shape)
+        if entry.factor is not None:
+            # The file stores the kernel times its fold (BatchNorm, input scale).
+            limit = limit / np.maximum(np.abs(entry.factor), 1e-30)
+        bounds[entry.kernel_index] = limit.astype(np.float32)
     return bounds
 
 
@@ -339,6 +217,10 @@ def requantize(previous: bytes, mapping: Sequence[LayerMap], new: Sequence[np.nd
                old: Sequence[np.ndarray]) -> (bytes, RequantizeStats):
     """Writes the elements that changed between `old` and `new` into a copy of `previous`.
 
+    What changed is decided on the values the file stores (the folded ones):
+    with BatchNorm and preprocessing frozen, exactly the changed kernel
+    elements; with BatchNorm trained, whole channels.
+
     Args:
       previous: the deployed `.tflite` (its quantization parameters are frozen).
       mapping: from `build_map` on the round-0 file (same layout every round).
@@ -354,29 +236,35 @@ def requantize(previous: bytes, mapping: Sequence[LayerMap], new: Sequence[np.nd
     view = ModelFile(previous)
     stats = RequantizeStats()
     for entry in mapping:
-        pairs = [(entry.kernel_index, entry.kernel_tensor, True)]
-        if entry.bias_index is not None:
-            pairs.append((entry.bias_index, entry.bias_tensor, False))
-        for index, tensor, is_kernel in pairs:
-            changed = _bits(new[index]) != _bits(old[index])
+        new_kernel, new_bias = folded(entry, new)
+        old_kernel, old_bias = folded(entry, old)
+        pairs = [(new_kernel, old_kernel, entry.kernel_tensor, True, entry.shared_kernel)]
+        if new_bias is not None:
+            pairs.append((new_bias, old_bias, entry.bias_tensor, False, entry.shared_bias))
+        for values, before, tensor, is_kernel, shared in pairs:
+            changed = _bits(values) != _bits(before)
             if not changed.any():
                 continue
             if tensor is None:
                 raise PatchError(f"layer {entry.layer}: its bias was all zeros at conversion "
                                  "and has no tensor in the .tflite, so it cannot change now")
-            if not np.isfinite(new[index][changed]).all():
+            if shared:
+                raise PatchError(f"layer {entry.layer}: the converter stored its "
+                                 f"{'kernel' if is_kernel else 'bias'} in one buffer with "
+                                 f"{shared[0]!r} (identical at conversion), so it cannot change "
+                                 "on its own; keep it frozen (--bias_policy=frozen)")
+            if not np.isfinite(values[changed]).all():
                 raise PatchError(f"layer {entry.layer}: new weights contain NaN or infinity")
-            values = to_tflite_layout(entry.layout, new[index]) if is_kernel else new[index]
-            mask = to_tflite_layout(entry.layout, changed) if is_kernel else changed
-            quantized = quantize_kernel(values, tensor) if is_kernel else quantize_bias(values, tensor)
+            quantized = (quantize_kernel(values, tensor) if is_kernel
+                         else quantize_bias(values, tensor))
             stored = np.frombuffer(data, quantized.dtype, quantized.size,
                                    view.buffers[tensor.buffer].offset).reshape(quantized.shape)
-            stats.changed_floats += int(mask.sum())
-            stats.changed_int8 += int(np.count_nonzero(stored[mask] != quantized[mask]))
+            stats.changed_floats += int(changed.sum())
+            stats.changed_int8 += int(np.count_nonzero(stored[changed] != quantized[changed]))
             if is_kernel:
                 scaled = np.abs(values / _broadcast(tensor, values.ndim))
-                stats.clipped += int(np.count_nonzero(scaled[mask] > 127.5))
-            stored[mask] = quantized[mask]
+                stats.clipped += int(np.count_nonzero(scaled[changed] > 127.5))
+            stored[changed] = quantized[changed]
     return bytes(data), stats
 
 
@@ -391,5 +279,5 @@ def int8_accuracy(model_bytes: bytes, x: np.ndarray, y: np.ndarray) -> float:
 
 
 __all__ = ["convert_int8", "build_map", "with_headroom", "kernel_bounds", "requantize",
-           "PatchCost", "tflite_order",
-           "int8_accuracy", "LayerMap", "RequantizeStats"]
+           "PatchCost", "tflite_order", "to_tflite_layout", "int8_accuracy", "LayerMap",
+           "RequantizeStats"]

@@ -23,6 +23,8 @@ TYPE_NAMES = {FLOAT32: "float32", INT32: "int32", UINT8: "uint8", INT16: "int16"
 
 # Builtin operator codes of the layers whose weights patches rewrite.
 CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED = 3, 4, 9
+CUSTOM = 32
+_POOL_OPTIONS = 5   # BuiltinOptions.Pool2DOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Tensor:
     zero_points: np.ndarray
     quantized_dimension: int
     scale_offset: int = 0   # absolute file offset of the float32 scale vector
+    shape_signature: Optional[Tuple[int, ...]] = None   # -1 for a dynamic dimension
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +54,21 @@ class Operator:
     opcode: int
     inputs: Tuple[int, ...]
     outputs: Tuple[int, ...]
+    custom_code: str = ""              # for CUSTOM operators
+    fused_activation: int = 0          # of pooling operators (0: none)
+
+    @property
+    def name(self) -> str:
+        """The builtin operator's schema name (CONV_2D, ...), or CUSTOM(code)."""
+        if self.opcode == CUSTOM:
+            return f"CUSTOM({self.custom_code})"
+        return builtin_names().get(self.opcode, f"BUILTIN_{self.opcode}")
+
+
+def builtin_names():
+    """Builtin operator codes to their schema names."""
+    from ai_edge_litert import schema_py_generated as schema  # pylint: disable=import-outside-toplevel
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
 
 class ModelFile:
@@ -110,19 +128,28 @@ class ModelFile:
                      else np.zeros(0, np.int64))
             slot = q._tab.Offset(8) if q is not None else 0  # pylint: disable=protected-access
             scale_offset = q._tab.Vector(slot) if slot else 0  # pylint: disable=protected-access
+            signature = (tuple(int(d) for d in t.ShapeSignatureAsNumpy())
+                         if t.ShapeSignatureLength() else None)
             self.tensors.append(Tensor(
                 i, (t.Name() or b"").decode("utf-8", "replace"), t.Type(),
                 tuple(int(d) for d in (t.ShapeAsNumpy() if t.ShapeLength() else [])),
                 t.Buffer(), np.asarray(scales, np.float32), np.asarray(zeros, np.int64),
-                q.QuantizedDimension() if q is not None else 0, scale_offset))
+                q.QuantizedDimension() if q is not None else 0, scale_offset, signature))
         self.operators: List[Operator] = []
         for i in range(graph.OperatorsLength()):
             op = graph.Operators(i)
             code = model.OperatorCodes(op.OpcodeIndex())
             opcode = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            options = op.BuiltinOptions()
+            activation = 0
+            if options is not None and op.BuiltinOptionsType() == _POOL_OPTIONS:
+                pool = schema.Pool2DOptions()
+                pool.Init(options.Bytes, options.Pos)
+                activation = pool.FusedActivationFunction()
             self.operators.append(Operator(
                 i, opcode, tuple(int(v) for v in op.InputsAsNumpy()) if op.InputsLength() else (),
-                tuple(int(v) for v in op.OutputsAsNumpy()) if op.OutputsLength() else ()))
+                tuple(int(v) for v in op.OutputsAsNumpy()) if op.OutputsLength() else (),
+                (code.CustomCode() or b"").decode("utf-8", "replace"), activation))
         self.inputs = tuple(int(v) for v in graph.InputsAsNumpy())
         self.outputs = tuple(int(v) for v in graph.OutputsAsNumpy())
 

@@ -1,0 +1,217 @@
+"""The models people deploy, end to end on the bundled MNIST: bytes, int8, runtimes, appliers.
+
+    python -m benchmarks.edge --out=benchmarks/results/edge
+
+For `mobilenet` (width 0.25), `ds_cnn`, `resnet8` and a small model of the
+user's kind (Conv2D/BN/ReLU6, DepthwiseConv2D/BN/ReLU6, 1x1 Conv2D/BN/ReLU6,
+global average pooling, Dense; saved as `.keras` and given as
+`--model=PATH`), at the product defaults (full round 0, k = 1 %, 8 rounds,
+int8 export, BatchNorm frozen after round 0) and one seed:
+
+* parameters, `.tflite` bytes, patch bytes per sent round and as a share of
+  the file;
+* int8 (LiteRT, on the device's file) vs float test accuracy, every round;
+* LiteRT vs TFLite Micro on the last file: the largest difference of an
+  int8 logit, over the test set;
+* DPU vs FU (same seed, data and epochs; FU from the same init): the mean
+  gap over rounds 1-7, with the standard error over those rounds;
+* the patch chain applied by the Python, C and JVM appliers: each round's
+  file reproduced byte for byte;
+* the target checks (edgetpu, tflm, litert) of the last file;
+* `--bias_policy=full` on ResNet-8: what training BatchNorm in partial rounds
+  costs in bytes (it changes whole channels of the folded file).
+
+Writes `<out>.json` and `<out>.md`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+from absl import app, flags
+
+import tf_dpu  # noqa: F401  (Keras 2 before TensorFlow loads)
+
+_OUT = flags.DEFINE_string("out", "benchmarks/results/edge", "output path, no extension")
+_ROUNDS = flags.DEFINE_integer("rounds", 8, "rounds per run")
+_EPOCHS = flags.DEFINE_integer("epochs", 10, "epochs per step")
+_SEED = flags.DEFINE_integer("seed", 1, "seed of every run")
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_model(input_shape=(28, 28, 1), classes=10, seed=0):
+    """The kind of model a user brings: depthwise-separable with BatchNorm and ReLU6."""
+    import tf_keras as keras  # pylint: disable=import-outside-toplevel
+    layers = keras.layers
+    init = keras.initializers.GlorotUniform(seed=seed)
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False,
+                      kernel_initializer=init)(inputs)
+    x = layers.ReLU(6.0)(layers.BatchNormalization(momentum=0.9)(x))
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False,
+                               depthwise_initializer=init)(x)
+    x = layers.ReLU(6.0)(layers.BatchNormalization(momentum=0.9)(x))
+    x = layers.Conv2D(16, 1, use_bias=False, kernel_initializer=init)(x)
+    x = layers.ReLU(6.0)(layers.BatchNormalization(momentum=0.9)(x))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(classes, kernel_initializer=init)(x),
+                       name="user_model")
+
+
+def _run(model: str, method: str, out_dir: str, **extra) -> dict:
+    args = [sys.executable, "-m", "tf_dpu.train", "--dataset=mnist", f"--model={model}",
+            f"--method={method}", f"--rounds={_ROUNDS.value}", f"--epochs={_EPOCHS.value}",
+            f"--seed={_SEED.value}", f"--out_dir={out_dir}", "--quiet"]
+    args += [f"--{k}={v}" for k, v in extra.items()]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=_ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{model} {method}: {done.stderr.strip()[-500:]}")
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        return json.load(f)
+
+
+def _chain(out_dir: str, rounds: int, c_applier: str, jar: str) -> dict:
+    """Applies every round's patch with each applier; True when all reproduce every file."""
+    from tflite_edge.apply import apply_patch  # pylint: disable=import-outside-toplevel
+    files = [open(os.path.join(out_dir, f"round_{r:03d}", "model.tflite"), "rb").read()
+             for r in range(rounds)]
+    ok = {"python": True, "c": True, "jvm": bool(jar)}
+    device = {name: files[0] for name in ok}
+    with tempfile.TemporaryDirectory() as scratch:
+        for r in range(1, rounds):
+            patch = os.path.join(out_dir, f"round_{r:03d}", "update.patch")
+            if os.path.exists(patch):
+                data = open(patch, "rb").read()
+                device["python"] = apply_patch(device["python"], data)
+                for name, command in (("c", [c_applier]),
+                                      ("jvm", ["java", "-jar", jar, "apply", "--no_state"])):
+                    if not ok[name]:
+                        continue
+                    base, out = os.path.join(scratch, "base"), os.path.join(scratch, "out")
+                    with open(base, "wb") as f:
+                        f.write(device[name])
+                    if name == "c":
+                        argv = command + [base, patch, out]
+                    else:
+                        argv = command + [f"--base={base}", f"--patch={patch}", f"--out={out}"]
+                    subprocess.run(argv, check=True, capture_output=True)
+                    device[name] = open(out, "rb").read()
+            for name in ok:
+                ok[name] = ok[name] and device[name] == files[r]
+    return ok
+
+
+def _runtimes(model_file: bytes, x_raw: np.ndarray) -> int:
+    """The largest |LiteRT - TFLite Micro| over the int8 logits of the test set."""
+    from tflite_edge import runtime  # pylint: disable=import-outside-toplevel
+    from tflite_micro.python.tflite_micro import runtime as micro  # pylint: disable=import-outside-toplevel
+    litert = runtime.logits(model_file, x_raw).astype(np.int32)
+    interpreter = micro.Interpreter.from_bytes(model_file)
+    detail = interpreter.get_input_details(0)["quantization_parameters"]
+    rows = []
+    for sample in x_raw:
+        interpreter.set_input(runtime.quantize_input(
+            sample[None], detail["scales"][0], detail["zero_points"][0]), 0)
+        interpreter.invoke()
+        rows.append(interpreter.get_output(0).copy())
+    return int(np.abs(litert - np.concatenate(rows).astype(np.int32)).max())
+
+
+def measure(folder: str) -> dict:
+    from benchmarks import jvm  # pylint: disable=import-outside-toplevel
+    from tf_dpu.data import load_dataset  # pylint: disable=import-outside-toplevel
+    from tflite_edge.check import check  # pylint: disable=import-outside-toplevel
+    data = load_dataset("mnist", 300, _SEED.value)
+    x_raw = data.preprocessing.to_raw(data.x_test)
+    subprocess.run(["make", "-s", "-C", os.path.join(_ROOT, "tflite_edge", "c"),
+                    f"OUT={folder}"], check=True)
+    c_applier, jar = os.path.join(folder, "dpu_apply"), jvm.build()
+    user_path = os.path.join(folder, "user_model.keras")
+    user_model(seed=_SEED.value).save(user_path)
+    rows = {}
+    for name, model in (("mobilenet", "mobilenet"), ("ds_cnn", "ds_cnn"),
+                        ("resnet8", "resnet8"), ("user model (.keras)", user_path)):
+        dpu_dir = os.path.join(folder, name.split()[0] + "_dpu")
+        dpu = _run(model, "dpu", dpu_dir, export_tflite="true")
+        fu = _run(model, "fu", os.path.join(folder, name.split()[0] + "_fu"))
+        rounds = dpu["rounds"]
+        sent = [r["patch_bytes"] for r in rounds[1:] if r["sent"]]
+        gaps = [100 * (d["test_accuracy"] - f["test_accuracy"])
+                for d, f in zip(rounds[1:], fu["rounds"][1:])]
+        last = open(os.path.join(dpu_dir, f"round_{len(rounds) - 1:03d}", "model.tflite"),
+                    "rb").read()
+        rows[name] = {
+            "parameters": rounds[0]["parameters"], "kernel_elements": rounds[0]["total_elements"],
+            "tflite_bytes": rounds[0]["tflite_bytes"],
+            "patch_bytes": sent,
+            "patch_fraction_max": round(max(sent) / rounds[0]["tflite_bytes"], 4) if sent else None,
+            "float": [round(100 * r["test_accuracy"], 2) for r in rounds],
+            "int8": [round(100 * r["tflite_test_accuracy"], 2) for r in rounds],
+            "int8_vs_float_max": round(max(abs(r["tflite_test_accuracy"] - r["test_accuracy"])
+                                           for r in rounds) * 100, 2),
+            "fu": [round(100 * r["test_accuracy"], 2) for r in fu["rounds"]],
+            "dpu_vs_fu_rounds_1_7": round(float(np.mean(gaps)), 2),
+            "dpu_vs_fu_standard_error": round(float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))), 2),
+            "litert_vs_tflm_max_step": _runtimes(last, x_raw),
+            "chain": _chain(dpu_dir, len(rounds), c_applier, jar),
+            "targets": {t: check(last, t)[1] for t in ("edgetpu", "tflm", "litert")},
+        }
+        print(name, json.dumps(rows[name]), flush=True)
+    full = _run("resnet8", "dpu", os.path.join(folder, "resnet8_full"), export_tflite="true",
+                bias_policy="full")
+    full_sent = [r["patch_bytes"] for r in full["rounds"][1:] if r["sent"]]
+    return {"rows": rows, "seed": _SEED.value, "rounds": _ROUNDS.value,
+            "epochs": _EPOCHS.value,
+            "resnet8_bias_policy_full": {
+                "patch_bytes": full_sent, "tflite_bytes": full["rounds"][0]["tflite_bytes"],
+                "float": [round(100 * r["test_accuracy"], 2) for r in full["rounds"]]}}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Bundled MNIST, product defaults (full round 0, k = 1 %, {result['rounds']} rounds, "
+             f"{result['epochs']} epochs per step, BatchNorm frozen after round 0), seed "
+             f"{result['seed']}; FU from the same initialization with the same data and "
+             "epochs; gap = mean over rounds 1-7 of (DPU - FU) test accuracy, ± the standard "
+             "error over those rounds.\n",
+             "| model | parameters | .tflite | patch per round (max, share of file) | "
+             "int8 vs float (max, any round) | float test, round 0 / 7 | DPU - FU, rounds 1-7 | "
+             "LiteRT vs TFLM (int8 steps) | chain reproduced (Python, C, JVM) | Edge TPU, TFLM, "
+             "LiteRT checks |",
+             "|---|---:|---:|---|---:|---|---:|---:|---|---|"]
+    for name, r in result["rows"].items():
+        patch = (f"{max(r['patch_bytes']):,} B ({100 * r['patch_fraction_max']:.1f} %)"
+                 if r["patch_bytes"] else "none sent")
+        chain = ", ".join("yes" if r["chain"][k] else "NO" for k in ("python", "c", "jvm"))
+        targets = ", ".join("pass" if r["targets"][k] else "FAIL"
+                            for k in ("edgetpu", "tflm", "litert"))
+        lines.append(f"| {name} | {r['parameters']:,} | {r['tflite_bytes']:,} | {patch} | "
+                     f"{r['int8_vs_float_max']:.2f} | {r['float'][0]:.1f} / {r['float'][-1]:.1f} | "
+                     f"{r['dpu_vs_fu_rounds_1_7']:+.2f} ± {r['dpu_vs_fu_standard_error']:.2f} | "
+                     f"{r['litert_vs_tflm_max_step']} | {chain} | {targets} |")
+    full = result["resnet8_bias_policy_full"]
+    if full["patch_bytes"]:
+        lines.append(f"\nResNet-8 with `--bias_policy=full` (BatchNorm trained in partial rounds): "
+                     f"patches of {min(full['patch_bytes']):,} to {max(full['patch_bytes']):,} "
+                     f"bytes, {100 * max(full['patch_bytes']) / full['tflite_bytes']:.0f} % of "
+                     "the file at most, against the frozen default above.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    with tempfile.TemporaryDirectory() as folder:
+        result = measure(folder)
+    from tflite_edge.apply import write_atomic  # pylint: disable=import-outside-toplevel
+    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+    write_atomic(_OUT.value + ".json", (json.dumps(result, indent=1) + "\n").encode())
+    table = markdown(result)
+    write_atomic(_OUT.value + ".md", table.encode())
+    print(table)
+
+
+if __name__ == "__main__":
+    app.run(main)
