@@ -5,10 +5,14 @@
     python -m benchmarks.grid --epochs=10 --out=benchmarks/results/grid_e10   # all of it, 10 epochs per step
 
 For each setting (data set, model), method, update ratio k and seed, runs the
-reference protocol's shape (partial round 0, 8 rounds) with the int8 export,
-and records the test accuracy per round and the bytes that really crossed the
-link: the whole `.tflite` in round 0 and the patch files after (FU sends the
-whole file every round). Writes `<out>.json`, `<out>.md` (the round-averaged
+reference protocol's shape (partial round 0, 8 rounds) and records the test
+accuracy per round and the bytes that really crossed the link: the whole
+`.tflite` in round 0 and the patch files after (FU sends the whole file every
+round). Every method trains under one protocol: the partial methods export
+int8 files but train without the int8 bounds (`int8_bounds=False`), as FU
+does, so the accuracies compare methods and nothing else; elements beyond
+round 0's int8 range are clipped in the files (the share is reported). The
+tables refuse runs whose settings differ beyond method, ratio and seed. Writes `<out>.json`, `<out>.md` (the round-averaged
 difference to FU same_init, mean ± sd over seeds, beside the reference's
 figures where they exist, and bytes against sending the whole model each
 round) and `<out>_<setting>.png` (accuracy per round per method; cumulative
@@ -23,7 +27,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks.tables import mean_sd
+from benchmarks.tables import check_one_protocol, mean_sd
 
 from tf_dpu import RunConfig
 from tf_dpu.data import load_dataset
@@ -76,12 +80,13 @@ def run_one(setting, method, ratio, seed, epochs, data):
             method="fu" if not partial else method,
             fu_init="last_round" if method == "fu_last_round" else "same_init",
             update_ratio=ratio or 0.01, initial_deployment="partial", initializer="torch",
-            export_tflite=partial, out_dir=folder if partial else None)
+            export_tflite=partial, int8_bounds=False, out_dir=folder if partial else None)
         started = time.time()
         result = run(config, progress=None, data=data)
     rounds = result.rounds
     return {"setting": setting, "method": method, "ratio": ratio, "seed": seed,
-            "seconds": round(time.time() - started, 2),
+            "config": result.config, "seconds": round(time.time() - started, 2),
+            "clipped_fraction": [r.get("clipped_fraction", 0.0) for r in rounds],
             "test_accuracy": [r["test_accuracy"] for r in rounds],
             "sent_bytes": [r.get("sent_bytes") for r in rounds],
             "tflite_bytes": rounds[0].get("tflite_bytes"),
@@ -117,10 +122,14 @@ def _bytes(runs, setting, method, ratio):
 
 def markdown(runs, epochs: int) -> str:
     reference = REFERENCE.get(epochs, {})
-    lines = [f"{epochs} epochs per step, partial round 0, PyTorch-style initialization; "
-             "'ref.' is the reference code on the same protocol. Bytes: the whole int8 file "
-             "in round 0, the patches after (FU: the whole file every round).", ""]
+    lines = [f"{epochs} epochs per step, partial round 0, PyTorch-style initialization, every "
+             "method trained without int8 bounds (float accuracy, one protocol); 'ref.' is "
+             "the reference code on the same protocol. Bytes: the whole int8 file in round 0, "
+             "the patches after (FU: the whole file every round).", ""]
     for setting in dict.fromkeys(r["setting"] for r in runs):
+        check_one_protocol(r["config"] for r in runs if r["setting"] == setting and "config" in r)
+        clipped = [c for r in runs if r["setting"] == setting
+                   for c in r.get("clipped_fraction", [])[1:] if c]
         ratios = sorted({r["ratio"] for r in runs if r["setting"] == setting and r["ratio"]})
         size = _model_bytes(runs, setting)
         fu_mean = 100 * np.mean([np.mean(r["test_accuracy"]) for r in runs
@@ -148,6 +157,9 @@ def markdown(runs, epochs: int) -> str:
             lines.append(f"| {method} | " + " | ".join(cells) + f" | "
                          f"{'n/a' if sent is None else f'{sent:,.0f}'} | "
                          f"{'n/a' if not sent or not whole else f'{sent / whole:.3f}'} |")
+        if clipped:
+            lines.append(f"\nClipped in the int8 files (share of a round's changed elements "
+                         f"beyond round 0's range): at most {100 * max(clipped):.2f} %.")
         lines.append("")
     return "\n".join(lines)
 

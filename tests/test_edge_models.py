@@ -54,6 +54,9 @@ def test_exported_batchnorm_models_are_device_ready(name, user_file, tmp_path, m
     raw = mnist.preprocessing.to_raw(mnist.x_test)
     assert np.mean(runtime.predict(last, raw) == mnist.y_test) == pytest.approx(
         doc["rounds"][-1]["tflite_test_accuracy"])
+    # TFLite Micro computes what LiteRT's reference kernels compute, to one int8 step.
+    micro = runtime.micro_logits(last, raw[:100]).astype(int)
+    assert np.abs(runtime.logits(last, raw[:100], reference_kernels=True) - micro).max() <= 1
     # Every patch the run sent rebuilds the next file, in Python and in C.
     device = files[0]
     for r in (1, 2):

@@ -64,18 +64,6 @@ def test_patch_chain_reproduces_every_round_with_both_appliers(exported_run, c_a
         assert device_c.read_bytes() == expected
 
 
-def _micro_logits(micro, model, x):
-    interpreter = micro.Interpreter.from_bytes(model)
-    detail = interpreter.get_input_details(0)["quantization_parameters"]
-    outputs = []
-    for sample in x:
-        interpreter.set_input(
-            runtime.quantize_input(sample[None], detail["scales"][0], detail["zero_points"][0]), 0)
-        interpreter.invoke()
-        outputs.append(interpreter.get_output(0).copy())
-    return np.concatenate(outputs)
-
-
 def test_the_devices_patched_file_scores_what_the_server_measured(exported_run):
     """The chain of patches applied on the device, run in LiteRT and TFLite Micro.
 
@@ -84,7 +72,7 @@ def test_the_devices_patched_file_scores_what_the_server_measured(exported_run):
     TFLite Micro must agree with LiteRT to one int8 step per logit.
     """
     result, data = exported_run
-    micro = require_module("tflite_micro.python.tflite_micro.runtime", "tflite-micro")
+    require_module("tflite_micro.python.tflite_micro.runtime", "tflite-micro")
     folders = _round_files(result)
     device = open(os.path.join(folders[0], "model.tflite"), "rb").read()
     for folder, record in zip(folders[1:], result.rounds[1:]):
@@ -94,7 +82,7 @@ def test_the_devices_patched_file_scores_what_the_server_measured(exported_run):
         x, y = data.x_test, data.y_test
         litert = runtime.logits(device, x)
         assert np.mean(np.argmax(litert, -1) == y) == record["tflite_test_accuracy"]
-        tflm = _micro_logits(micro, device, x)
+        tflm = runtime.micro_logits(device, x).astype(int)
         # The two runtimes round requantization differently in rare cases
         # (seen on the converter's own files too): at most one int8 step apart.
         assert np.abs(litert.astype(int) - tflm).max() <= 1

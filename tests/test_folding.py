@@ -116,3 +116,24 @@ def test_device_ready_files_take_raw_samples_one_at_a_time(io, mnist):
     entry = view.tensors[view.inputs[0]]
     assert entry.scales[0] == pytest.approx(1.0) and entry.zero_points[0] == (
         0 if io == "uint8" else -128)
+
+
+def test_a_buffer_the_converter_shares_between_two_layers_is_never_written_for_one():
+    """Identical constants become one tensor; a write for one layer would change both."""
+    inputs = keras.Input((8,))
+    first = L.Dense(8, activation="relu", name="first")
+    second = L.Dense(8, activation="relu", name="second")
+    outputs = L.Dense(3, name="head")(second(first(inputs)))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.RandomState(0)
+    kernel, bias = rng.randn(8, 8).astype(np.float32) * 0.3, rng.randn(8).astype(np.float32)
+    first.set_weights([kernel, bias])
+    second.set_weights([kernel, bias])
+    data, mapping = _export(model, rng.rand(40, 8).astype(np.float32))
+    entry = next(e for e in mapping if e.layer == "first")
+    assert entry.shared_kernel and "second" in entry.shared_kernel[0]
+    old = model.get_weights()
+    new = [w.copy() for w in old]
+    new[0][2, 3] += 0.1        # one element of `first` only
+    with pytest.raises(PatchError, match="first.*one buffer with"):
+        convert.requantize(data, mapping, new, old)

@@ -66,8 +66,13 @@ def test_full_initial_deployment_then_partial_rounds(small_mnist, tmp_path):
 
 def test_reinitialization_fires_when_the_data_has_doubled(small_mnist, tmp_path):
     # 100, 200, 300, 400 samples: 300 > 2 * 100 at round 2, then 400 <= 2 * 300.
-    dpu = _run(small_mnist, tmp_path / "a", method="dpu", initial_deployment="partial")
+    dpu = _run(small_mnist, tmp_path / "a", method="dpu", initial_deployment="partial",
+               reinit_compare="start")
     assert [r["reinitialized"] for r in dpu.rounds] == [False, False, True, False]
+    # The product's rule restarts the clock only with a restart the device got.
+    product = _run(small_mnist, tmp_path / "d", method="dpu", initial_deployment="partial")
+    flags = [r["reinitialized"] for r in product.rounds]
+    assert flags[:3] == [False, False, True] and flags[3] == (not product.rounds[2]["sent"])
     gcpu = _run(small_mnist, tmp_path / "b", method="gcpu")
     assert not any(r["reinitialized"] for r in gcpu.rounds)
     periodic = _run(small_mnist, tmp_path / "c", method="dpu", reinit="periodic",

@@ -58,9 +58,23 @@ def test_normalise_and_mix():
     assert contribution.mix(g, l, 0.5)[0] == pytest.approx([0.0625, 0.4375])
 
 
-def test_normalise_of_a_zero_or_negative_total_gives_zeros():
-    assert not contribution.normalise({0: np.zeros(3)})[0].any()
-    assert not contribution.normalise({0: np.array([-1.0, 0.5])})[0].any()
+def test_a_term_that_cannot_be_normalised_is_left_out_with_a_line():
+    assert contribution.normalise({0: np.zeros(3)}) is None
+    assert contribution.normalise({0: np.array([-1.0, 0.5])}) is None
+    g = {0: np.array([0.0, 0.0, 1.0, 3.0])}
+    lines = []
+    # LCPU whose local contribution sums negative: ranked by the global term,
+    # not by position (zeros would select the first elements).
+    s = contribution.mix(g, {0: np.array([0.5, 0.2, -1.0, -2.0])}, 0.0, lines.append)
+    assert np.argsort(-s[0]).tolist()[:2] == [3, 2]
+    assert "not positive" in lines[0]
+    lines.clear()
+    s = contribution.mix({0: np.zeros(4)}, {0: np.array([0.0, 2.0, 0.0, 1.0])}, 0.5,
+                         lines.append)
+    assert np.argmax(s[0]) == 1 and "global contribution is zero" in lines[0]
+    lines.clear()
+    s = contribution.mix({0: np.zeros(2)}, {0: np.zeros(2)}, 0.5, lines.append)
+    assert not s[0].any() and "changed no kernel element" in lines[0]
 
 
 def test_dpu_scores_rank_by_both_terms():

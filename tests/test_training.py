@@ -99,6 +99,28 @@ def test_reset_optimizer_restarts_from_a_fresh_state(small_mnist):
 def test_learning_rate_schedules():
     assert [learning_rate_at("step", 1.0, e, 30) for e in (0, 9, 10, 19, 20, 29)] == pytest.approx(
         [1, 1, 0.1, 0.1, 0.01, 0.01])
+    # PyTorch's StepLR(step_size=epochs // 3): 10 epochs run 3/3/3/1, 20 run 6/6/6/2.
+    assert [learning_rate_at("step", 1.0, e, 10) for e in range(10)] == pytest.approx(
+        [1] * 3 + [0.1] * 3 + [0.01] * 3 + [0.001])
+    assert [learning_rate_at("step", 1.0, e, 20, 0.2) for e in (5, 6, 17, 18, 19)] == \
+        pytest.approx([1, 0.2, 0.04, 0.008, 0.008])
+    assert learning_rate_at("step", 1.0, 1, 2) == pytest.approx(0.1)   # epochs // 3 == 0
     assert learning_rate_at("cosine", 2.0, 0, 10) == 2.0
     assert learning_rate_at("cosine", 2.0, 5, 10) == pytest.approx(1.0)
     assert learning_rate_at("constant", 0.3, 7, 10) == 0.3
+
+
+def test_adam_is_pytorchs_adam_where_epsilon_matters():
+    """Tiny gradients, as from a trained model: Keras' epsilon placement would halve the steps."""
+    from tf_dpu.training import make_optimizer  # pylint: disable=import-outside-toplevel
+    lr, eps, b1, b2 = 1e-3, 1e-8, 0.9, 0.999
+    grads = [np.array([3e-9, -2e-8, 5e-7], np.float32) * (t + 1) for t in range(5)]
+    variable = tf.Variable(np.zeros(3, np.float32))
+    optimizer = make_optimizer("adam", lr, 0.0, eps)
+    w, m, v = np.zeros(3), np.zeros(3), np.zeros(3)
+    for t, g in enumerate(grads, start=1):
+        optimizer.apply_gradients([(tf.constant(g), variable)])
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g.astype(np.float64) ** 2
+        w -= lr / (1 - b1 ** t) * m / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    np.testing.assert_allclose(variable.numpy(), w, rtol=1e-4)

@@ -16,6 +16,8 @@ MODEL_FILES = (".keras", ".h5")   # a user's own Keras model
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("auto", "step", "cosine", "constant")
 REINIT_RULES = ("auto", "doubling", "periodic", "off")
+REINIT_COMPARES = ("deployed", "start")
+AUGMENTATIONS = ("none", "crop_flip")
 BIAS_POLICIES = ("auto", "full", "masked", "frozen")
 TFLITE_IO = ("int8", "uint8")
 INITIAL_DEPLOYMENTS = ("full", "partial")
@@ -70,17 +72,22 @@ class RunConfig:
     optimizer: str = "adam"
     learning_rate: float = 5e-3
     lr_schedule: str = "auto"
+    lr_gamma: float = 0.1
+    adam_epsilon: float = 1e-8
     momentum: float = 0.9
     weight_decay: float = 0.0
     contribution_mix: Optional[float] = None
     reinit: str = "auto"
     reinit_period: int = 0
+    reinit_compare: str = "deployed"
+    layer_preselect: float = 1.0
+    augment: str = "none"
     bias_policy: str = "auto"
     initial_deployment: str = "full"
     fu_init: str = "same_init"
     iterative: bool = False
     iterative_decay: float = 0.8
-    iterative_epochs: int = 2
+    iterative_epochs: Optional[int] = None
     seed: int = 0
     deterministic: bool = True
     export_tflite: bool = False
@@ -90,6 +97,7 @@ class RunConfig:
     qat: bool = False
     budget_bytes: Optional[int] = None
     int8_headroom: float = 1.5
+    int8_bounds: bool = True
     sign_key: Optional[str] = None
     out_dir: Optional[str] = None
     resume: bool = False
@@ -126,7 +134,8 @@ class RunConfig:
             schedule = "step" if self.optimizer == "adam" else "cosine"
         single = self.single_step_epochs or 2 * self.epochs
         resolved = dataclasses.replace(self, contribution_mix=mix, reinit=reinit,
-                                       lr_schedule=schedule, single_step_epochs=single)
+                                       lr_schedule=schedule, single_step_epochs=single,
+                                       iterative_epochs=self.iterative_epochs or self.epochs)
         if not self.model_file:   # a model file's layers are known once it is loaded
             resolved = resolved.with_model(self.model in _BATCH_NORM_MODELS
                                            or is_resnet(self.model))
@@ -173,11 +182,11 @@ class RunConfig:
                 0.0 < self.update_ratio <= 1.0) or math.isnan(self.update_ratio):
             raise ConfigError(
                 f"--update_ratio must be in (0, 1], got {self.update_ratio!r}")
-        for name in ("rounds", "initial_samples", "epochs", "batch_size",
-                     "iterative_epochs"):
+        for name in ("rounds", "initial_samples", "epochs", "batch_size"):
             _positive(name, getattr(self, name))
-        if self.single_step_epochs is not None:
-            _positive("single_step_epochs", self.single_step_epochs)
+        for name in ("single_step_epochs", "iterative_epochs"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
         if not isinstance(self.samples_per_round, int) or self.samples_per_round < 0:
             raise ConfigError(
                 f"--samples_per_round must be >= 0, got {self.samples_per_round!r}")
@@ -190,6 +199,10 @@ class RunConfig:
         if not self.learning_rate > 0 or math.isinf(self.learning_rate):
             raise ConfigError(
                 f"--learning_rate must be a positive number, got {self.learning_rate!r}")
+        if not 0.0 < self.lr_gamma <= 1.0:
+            raise ConfigError(f"--lr_gamma must be in (0, 1], got {self.lr_gamma!r}")
+        if not 0.0 < self.adam_epsilon <= 1.0:
+            raise ConfigError(f"--adam_epsilon must be in (0, 1], got {self.adam_epsilon!r}")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum!r}")
         if not self.weight_decay >= 0 or math.isinf(self.weight_decay):
@@ -201,6 +214,11 @@ class RunConfig:
         _one_of("reinit", self.reinit, REINIT_RULES)
         if self.reinit == "periodic" and self.reinit_period < 1:
             raise ConfigError("--reinit=periodic needs --reinit_period >= 1")
+        _one_of("reinit_compare", self.reinit_compare, REINIT_COMPARES)
+        if not 0.0 < self.layer_preselect <= 1.0:
+            raise ConfigError(f"--layer_preselect must be in (0, 1], got "
+                              f"{self.layer_preselect!r}")
+        _one_of("augment", self.augment, AUGMENTATIONS)
         _one_of("bias_policy", self.bias_policy, BIAS_POLICIES)
         _one_of("initial_deployment", self.initial_deployment, INITIAL_DEPLOYMENTS)
         _one_of("fu_init", self.fu_init, FU_INITS)

@@ -67,11 +67,28 @@ class TfliteExport:
         """Per-weight magnitude limits of the deployed int8 model (after round 0)."""
         return kernel_bounds(self.mapping, len(self.model.weights))
 
+    def _at_bound(self, weights: List[np.ndarray]) -> float:
+        """The share of changed kernel elements that end at the int8 range's edge.
+
+        Training inside the bounds never clips, but an element held at its
+        bound wanted to go further: a large share means the bounds, not the
+        data, shaped the round (widen --int8_headroom).
+        """
+        changed = at_bound = 0
+        for new, old, limit in zip(weights, self.weights, self.bounds()):
+            if limit is None:
+                continue
+            moved = new != old
+            changed += int(moved.sum())
+            at_bound += int(np.count_nonzero(moved & (np.abs(new) >= limit * (1 - 1e-6))))
+        return at_bound / changed if changed else 0.0
+
     def export(self, folder: str, index: int, weights: List[np.ndarray], sent: bool,
                calibration: np.ndarray) -> Dict:
         """Writes this round's files; returns the metrics to add to its record."""
         os.makedirs(folder, exist_ok=True)
-        record = {"patch_bytes": 0, "int8_changed": 0, "clipped_fraction": 0.0}
+        record = {"patch_bytes": 0, "int8_changed": 0, "clipped_fraction": 0.0,
+                  "at_bound_fraction": 0.0}
         if self.file is None:
             self.model.set_weights(weights)
             raw = self.preprocessing.to_raw(calibration[:_CALIBRATION_SAMPLES])
@@ -92,7 +109,8 @@ class TfliteExport:
             self.file = new_file
             sent_bytes = len(patch)
             record.update(patch_bytes=len(patch), int8_changed=stats.changed_int8,
-                          clipped_fraction=round(stats.clipped_fraction, 6))
+                          clipped_fraction=round(stats.clipped_fraction, 6),
+                          at_bound_fraction=round(self._at_bound(weights), 6))
         else:
             sent_bytes = 0
         self.weights = [w.copy() for w in weights]

@@ -114,7 +114,8 @@ def run_step(ctx: RoundContext, name: str, epochs: int, *, masks=None,
         if saved["finished"]:
             return best
     for epoch in range(first, epochs):
-        lr = learning_rate_at(config.lr_schedule, config.learning_rate, epoch, epochs)
+        lr = learning_rate_at(config.lr_schedule, config.learning_rate, epoch, epochs,
+                              config.lr_gamma)
         loss = trainer.train_epoch(ctx.x, ctx.y, lr, masked=masks is not None,
                                    accumulate=accumulate, bn_training=bn_training)
         if not math.isfinite(loss):
@@ -215,10 +216,15 @@ def dpu(ctx: RoundContext) -> Candidate:
     final = trainer.model.get_weights()
     indices = _candidates(ctx)
     scores = contribution.dpu_scores(final, ctx.start, trainer.contribution(), indices,
-                                     config.contribution_mix)
+                                     config.contribution_mix, _warn(ctx))
     if config.iterative:
         return _iterative(ctx, scores, indices, final, bn)
-    return _fine_tune(ctx, final, ctx.select(scores), bn, "step 2", config.epochs)
+    masks = ctx.select(selection.preselect(scores, config.layer_preselect))
+    return _fine_tune(ctx, final, masks, bn, "step 2", config.epochs)
+
+
+def _warn(ctx: RoundContext) -> Callable[[str], None]:
+    return lambda line: ctx.progress(f"round {ctx.index}: {line}")
 
 
 def _fine_tune(ctx, final, masks, bn, name, epochs) -> Candidate:
@@ -231,7 +237,15 @@ def _fine_tune(ctx, final, masks, bn, name, epochs) -> Candidate:
 
 
 def _iterative(ctx, scores, indices, final, bn) -> Candidate:
-    """The single-round variant: shrink the selected set by x0.8 per stage to k."""
+    """The single-round variant, as the reference runs it.
+
+    The selected set shrinks by `iterative_decay` per stage until it reaches
+    k: each stage keeps the top of the still-active elements, rewinds the
+    others, and fine-tunes `iterative_epochs` epochs. The local contribution
+    keeps accumulating over all stages (a rewound element's is dropped: it
+    no longer moves); the global one is measured afresh from the round's
+    start. The last stage is step 2 of a plain round.
+    """
     config, trainer = ctx.config, ctx.trainer
     total = sum(scores[i].size for i in indices)
     ratio, active = 1.0, None
@@ -242,13 +256,13 @@ def _iterative(ctx, scores, indices, final, bn) -> Candidate:
         if keep == ctx.budget:
             return _fine_tune(ctx, final, masks, bn, "step 2", config.epochs)
         trainer.model.set_weights(rewind(ctx, final, ctx.start, masks))
-        trainer.reset_contribution()
+        trainer.keep_contribution(masks)
         run_step(ctx, f"shrink {ratio:.4f}", config.iterative_epochs,
                  masks=_step_masks(ctx, masks), accumulate=True, bn_training=bn)
         final = trainer.model.get_weights()
         active = {i: masks[i] for i in indices}
         scores = contribution.dpu_scores(final, ctx.start, trainer.contribution(), indices,
-                                         config.contribution_mix)
+                                         config.contribution_mix, _warn(ctx))
 
 
 def rpu(ctx: RoundContext) -> Candidate:
@@ -279,7 +293,8 @@ def pruning(ctx: RoundContext) -> Candidate:
     trainer.reset_optimizer()
     run_step(ctx, "step 1", config.epochs)
     final = trainer.model.get_weights()
-    masks = selection.magnitude(final, ctx.layout.indices(KERNEL), ctx.budget)
+    masks = selection.magnitude(final, ctx.layout.indices(KERNEL), ctx.budget,
+                                config.layer_preselect)
     pruned = [np.where(m, w, np.zeros_like(w)) if m is not None else w.copy()
               for w, m in zip(final, masks)]
     trainer.model.set_weights(pruned)

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dpu import distribute, methods, run_folder, selection
+from tf_dpu.augment import crop_flip
 from tf_dpu.config import PARTIAL_METHODS, RunConfig
 from tf_dpu.data import Dataset, RoundSchedule, check_dataset, load_dataset
 from tf_dpu.user_models import ModelSource
@@ -115,6 +116,9 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
         if config.deterministic:
             tf.config.experimental.enable_op_determinism()
         tf.random.set_seed(config.seed)
+        if config.augment != "none" and len(data.input_shape) != 3:
+            raise ConfigError(f"--augment={config.augment} crops and flips images; "
+                              f"{config.dataset} samples have shape {data.input_shape}")
         source = ModelSource(config, data.input_shape, data.num_classes, model)
         config = config.with_model(source.has_batch_norm)
         if config.out_dir:
@@ -129,10 +133,15 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
          schedule: RoundSchedule, signer, source: ModelSource) -> RunResult:
     model = source.model
     layout = Layout(model)
+    augment = None
+    if config.augment == "crop_flip":
+        fill = data.preprocessing.affine()[1]   # a raw zero, normalised
+        augment = lambda batch, key: crop_flip(batch, key, fill)  # noqa: E731
     trainer = Trainer(model, layout, optimizer=config.optimizer,
                       learning_rate=config.learning_rate, momentum=config.momentum,
                       weight_decay=config.weight_decay, batch_size=config.batch_size,
-                      seed=config.seed, strategy=strategy)
+                      seed=config.seed, strategy=strategy, adam_epsilon=config.adam_epsilon,
+                      augment=augment)
     w0 = model.get_weights()
     total = layout.size(KERNEL)
     budget = config.budget(total)
@@ -158,6 +167,10 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
     model.set_weights(w0)
     deployed, deployed_val = w0, trainer.accuracy(x_val, y_val)
     deployed_test = trainer.accuracy(x_test, y_test)
+    w0_val = deployed_val
+    # What the rounds report: the deployed model, or under
+    # --reinit_compare=start the best so far on validation (see Reported).
+    reported = Reported(deployed_val, deployed_test)
     init_size = schedule.size(0)
     rounds: List[Dict] = list(finished)
     if finished:
@@ -166,6 +179,7 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
         trainer.shuffle_state, saved = load_resume_state(last)
         deployed_val, deployed_test, init_size = (saved["deployed_val"], saved["deployed_test"],
                                                   saved["init_size"])
+        reported = Reported(saved["reported_val"], saved["reported_test"])
         if export:
             _restore_export(export, trainer, model, config, deployed, finished)
         say(f"resuming {config.out_dir} after round {finished[-1]['round']}")
@@ -175,7 +189,7 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
         reinit = False
         if r > 0 and config.method in _REINIT_METHODS:
             if config.reinit == "doubling" and size > 2 * init_size:
-                reinit, init_size = True, size
+                reinit = True
             elif config.reinit == "periodic" and r % config.reinit_period == 0:
                 reinit = True
         full = config.method == "fu" or (r == 0 and config.initial_deployment == "full")
@@ -205,7 +219,15 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             f"{' (re-initialized: data doubled)' if reinit else ''}")
         best = (methods.full_training(ctx, w0) if full and config.method != "fu"
                 else methods.METHODS[config.method](ctx))
-        sent = should_send(best.val_accuracy, deployed_val, best.weights)
+        # The reference keeps a re-initialized round if it beats its own start
+        # (w0); the product only if it beats what the device has.
+        from_start = reinit and config.reinit_compare == "start"
+        sent = should_send(best.val_accuracy, w0_val if from_start else deployed_val,
+                           best.weights)
+        if reinit and (sent or from_start):
+            # The doubling clock restarts with the restart the device got; a
+            # restart that lost keeps the clock, so the next round tries again.
+            init_size = size
         record = {"round": r, "train_samples": size, "parameters": model.count_params()}
         if sent:
             # What the device builds the update on: nothing (pruning sends a whole
@@ -221,8 +243,11 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             changed_biases = count_changed(layout, deployed, base, BIAS, STATE)
         else:
             updated = changed_biases = 0
+        carried = reported.update(deployed_val, deployed_test,
+                                  carry=config.reinit_compare == "start")
         record.update({
-            "val_accuracy": deployed_val, "test_accuracy": deployed_test,
+            "val_accuracy": reported.val, "test_accuracy": reported.test,
+            "carried_forward": carried,
             "updated_elements": updated, "total_elements": total,
             "changed_biases": changed_biases, "reinitialized": reinit, "sent": sent,
             "seconds": round(time.time() - started, 3),
@@ -239,20 +264,44 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             say(f"round {r}: int8 test {record['tflite_test_accuracy']:.4f}, "
                 f"{record['sent_bytes']} bytes sent (model file {record['tflite_bytes']})")
         rounds.append(record)
-        say(f"round {r}: val {deployed_val:.4f} test {deployed_test:.4f} "
+        say(f"round {r}: val {reported.val:.4f} test {reported.test:.4f} "
+            f"{'(previous round carried forward) ' if carried else ''}"
             f"updated {updated}/{total} biases {changed_biases} "
             f"{'sent' if sent else 'NOT sent (worse on validation; device keeps its model)'}"
             f" [{record['seconds']:.1f} s]")
         if writer:
             writer.write_round(model, deployed, rounds, trainer.shuffle_state, {
                 "deployed_val": deployed_val, "deployed_test": deployed_test,
-                "init_size": init_size})
+                "init_size": init_size, "reported_val": reported.val,
+                "reported_test": reported.test})
             if ctx.checkpoints:
                 ctx.checkpoints.clear()
     if writer:
         writer.write_plot(rounds)
         writer.close()
     return RunResult(config.to_dict(), rounds, deployed, w0, config.out_dir)
+
+
+class Reported:
+    """The accuracy a round reports.
+
+    By default the deployed model's. Under `--reinit_compare=start` a
+    re-initialized round may deploy a model worse than the last one (it only
+    has to beat w0), and the reference then reports the previous round's
+    numbers instead ("avoid the accuracy degradation due to the
+    re-initialization": the device keeps using its better model until the
+    new line of models beats it on validation); `update` does the same.
+    """
+
+    def __init__(self, val: float, test: float):
+        self.val, self.test = float(val), float(test)
+
+    def update(self, val: float, test: float, carry: bool) -> bool:
+        """Takes the deployed model's figures; True if the previous ones are kept."""
+        if carry and val < self.val:
+            return True
+        self.val, self.test = float(val), float(test)
+        return False
 
 
 def should_send(candidate_val: float, deployed_val: float, weights) -> bool:
@@ -269,7 +318,8 @@ def should_send(candidate_val: float, deployed_val: float, weights) -> bool:
 
 def _bound_training(export, trainer: Trainer, config: RunConfig) -> None:
     """After round 0's int8 file exists, later rounds train inside its scales."""
-    trainer.set_bounds(export.bounds())
+    if config.int8_bounds:
+        trainer.set_bounds(export.bounds())
     if config.qat:
         trainer.set_forward(export.qat_model())
 

@@ -11,6 +11,25 @@ import numpy as np
 Masks = List[Optional[np.ndarray]]
 
 
+def preselect(scores: Dict[int, np.ndarray], ratio: float) -> Dict[int, np.ndarray]:
+    """Keeps each weight's own top int(ratio * n) scores; the others become -inf.
+
+    The reference code cuts every layer to its top 65 % before the global
+    sort (to save memory); as a side effect a small layer can never take more
+    than 65 % of its elements. ratio = 1 changes nothing.
+    """
+    if ratio >= 1.0:
+        return scores
+    out = {}
+    for i, s in scores.items():
+        flat = np.where(np.isfinite(s.ravel()), s.ravel().astype(np.float64), -np.inf)
+        kept = np.full(flat.size, -np.inf)
+        top = np.argsort(-flat, kind="stable")[:int(flat.size * ratio)]
+        kept[top] = flat[top]
+        out[i] = kept.reshape(s.shape)
+    return out
+
+
 def top_k(scores: Dict[int, np.ndarray], k: int, length: int,
           active: Optional[Dict[int, np.ndarray]] = None) -> Masks:
     """Keeps the `k` largest scores across all given weights at once (global top-k).
@@ -22,17 +41,18 @@ def top_k(scores: Dict[int, np.ndarray], k: int, length: int,
       active: optional masks; only elements still active may be kept.
 
     Returns:
-      Boolean masks with exactly min(k, candidates) True elements in total.
-      Ties are broken by position, so the result is deterministic.
+      Boolean masks with exactly min(k, candidates) True elements in total,
+      candidates being the active elements with a finite score (NaN and -inf,
+      e.g. cut by `preselect`, never take a slot). Ties are broken by
+      position, so the result is deterministic.
     """
     keys = sorted(scores)
     flat = np.concatenate([scores[i].ravel() for i in keys]).astype(np.float64)
-    flat = np.where(np.isfinite(flat), flat, -np.inf)  # NaN never wins a slot
+    flat = np.where(np.isfinite(flat), flat, -np.inf)
     if active is not None:
         allowed = np.concatenate([active[i].ravel() for i in keys])
         flat = np.where(allowed, flat, -np.inf)
-        k = min(k, int(allowed.sum()))
-    k = min(k, flat.size)
+    k = min(k, int(np.count_nonzero(flat > -np.inf)))
     chosen = np.zeros(flat.size, bool)
     if k > 0:
         # Stable sort on the negated scores: equal scores go to the earliest
@@ -58,14 +78,16 @@ def within_bytes(scores: Dict[int, np.ndarray], cost, max_bytes: int, length: in
     """
     keys = sorted(scores)
     flat = np.concatenate([scores[i].ravel() for i in keys]).astype(np.float64)
-    order = np.argsort(-np.where(np.isfinite(flat), flat, -np.inf), kind="stable")
+    flat = np.where(np.isfinite(flat), flat, -np.inf)
+    order = np.argsort(-flat, kind="stable")
+    finite = int(np.count_nonzero(flat > -np.inf))
 
     def masks_of(n):
         chosen = np.zeros(flat.size, bool)
         chosen[order[:n]] = True
         return _split(chosen, scores, keys, length)
 
-    low, high = 0, flat.size if limit is None else min(limit, flat.size)
+    low, high = 0, finite if limit is None else min(limit, finite)
     while low < high:  # largest n with cost(n) <= max_bytes
         middle = (low + high + 1) // 2
         if cost(masks_of(middle)) <= max_bytes:
@@ -75,9 +97,11 @@ def within_bytes(scores: Dict[int, np.ndarray], cost, max_bytes: int, length: in
     return masks_of(low)
 
 
-def magnitude(weights: Sequence[np.ndarray], indices: Sequence[int], k: int) -> Masks:
-    """Global top-k by |w|: the pruning baseline's mask."""
-    return top_k({i: np.abs(weights[i]) for i in indices}, k, len(weights))
+def magnitude(weights: Sequence[np.ndarray], indices: Sequence[int], k: int,
+              layer_preselect: float = 1.0) -> Masks:
+    """Global top-k by |w|: the pruning baseline's mask (see `preselect`)."""
+    return top_k(preselect({i: np.abs(weights[i]) for i in indices}, layer_preselect), k,
+                 len(weights))
 
 
 def random_per_layer(shapes: Sequence[tuple], indices: Sequence[int], ratio: float,

@@ -60,7 +60,14 @@ _OPTIMIZER = flags.DEFINE_enum("optimizer", _D.optimizer, cfg.OPTIMIZERS,
 _LR = flags.DEFINE_float("learning_rate", _D.learning_rate, "initial learning rate")
 _SCHEDULE = flags.DEFINE_enum(
     "lr_schedule", _D.lr_schedule, cfg.LR_SCHEDULES,
-    "auto: step decay x0.1 at each third for adam, cosine for sgd")
+    "auto: step for adam, cosine for sgd; step: x --lr_gamma every epochs // 3 epochs "
+    "(PyTorch's StepLR, as the reference)")
+_LR_GAMMA = flags.DEFINE_float("lr_gamma", _D.lr_gamma, "decay factor of the step schedule "
+                               "(the reference: 0.1, 0.2 for VGG)", lower_bound=0.0,
+                               upper_bound=1.0)
+_ADAM_EPSILON = flags.DEFINE_float(
+    "adam_epsilon", _D.adam_epsilon, "Adam's epsilon, added to the bias-corrected sqrt(v) "
+    "as PyTorch does", lower_bound=0.0, upper_bound=1.0)
 _MOMENTUM = flags.DEFINE_float("momentum", _D.momentum, "SGD momentum", lower_bound=0.0)
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", _D.weight_decay, "L2 on all parameters",
                                    lower_bound=0.0)
@@ -70,6 +77,17 @@ _MIX = flags.DEFINE_float("contribution_mix", None,
 _REINIT = flags.DEFINE_enum(
     "reinit", _D.reinit, cfg.REINIT_RULES, "auto: doubling for dpu and lcpu after a partial "
     "round 0, off otherwise")
+_REINIT_COMPARE = flags.DEFINE_enum(
+    "reinit_compare", _D.reinit_compare, cfg.REINIT_COMPARES,
+    "a re-initialized round is deployed if it beats: deployed (the device's model; a loss "
+    "retries the restart next round) | start (w0, as the reference, which then reports the "
+    "previous round while the new models are worse)")
+_LAYER_PRESELECT = flags.DEFINE_float(
+    "layer_preselect", _D.layer_preselect, "DPU and pruning: keep each layer's top fraction "
+    "by score before the global top-k (the reference: 0.65)", lower_bound=0.0, upper_bound=1.0)
+_AUGMENT = flags.DEFINE_enum("augment", _D.augment, cfg.AUGMENTATIONS,
+                             "training augmentation of images: crop_flip = random crops with "
+                             "4-pixel padding and horizontal flips (the reference's CIFAR)")
 _REINIT_PERIOD = flags.DEFINE_integer("reinit_period", _D.reinit_period,
                                       "rounds between re-initializations (periodic)",
                                       lower_bound=0)
@@ -85,9 +103,9 @@ _ITERATIVE = flags.DEFINE_bool("iterative", _D.iterative,
                                "single-round variant: shrink the selection x0.8 per stage")
 _ITERATIVE_DECAY = flags.DEFINE_float("iterative_decay", _D.iterative_decay,
                                       "shrink factor per stage")
-_ITERATIVE_EPOCHS = flags.DEFINE_integer("iterative_epochs", _D.iterative_epochs,
-                                         "fine-tuning epochs per shrinking stage",
-                                         lower_bound=1)
+_ITERATIVE_EPOCHS = flags.DEFINE_integer("iterative_epochs", None,
+                                         "fine-tuning epochs per shrinking stage (default "
+                                         "--epochs, as the reference)", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", _D.seed, "seed of init, schedule and shuffling")
 _DETERMINISTIC = flags.DEFINE_bool("deterministic", _D.deterministic,
                                    "TensorFlow op determinism (same seed, same bits)")
@@ -99,6 +117,10 @@ _TFLITE_IO = flags.DEFINE_enum("tflite_io", _D.tflite_io, cfg.TFLITE_IO,
 _HEADROOM = flags.DEFINE_float(
     "int8_headroom", 1.5, "widen round 0's int8 weight scales by this factor, so later "
     "partial updates have room to grow without clipping", lower_bound=1.0, upper_bound=16.0)
+_INT8_BOUNDS = flags.DEFINE_bool(
+    "int8_bounds", _D.int8_bounds, "with --export_tflite: after round 0, train inside the "
+    "int8 file's range (127 x scale per channel), so nothing clips; --noint8_bounds trains "
+    "freely (accuracy comparable with runs without export; the file clips)")
 _QAT = flags.DEFINE_bool(
     "qat", False, "after round 0, train and validate through the deployed int8 model "
     "(frozen weight scales and activation ranges, tfmot wrappers); needs --export_tflite")
@@ -162,6 +184,9 @@ def config_from_flags() -> cfg.RunConfig:
         validation_samples=_VALIDATION.value, epochs=_EPOCHS.value,
         single_step_epochs=_SINGLE_EPOCHS.value, batch_size=_BATCH.value,
         optimizer=_OPTIMIZER.value, learning_rate=_LR.value, lr_schedule=_SCHEDULE.value,
+        lr_gamma=_LR_GAMMA.value, adam_epsilon=_ADAM_EPSILON.value,
+        reinit_compare=_REINIT_COMPARE.value, layer_preselect=_LAYER_PRESELECT.value,
+        augment=_AUGMENT.value, int8_bounds=_INT8_BOUNDS.value,
         momentum=_MOMENTUM.value, weight_decay=_WEIGHT_DECAY.value,
         contribution_mix=_MIX.value, reinit=_REINIT.value,
         reinit_period=_REINIT_PERIOD.value, bias_policy=_BIAS.value,

@@ -31,14 +31,17 @@ from tf_dpu.weights import Layout
 _EVAL_BATCH = 1024
 
 
-def learning_rate_at(schedule: str, base: float, epoch: int, epochs: int) -> float:
+def learning_rate_at(schedule: str, base: float, epoch: int, epochs: int,
+                     gamma: float = 0.1) -> float:
     """Learning rate of `epoch` (0-based) within a step of `epochs` epochs.
 
-    `step` is the reference's decay x0.1 at each third of the epochs, `cosine`
-    anneals to zero, `constant` keeps `base`. Each step restarts the schedule.
+    `step` is the reference's PyTorch `StepLR(step_size=epochs // 3, gamma)`:
+    x gamma every `epochs // 3` epochs, so 10 epochs run 3/3/3/1 (the last at
+    gamma^3) and 30 run 10/10/10. `cosine` anneals to zero, `constant` keeps
+    `base`. Each step restarts the schedule.
     """
     if schedule == "step":
-        return base * 0.1 ** min(2, (3 * epoch) // epochs)
+        return base * gamma ** (epoch // max(1, epochs // 3))
     if schedule == "cosine":
         return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
     return base
@@ -49,9 +52,17 @@ def _any_count(t: tf.Tensor) -> tf.TensorSpec:
     return tf.TensorSpec([None, *t.shape[1:]], t.dtype)
 
 
-def make_optimizer(name: str, learning_rate: float, momentum: float):
+def make_optimizer(name: str, learning_rate: float, momentum: float,
+                   epsilon: float = 1e-8):
+    """Adam as PyTorch computes it, or SGD with Nesterov momentum when momentum > 0.
+
+    Keras adds epsilon to sqrt(v) before the bias correction, PyTorch after
+    it; `adaptive_epsilon` scales it by sqrt(1 - beta2^t), which gives
+    PyTorch's update exactly: lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps),
+    the reference's optimizer (its partial-update Adam masks this increment).
+    """
     if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
+        return keras.optimizers.Adam(learning_rate, epsilon=epsilon, adaptive_epsilon=True)
     return keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=momentum > 0)
 
 
@@ -74,12 +85,17 @@ class Trainer:
       strategy: the `tf.distribute` strategy whose scope built the model
         (None: the current one, which is the default strategy outside any
         scope). Each global batch is split across its replicas.
+      adam_epsilon: Adam's epsilon, in PyTorch's formulation.
+      augment: None, or `f(batch, key) -> batch` applied to every training
+        batch with a stateless random key [seed, step number] (see
+        `tf_dpu.augment`).
     """
 
     def __init__(self, model: keras.Model, layout: Layout, *, optimizer: str = "adam",
                  learning_rate: float = 5e-3, momentum: float = 0.9,
                  weight_decay: float = 0.0, batch_size: int = 128, seed: int = 0,
-                 strategy: Optional[tf.distribute.Strategy] = None):
+                 strategy: Optional[tf.distribute.Strategy] = None,
+                 adam_epsilon: float = 1e-8, augment=None):
         self.model = model
         self.strategy = strategy or tf.distribute.get_strategy()
         self._forward = model
@@ -88,12 +104,16 @@ class Trainer:
         self._variables = model.trainable_variables
         self._weight_decay = float(weight_decay)
         with self.strategy.scope():
-            self._optimizer = make_optimizer(optimizer, learning_rate, momentum)
+            self._optimizer = make_optimizer(optimizer, learning_rate, momentum, adam_epsilon)
             self._optimizer.build(self._variables)
             self._masks = [tf.Variable(tf.ones(v.shape, tf.bool), trainable=False)
                            for v in self._variables]
             self._contribution = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
                                   for v in self._variables]
+            # Steps taken over the trainer's life: the augmentation's random key.
+            self._steps_taken = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._augment = augment
+        self._seed = int(seed)
         self._bounds = None
         # Per-sample losses: a replica sums its slice and divides by the
         # global batch size, so the sum over replicas is the batch mean.
@@ -155,13 +175,13 @@ class Trainer:
     def state(self) -> List[np.ndarray]:
         """Everything training depends on: weights, optimizer, accumulators, masks."""
         variables = (list(self.model.weights) + list(self._optimizer.variables)
-                     + self._contribution + self._masks)
+                     + self._contribution + self._masks + [self._steps_taken])
         return [v.numpy() for v in variables] + [np.array(self._optimizer.learning_rate.numpy())]
 
     def restore(self, state: Sequence[np.ndarray]) -> None:
         """Puts back what `state()` returned (same model and optimizer)."""
         variables = (list(self.model.weights) + list(self._optimizer.variables)
-                     + self._contribution + self._masks)
+                     + self._contribution + self._masks + [self._steps_taken])
         if len(state) != len(variables) + 1:
             raise ValueError("checkpoint does not match this model")
         for v, value in zip(variables, state):
@@ -180,6 +200,15 @@ class Trainer:
     def reset_contribution(self) -> None:
         for c in self._contribution:
             c.assign(tf.zeros_like(c))
+
+    def keep_contribution(self, masks: Sequence[Optional[np.ndarray]]) -> None:
+        """Zeroes the accumulated contribution outside `masks` (`model.weights` order).
+
+        None keeps a weight's whole contribution.
+        """
+        for c, position in zip(self._contribution, self.layout.trainable_positions):
+            if masks[position] is not None:
+                c.assign(tf.where(masks[position], c, tf.zeros_like(c)))
 
     def contribution(self) -> List[Optional[np.ndarray]]:
         """The accumulated local contribution, in `model.weights` order.
@@ -234,17 +263,24 @@ class Trainer:
         steps = n // batch + tf.cast(n % batch >= self.strategy.num_replicas_in_sync, tf.int32)
         total = tf.constant(0.0)
         used = tf.constant(0)
+        first = self._steps_taken.read_value()
         for i in tf.range(steps):
             index = order[i * batch:tf.minimum((i + 1) * batch, n)]
+            key = tf.stack([tf.constant(self._seed, tf.int64), first + tf.cast(i, tf.int64)])
             loss = self.strategy.run(self._step, args=(
-                tf.gather(x, index), tf.gather(y, index), masked, accumulate, bn_training))
+                tf.gather(x, index), tf.gather(y, index), key, masked, accumulate, bn_training))
             size = tf.shape(index)[0]
             total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None) * \
                 tf.cast(size, tf.float32)
             used += size
+        self._steps_taken.assign_add(tf.cast(steps, tf.int64))
         return total / tf.cast(used, tf.float32)
 
-    def _step(self, xb, yb, masked, accumulate, bn_training):
+    def _step(self, xb, yb, key, masked, accumulate, bn_training):
+        if self._augment is not None:
+            # On the global batch, before the replica's slice: every replica
+            # draws the same crops for the same samples.
+            xb = self._augment(xb, key)
         size = tf.shape(yb)[0]
         start, end = distribute.replica_slice(size)
         with tf.GradientTape() as tape:

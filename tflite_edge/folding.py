@@ -304,8 +304,8 @@ def build_map(model, model_file: ModelFile, input_affine=None) -> List[LayerMap]
                 if _reproduces(trial, weights, model_file):
                     entry = dataclasses.replace(
                         trial, factor=fold_factor(trial, weights),
-                        shared_kernel=_shared_with(trial.kernel_tensor, model_file),
-                        shared_bias=_shared_with(trial.bias_tensor, model_file))
+                        shared_kernel=_shared_with(trial.kernel_tensor, op, model_file),
+                        shared_bias=_shared_with(trial.bias_tensor, op, model_file))
                     unmatched.remove(op)
                     break
             if entry is not None:
@@ -351,9 +351,17 @@ def _reproduces(entry: LayerMap, weights, model_file: ModelFile) -> bool:
                        <= tolerance))
 
 
-def _shared_with(tensor: Optional[Tensor], model_file: ModelFile) -> Tuple[str, ...]:
-    """Other tensors stored in this tensor's buffer."""
+def _shared_with(tensor: Optional[Tensor], op, model_file: ModelFile) -> Tuple[str, ...]:
+    """What else reads this tensor's bytes: tensors in its buffer, other operators.
+
+    The converter merges identical constants into one tensor read by several
+    operators (two layers with equal weights at round 0), or one buffer
+    behind several tensors; a write for one layer would then change the other.
+    """
     if tensor is None:
         return ()
-    return tuple(t.name for t in model_file.tensors_of_buffer(tensor.buffer)
-                 if t.index != tensor.index)
+    others = [t.name for t in model_file.tensors_of_buffer(tensor.buffer)
+              if t.index != tensor.index]
+    others += [model_file.tensors[o.outputs[0]].name for o in model_file.operators
+               if o.index != op.index and tensor.index in o.inputs and o.outputs]
+    return tuple(others)

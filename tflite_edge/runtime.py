@@ -9,11 +9,23 @@ def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
 
 
-def logits(model_bytes: bytes, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """The model's raw int8 outputs for float inputs `x` (quantized as the model asks)."""
-    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+def logits(model_bytes: bytes, x: np.ndarray, batch: int = 256,
+           reference_kernels: bool = False) -> np.ndarray:
+    """The model's raw int8 outputs for float inputs `x` (quantized as the model asks).
+
+    Args:
+      model_bytes: the `.tflite` file.
+      x: samples, as the model's input takes them (raw for device-ready files).
+      batch: samples per invocation.
+      reference_kernels: LiteRT's reference kernels (the arithmetic TFLite
+        Micro implements) instead of its optimized ones (what phones run).
+    """
+    from ai_edge_litert.interpreter import (  # pylint: disable=import-outside-toplevel
+        Interpreter, OpResolverType)
+    resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
     with native_output.muted():   # "Created TensorFlow Lite XNNPACK delegate" on stderr
-        interpreter = Interpreter(model_content=bytes(model_bytes))
+        interpreter = Interpreter(model_content=bytes(model_bytes),
+                                  experimental_op_resolver_type=resolver)
         interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
     output = interpreter.get_output_details()[0]
@@ -29,6 +41,21 @@ def logits(model_bytes: bytes, x: np.ndarray, batch: int = 256) -> np.ndarray:
         interpreter.set_tensor(detail["index"], quantize_input(chunk, scale, zero_point))
         interpreter.invoke()
         outputs.append(interpreter.get_tensor(output["index"]).copy())
+    return np.concatenate(outputs)
+
+
+def micro_logits(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    """The model's raw int8 outputs in the TFLite Micro interpreter (pip `tflite-micro`)."""
+    from tflite_micro.python.tflite_micro import (  # pylint: disable=import-outside-toplevel
+        runtime as micro)
+    interpreter = micro.Interpreter.from_bytes(bytes(model_bytes))
+    detail = interpreter.get_input_details(0)["quantization_parameters"]
+    outputs = []
+    for sample in x:   # TFLite Micro runs one sample at a time, as a microcontroller does
+        interpreter.set_input(quantize_input(sample[None], detail["scales"][0],
+                                             detail["zero_points"][0]), 0)
+        interpreter.invoke()
+        outputs.append(interpreter.get_output(0).copy())
     return np.concatenate(outputs)
 
 
