@@ -7,12 +7,20 @@ Keys written:
       the custom loop's throughput over `model.fit` on the same model and data
       (plain, with local-contribution accumulation, with a 1 % mask).
   position_bits_vs_bound, patch_vs_detools, patch_vs_bsdiff, patch_vs_gzip_full,
-  patch_vs_tflite_full, patch_vs_bound:
+  patch_vs_tflite_full, patch_vs_bound, patch_vs_entropy_bound:
       the int8 patches of a real DPU run (MNIST MLP, k = 0.01, 8 rounds) against
-      the alternatives on the same file pairs (totals over rounds).
+      the alternatives on the same file pairs (totals over rounds); the entropy
+      bound is, per record, log2 C(N, n) position bits plus n x the empirical
+      entropy of the coded values, plus the fixed bytes (benchmarks.patch_size).
   apply_mb_per_s_python, apply_mb_per_s_c: model megabytes patched per second.
   round_seconds_dpu_vs_fu: wall time of a DPU round over an FU round (same
-      epochs in total: two steps of E against one of 2E; no export on either).
+      epochs in total: two steps of E against one of 2E; no export on either),
+      rounds 2-7; dpu_extra_tracing_seconds: what DPU's first partial round
+      adds once per process (tracing its two extra step variants).
+  bytes_target_vs_fixed_k, target_gap_test_points: `--target_gap=0.5` on the
+      MNIST MLP against fixed-k DPU (benchmarks.bytes, quick subset).
+  reference_run: the whole reference-protocol run as a process, split into
+      start-up, first epoch, training and the rest (benchmarks.timing).
   int8_vs_float_max_gap_points: the largest |int8 - float| test accuracy of a round.
   scaling: patch bytes and apply times for 10k-1M parameters at k = 1 % (--quick),
       10k-10M at k = 0.1 %, 1 %, 10 % otherwise.
@@ -69,12 +77,19 @@ def main(argv):
     plain = dataclasses.replace(config, export_tflite=False, out_dir=None)
     fu = run(dataclasses.replace(plain, method="fu"), progress=None, data=data)
     dpu_plain = run(plain, progress=None, data=data)
-    dpu_seconds = np.mean([r["seconds"] for r in dpu_plain.rounds[1:]])
-    fu_seconds = np.mean([r["seconds"] for r in fu.rounds[1:]])
+    dpu_seconds = np.mean([r["seconds"] for r in dpu_plain.rounds[2:]])
+    fu_seconds = np.mean([r["seconds"] for r in fu.rounds[2:]])
     results["round_seconds_dpu_vs_fu"] = round(float(dpu_seconds / fu_seconds), 3)
+    results["dpu_extra_tracing_seconds"] = round(float(
+        (dpu_plain.rounds[1]["seconds"] - fu.rounds[1]["seconds"])
+        - (dpu_seconds - fu_seconds)), 2)
     results["int8_vs_float_max_gap_points"] = round(100 * max(
         abs(r["tflite_test_accuracy"] - r["test_accuracy"]) for r in dpu.rounds), 2)
     results["bytes_table"] = table
+    from benchmarks import bytes as link_bytes, timing  # pylint: disable=import-outside-toplevel
+    results.update(link_bytes.key_figures(link_bytes.measure(
+        True, progress=lambda _: None, ratios=(0.01, 0.02, 0.05, 0.1))))
+    results["reference_run"] = timing.time_run("flags/reference_mnist.flags")
     from benchmarks import scaling  # pylint: disable=import-outside-toplevel
     results["scaling"] = scaling.measure(("10k", "100k", "1M") if quick else
                                          ("10k", "100k", "1M", "10M"),

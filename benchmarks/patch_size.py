@@ -6,6 +6,11 @@ between the same two files, and the information bound of the positions
 (log2 C(N, n) bits for the n changed elements of each buffer) plus the raw
 value bits. That last column bounds position coding only: a tool that
 compresses the values (as detools' lzma does with value deltas) can go below it.
+
+`entropy_bound` is the tighter yardstick: per record, log2 C(N, n) position
+bits plus n times the empirical zeroth-order entropy of the values as coded
+(zigzag deltas or raw values), plus the fixed bytes every patch carries
+(header, record headers, checksum, signature).
 """
 
 import gzip
@@ -21,6 +26,8 @@ from benchmarks import jvm
 from tflite_edge import patch_format
 from tflite_edge.apply import apply_patch
 from tflite_edge.model_file import ELEMENT_DTYPES
+from tflite_edge.patch_format import (CHECKSUM_SIZE, ELEMENTS_RECORD, FLAG_SIGNED, HEADER,
+                                      SIGNATURE_SIZE)
 from tflite_edge.positions import entropy_bound_bits
 
 _C_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -40,6 +47,39 @@ def _bsdiff(base: bytes, target: bytes) -> int:
     return len(bsdiff4.diff(base, target))
 
 
+def _zeroth_order_bits(values: np.ndarray) -> float:
+    """n x the empirical entropy of the values' distribution."""
+    _, counts = np.unique(values, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(counts * np.log2(p)).sum())
+
+
+def entropy_bound(patch: bytes) -> dict:
+    """The patch's bytes against its entropy bound, with where the bits go.
+
+    Returns:
+      bound (bytes), fixed (bytes), and per part (positions, kernel values,
+      bias values) the coded bits and the bound's bits.
+    """
+    parsed = patch_format.decode(patch)
+    signed = parsed.header.flags & FLAG_SIGNED
+    fixed = HEADER.size + CHECKSUM_SIZE + (SIGNATURE_SIZE if signed else 0)
+    parts = {name: [0.0, 0.0] for name in ("positions", "kernel values", "bias values")}
+    for record in parsed.records:
+        if record.kind != patch_format.KIND_ELEMENTS:
+            continue
+        fixed += ELEMENTS_RECORD.size
+        n = len(record.positions)
+        parts["positions"][0] += 8 * record.position_bytes
+        parts["positions"][1] += entropy_bound_bits(record.count, n)
+        kind = "kernel values" if record.element_type in (3, 9) else "bias values"
+        parts[kind][0] += 8 * (record.value_bytes if record.value_bytes else
+                               n * ELEMENT_DTYPES[record.element_type].itemsize)
+        parts[kind][1] += _zeroth_order_bits(record.values)
+    bound = fixed + sum(b for _, b in parts.values()) / 8
+    return {"patch": len(patch), "bound": bound, "fixed": fixed, "parts": parts}
+
+
 def compare(files, patches) -> dict:
     """Sizes per round and totals; `files[r]`, `patches[r]` (None when nothing was sent)."""
     rows = []
@@ -54,13 +94,17 @@ def compare(files, patches) -> dict:
             position_bits += 8 * record.position_bytes
             bound_positions += entropy_bound_bits(record.count, len(record.positions))
             value_bits += 8 * len(record.positions) * ELEMENT_DTYPES[record.element_type].itemsize
+        entropy = entropy_bound(patches[r])
         rows.append({
             "round": r, "patch": len(patches[r]), "tflite": len(files[r]),
+            "entropy_bound": round(entropy["bound"], 1),
+            "entropy_parts": {k: [round(v[0]), round(v[1])] for k, v in entropy["parts"].items()},
             "gzip": len(gzip.compress(files[r], 9)), "detools": _detools(files[r - 1], files[r]),
             "bsdiff4": _bsdiff(files[r - 1], files[r]),
             "bound": int(np.ceil((bound_positions + value_bits) / 8)),
             "position_bits": position_bits, "bound_position_bits": bound_positions})
-    total = {k: sum(row[k] for row in rows) for k in rows[0] if k != "round"} if rows else {}
+    total = {k: sum(row[k] for row in rows) for k in rows[0]
+             if k not in ("round", "entropy_parts")} if rows else {}
     return {"rows": rows, "total": total}
 
 
@@ -73,6 +117,7 @@ def ratios(table: dict) -> dict:
         "patch_vs_gzip_full": round(t["patch"] / t["gzip"], 4),
         "patch_vs_tflite_full": round(t["patch"] / t["tflite"], 4),
         "patch_vs_bound": round(t["patch"] / t["bound"], 4),
+        "patch_vs_entropy_bound": round(t["patch"] / t["entropy_bound"], 4),
     }
 
 

@@ -29,3 +29,46 @@ def test_a_second_difference_is_refused_by_name(changes, setting):
 def test_mean_and_standard_error():
     assert standard_error([1.0, 3.0]) == pytest.approx(1.0)
     assert mean_se([1.0, 3.0]) == "+2.00 ± 1.00" and mean_se([]) == "n/a"
+
+
+def _run(mode, seed, accuracy, sent, setting="s"):
+    return {"setting": setting, "mode": mode, "seed": seed, "test_accuracy": accuracy,
+            "device_accuracy": accuracy, "sent_bytes": sent}
+
+
+def test_target_bytes_are_compared_with_the_cheapest_fixed_k_that_does_as_well():
+    from benchmarks.bytes import gaps_and_bytes, key_figures
+    runs = []
+    for seed in (1, 2):
+        runs += [_run("fu same_init", seed, [0.5, 0.90, 0.90], [1000] * 3),
+                 _run("fu last_round", seed, [0.5, 0.91, 0.91], [1000] * 3),
+                 _run("dpu k=1%", seed, [0.5, 0.88, 0.88], [1000, 10, 10]),    # -3 points
+                 _run("dpu k=5%", seed, [0.5, 0.905, 0.905], [1000, 50, 50]),  # -0.5
+                 _run("dpu k=20%", seed, [0.5, 0.91, 0.91], [1000, 200, 200]),  # 0
+                 _run("target 0.5", seed, [0.5, 0.905, 0.905], [1000, 25, 25])]
+    gap, sent = gaps_and_bytes(runs, "s", "dpu k=5%")[0]
+    assert gap == pytest.approx(-0.5) and sent == 100     # against the better FU, rounds 1+
+    figures = key_figures(runs)
+    assert figures["target_gap_test_points"] == pytest.approx(-0.5)
+    assert figures["bytes_target_vs_fixed_k"] == pytest.approx(0.5)   # 50 / 100 (k = 5 %)
+
+
+def test_the_entropy_bound_of_a_real_patch():
+    import numpy as np
+    from benchmarks.patch_size import entropy_bound
+    from hostile import TINY_MODEL
+    from tflite_edge.create import create_patch
+    from tflite_edge.model_file import ModelFile
+    base = open(TINY_MODEL, "rb").read()
+    view = ModelFile(base)
+    target = bytearray(base)
+    rng = np.random.RandomState(0)
+    buffer = max((view.buffers[t.buffer] for t in view.tensors if t.type == 9
+                  and view.buffers[t.buffer].length > 0), key=lambda b: b.length)
+    for i in rng.choice(buffer.length, buffer.length // 10, replace=False):
+        target[buffer.offset + i] = (target[buffer.offset + i] + rng.randint(1, 5)) % 256
+    patch = create_patch(base, bytes(target), 1)
+    e = entropy_bound(patch)
+    coded = sum(c for c, _ in e["parts"].values())
+    assert len(patch) == pytest.approx(e["fixed"] + coded / 8, abs=len(e["parts"]) + 1)
+    assert 1.0 <= len(patch) / e["bound"] < 1.3

@@ -18,6 +18,7 @@ LR_SCHEDULES = ("auto", "step", "cosine", "constant")
 REINIT_RULES = ("auto", "doubling", "periodic", "off")
 REINIT_COMPARES = ("deployed", "start")
 AUGMENTATIONS = ("none", "crop_flip")
+RANKINGS = ("contribution", "per_bit")
 BIAS_POLICIES = ("auto", "full", "masked", "frozen")
 TFLITE_IO = ("int8", "uint8")
 INITIAL_DEPLOYMENTS = ("full", "partial")
@@ -81,6 +82,7 @@ class RunConfig:
     reinit_period: int = 0
     reinit_compare: str = "deployed"
     layer_preselect: float = 1.0
+    rank: str = "contribution"
     augment: str = "none"
     bias_policy: str = "auto"
     initial_deployment: str = "full"
@@ -96,6 +98,10 @@ class RunConfig:
     bn_epsilon: float = 1e-5
     qat: bool = False
     budget_bytes: Optional[int] = None
+    target_gap: Optional[float] = None
+    target_confidence: float = 0.0
+    max_update_ratio: float = 0.2
+    target_search_steps: int = 3
     int8_headroom: float = 1.5
     int8_bounds: bool = True
     sign_key: Optional[str] = None
@@ -128,7 +134,8 @@ class RunConfig:
             # device's trained model away for a partial update of a random
             # network, so the rule is off there.
             reinit = ("doubling" if self.method in ("dpu", "lcpu")
-                      and self.initial_deployment == "partial" else "off")
+                      and self.initial_deployment == "partial" and self.target_gap is None
+                      else "off")
         schedule = self.lr_schedule
         if schedule == "auto":
             schedule = "step" if self.optimizer == "adam" else "cosine"
@@ -219,6 +226,13 @@ class RunConfig:
             raise ConfigError(f"--layer_preselect must be in (0, 1], got "
                               f"{self.layer_preselect!r}")
         _one_of("augment", self.augment, AUGMENTATIONS)
+        _one_of("rank", self.rank, RANKINGS)
+        if self.rank == "per_bit":
+            if not self.export_tflite:
+                raise ConfigError("--rank=per_bit costs elements in the int8 patch; add "
+                                  "--export_tflite")
+            if self.method not in ("dpu", "gcpu", "lcpu"):
+                raise ConfigError(f"--rank=per_bit ranks DPU's scores; not for {self.method}")
         _one_of("bias_policy", self.bias_policy, BIAS_POLICIES)
         _one_of("initial_deployment", self.initial_deployment, INITIAL_DEPLOYMENTS)
         _one_of("fu_init", self.fu_init, FU_INITS)
@@ -261,6 +275,25 @@ class RunConfig:
             if not isinstance(self.budget_bytes, int) or self.budget_bytes < 200:
                 raise ConfigError(f"--budget_bytes must be an integer >= 200, got "
                                   f"{self.budget_bytes!r}")
+        if self.target_gap is not None:
+            if not 0.0 <= self.target_gap <= 100.0:
+                raise ConfigError(f"--target_gap is in accuracy points, [0, 100]; got "
+                                  f"{self.target_gap!r}")
+            if self.method not in ("dpu", "gcpu", "lcpu"):
+                raise ConfigError(f"--target_gap needs step 1's full model: dpu, gcpu or lcpu, "
+                                  f"not {self.method}")
+            if self.iterative:
+                raise ConfigError("--target_gap and --iterative cannot be combined")
+            if self.reinit not in ("auto", "off"):
+                raise ConfigError("--target_gap measures against the deployed model; it "
+                                  "cannot be combined with --reinit")
+        if not 0.0 <= self.target_confidence <= 5.0:
+            raise ConfigError(f"--target_confidence (standard errors) must be in [0, 5], got "
+                              f"{self.target_confidence!r}")
+        if not 0.0 < self.max_update_ratio <= 1.0:
+            raise ConfigError(f"--max_update_ratio must be in (0, 1], got "
+                              f"{self.max_update_ratio!r}")
+        _positive("target_search_steps", self.target_search_steps)
         if self.sign_key and not self.export_tflite:
             raise ConfigError("--sign_key signs exported patches; add --export_tflite")
         _one_of("strategy", self.strategy, STRATEGIES)

@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from tf_dpu import contribution, selection
+from tf_dpu import bitcost, contribution, selection, target
 from tf_dpu.config import RunConfig
 from tf_dpu.training import Trainer, learning_rate_at
 from tf_dpu.weights import BIAS, KERNEL, STATE, Layout
@@ -43,6 +43,12 @@ class RoundContext:
       checkpoints: saves each epoch and restores finished ones on resume.
       log_epoch: receives (step name, epoch, {"loss", "val_accuracy",
         "learning_rate"}) after every epoch (TensorBoard curves).
+      memory: what a method carries from round to round (`--target_gap`'s
+        last size), saved with each round for resuming.
+      byte_cap: callable(scores) -> the most elements of that ranking whose
+        patch fits `--budget_bytes` (None: no byte cap).
+      int8_scales: per weight, the deployed file's int8 step in Keras units
+        (None before round 0's file exists, or for weights not stored as int8).
     """
 
     config: RunConfig
@@ -63,6 +69,9 @@ class RoundContext:
     byte_budget: bool = False
     checkpoints: Optional[object] = None   # tf_dpu.checkpoints.EpochCheckpoints
     log_epoch: Callable[[str, int, dict], None] = lambda step, epoch, values: None
+    memory: dict = dataclasses.field(default_factory=dict)
+    byte_cap: Optional[Callable[[dict], int]] = None
+    int8_scales: Optional[List[Optional[np.ndarray]]] = None
 
 
 @dataclasses.dataclass
@@ -75,6 +84,8 @@ class Candidate:
     epoch: int
     selected: Optional[int] = None   # kernel elements allowed to change
     base: str = "start"               # what the update is relative to: start|zeros
+    keep: bool = False                # the device keeps its model (nothing to send)
+    info: dict = dataclasses.field(default_factory=dict)   # added to the round's record
 
 
 def _best(a: Optional[Candidate], b: Candidate) -> Candidate:
@@ -211,16 +222,98 @@ def dpu(ctx: RoundContext) -> Candidate:
     trainer.model.set_weights(ctx.start)
     trainer.reset_optimizer()
     trainer.reset_contribution()
-    # Step 1 is there for the metric, not for a deployable candidate.
-    run_step(ctx, "step 1", config.epochs, accumulate=True, bn_training=bn)
+    # Step 1 is there for the metric (and, for --target_gap, as the full
+    # update to measure against), not for a deployable candidate.
+    full = run_step(ctx, "step 1", config.epochs, accumulate=True, bn_training=bn)
     final = trainer.model.get_weights()
     indices = _candidates(ctx)
     scores = contribution.dpu_scores(final, ctx.start, trainer.contribution(), indices,
                                      config.contribution_mix, _warn(ctx))
     if config.iterative:
         return _iterative(ctx, scores, indices, final, bn)
-    masks = ctx.select(selection.preselect(scores, config.layer_preselect))
-    return _fine_tune(ctx, final, masks, bn, "step 2", config.epochs)
+    scores = selection.preselect(scores, config.layer_preselect)
+    if config.rank == "per_bit" and ctx.int8_scales is not None:
+        scores = bitcost.per_bit(scores, final, ctx.start, ctx.int8_scales,
+                                 ctx.memory.get("target_size") or ctx.budget)
+    if config.target_gap is not None and ctx.index > 0:
+        return _to_target(ctx, final, scores, full, bn)
+    return _fine_tune(ctx, final, ctx.select(scores), bn, "step 2", config.epochs)
+
+
+def _to_target(ctx: RoundContext, final: Weights, scores, full: Candidate, bn) -> Candidate:
+    """The smallest update within `--target_gap` of step 1's full model (see tf_dpu.target)."""
+    config, trainer = ctx.config, ctx.trainer
+    length = len(final)
+
+    def correct_of(weights):
+        trainer.model.set_weights(weights)
+        return trainer.correct(ctx.x_val, ctx.y_val)
+
+    def verdict(correct):
+        return target.paired_gap(full_correct, correct, config.target_gap,
+                                 config.target_confidence)
+
+    full_correct = correct_of(full.weights)
+    kept = verdict(correct_of(ctx.start))
+    info = {"target_full_val_accuracy": full.val_accuracy}
+    if kept.passes:
+        ctx.progress(f"round {ctx.index}: the deployed model is within "
+                     f"{config.target_gap:g} points of the full update (gap {kept.gap:+.2f}, "
+                     f"bound {kept.upper:+.2f}); nothing to send")
+        info.update(target_gap_points=kept.gap, target_gap_upper=kept.upper, target_met=True,
+                    target_trials=[])
+        return Candidate(ctx.start, -1.0, "target", 0, selected=0, keep=True, info=info)
+    total = sum(s.size for s in scores.values())
+    cap = max(1, math.ceil(config.max_update_ratio * total - 1e-9))
+    if ctx.byte_cap is not None:
+        cap = max(1, min(cap, ctx.byte_cap(scores)))
+    after_step_1 = trainer.state()
+
+    def masks_of(size):
+        return selection.top_k(scores, size, length)
+
+    def screen(size):
+        return verdict(correct_of(rewind(ctx, final, ctx.start, masks_of(size))))
+
+    def fine_tune(size):
+        trainer.restore(after_step_1)
+        candidate = _fine_tune(ctx, final, masks_of(size), bn, f"step 2 ({size} elements)",
+                               config.epochs)
+        return candidate, verdict(correct_of(candidate.weights))
+
+    start = ctx.memory.get("target_size") or ctx.budget
+    found, trials = target.search(screen, fine_tune, target.size_grid(ctx.budget // 4, cap),
+                                  start, config.target_search_steps)
+    if found is None:   # nothing within the cap passes: the cap's best, if it helps
+        tuned = [t for t in trials if t.fine_tuned and t.size == cap]
+        if not tuned:
+            candidate, gap = fine_tune(cap)
+            trials.append(target.Trial(cap, gap, True, candidate))
+            tuned = trials[-1:]
+        found = tuned[0]
+    elif not found.fine_tuned:
+        # Only the screen's rewound model was tried at this size: fine-tune it
+        # too (its best epoch is at least as good on validation).
+        candidate, gap = fine_tune(found.size)
+        trials.append(target.Trial(found.size, gap, True, candidate))
+        found = trials[-1] if gap.passes or not found.gap.passes else found
+        if found.candidate is None:
+            masks = masks_of(found.size)
+            trainer.model.set_weights(rewind(ctx, final, ctx.start, masks))
+            found.candidate = _evaluate_current(ctx, "rewound")
+            found.candidate.selected = selection.count(masks)
+    ctx.memory["target_size"] = found.size
+    candidate = found.candidate
+    info.update(target_gap_points=found.gap.gap, target_gap_upper=found.gap.upper,
+                target_met=found.gap.passes,
+                target_trials=[[t.size, round(t.gap.gap, 4), t.fine_tuned] for t in trials])
+    candidate.info = info
+    ctx.progress(f"round {ctx.index}: {found.size} elements "
+                 f"{'meet' if found.gap.passes else 'do NOT meet'} the target "
+                 f"(gap {found.gap.gap:+.2f}, bound {found.gap.upper:+.2f} points; "
+                 f"{sum(t.fine_tuned for t in trials)} fine-tuned, "
+                 f"{sum(not t.fine_tuned for t in trials)} screened)")
+    return candidate
 
 
 def _warn(ctx: RoundContext) -> Callable[[str], None]:

@@ -172,6 +172,7 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
     # --reinit_compare=start the best so far on validation (see Reported).
     reported = Reported(deployed_val, deployed_test)
     init_size = schedule.size(0)
+    memory: Dict = {}   # carried from round to round by the method (--target_gap's size)
     rounds: List[Dict] = list(finished)
     if finished:
         last = round_dir(config.out_dir, finished[-1]["round"])
@@ -180,6 +181,7 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
         deployed_val, deployed_test, init_size = (saved["deployed_val"], saved["deployed_test"],
                                                   saved["init_size"])
         reported = Reported(saved["reported_val"], saved["reported_test"])
+        memory = dict(saved.get("memory", {}))
         if export:
             _restore_export(export, trainer, model, config, deployed, finished)
         say(f"resuming {config.out_dir} after round {finished[-1]['round']}")
@@ -199,7 +201,7 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             x_val=x_val, y_val=y_val, start=w0 if reinit or r == 0 else deployed, w0=w0,
             budget=budget, rng=np.random.RandomState([config.seed, r]),
             fresh_init=lambda r=r: source.build(config.seed + 7919 * (r + 1)).get_weights(),
-            progress=say)
+            progress=say, memory=memory)
         # Mid-round checkpoints are time-based, so workers would hold different
         # epochs; a multi-worker run resumes at round boundaries instead.
         if writer and config.strategy != "multi_worker":
@@ -209,11 +211,15 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             ctx.log_epoch = lambda step, epoch, values, r=r: writer.log_epoch(r, step, epoch,
                                                                               values)
         ctx.select = lambda scores: selection.top_k(scores, budget, len(w0))
+        if export and export.mapping is not None:
+            ctx.int8_scales = [None if b is None else b / 127.0 for b in export.bounds()]
         if config.budget_bytes and export and export.mapping is not None:
             cost = export.patch_cost(config.bias_policy)
             ctx.byte_budget = True
             ctx.select = lambda scores, cost=cost: selection.within_bytes(
                 scores, cost, config.budget_bytes, len(w0))
+            ctx.byte_cap = lambda scores, cost=cost: selection.count(selection.within_bytes(
+                scores, cost, config.budget_bytes, len(w0)))
         say(f"round {r}: {size} training samples, start from "
             f"{'w0' if reinit or r == 0 else 'the deployed model'}"
             f"{' (re-initialized: data doubled)' if reinit else ''}")
@@ -222,8 +228,8 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
         # The reference keeps a re-initialized round if it beats its own start
         # (w0); the product only if it beats what the device has.
         from_start = reinit and config.reinit_compare == "start"
-        sent = should_send(best.val_accuracy, w0_val if from_start else deployed_val,
-                           best.weights)
+        sent = not best.keep and should_send(
+            best.val_accuracy, w0_val if from_start else deployed_val, best.weights)
         if reinit and (sent or from_start):
             # The doubling clock restarts with the restart the device got; a
             # restart that lost keeps the clock, so the next round tries again.
@@ -243,6 +249,7 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             changed_biases = count_changed(layout, deployed, base, BIAS, STATE)
         else:
             updated = changed_biases = 0
+        reason = "within the target gap" if best.keep else "worse on validation"
         carried = reported.update(deployed_val, deployed_test,
                                   carry=config.reinit_compare == "start")
         record.update({
@@ -255,6 +262,7 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             "selected_elements": best.selected if not full else total,
             "candidate_val_accuracy": best.val_accuracy,
             "best_step": best.step, "best_epoch": best.epoch,
+            **best.info,
         })
         if export:
             record.update(export.export(round_dir(config.out_dir, r), r, deployed, sent,
@@ -267,13 +275,13 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
         say(f"round {r}: val {reported.val:.4f} test {reported.test:.4f} "
             f"{'(previous round carried forward) ' if carried else ''}"
             f"updated {updated}/{total} biases {changed_biases} "
-            f"{'sent' if sent else 'NOT sent (worse on validation; device keeps its model)'}"
+            f"{'sent' if sent else 'NOT sent (device keeps its model: ' + reason + ')'}"
             f" [{record['seconds']:.1f} s]")
         if writer:
             writer.write_round(model, deployed, rounds, trainer.shuffle_state, {
                 "deployed_val": deployed_val, "deployed_test": deployed_test,
                 "init_size": init_size, "reported_val": reported.val,
-                "reported_test": reported.test})
+                "reported_test": reported.test, "memory": memory})
             if ctx.checkpoints:
                 ctx.checkpoints.clear()
     if writer:

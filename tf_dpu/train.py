@@ -85,6 +85,10 @@ _REINIT_COMPARE = flags.DEFINE_enum(
 _LAYER_PRESELECT = flags.DEFINE_float(
     "layer_preselect", _D.layer_preselect, "DPU and pruning: keep each layer's top fraction "
     "by score before the global top-k (the reference: 0.65)", lower_bound=0.0, upper_bound=1.0)
+_RANK = flags.DEFINE_enum(
+    "rank", _D.rank, cfg.RANKINGS, "DPU's order: contribution (the paper's) or per_bit "
+    "(contribution per estimated patch bit; elements whose int8 value would not change go "
+    "last; needs --export_tflite)")
 _AUGMENT = flags.DEFINE_enum("augment", _D.augment, cfg.AUGMENTATIONS,
                              "training augmentation of images: crop_flip = random crops with "
                              "4-pixel padding and horizontal flips (the reference's CIFAR)")
@@ -128,6 +132,21 @@ _BUDGET_BYTES = flags.DEFINE_integer(
     "budget_bytes", None, "instead of --update_ratio: update as many elements as fit an "
     "int8 patch of at most this many bytes (headers included); needs --export_tflite",
     lower_bound=200)
+_TARGET_GAP = flags.DEFINE_float(
+    "target_gap", None, "instead of a fixed k: each round send the smallest update whose "
+    "model is within this many points of validation accuracy of the round's full update "
+    "(step 1), or nothing if the deployed model is (dpu, gcpu, lcpu)", lower_bound=0.0,
+    upper_bound=100.0)
+_TARGET_CONFIDENCE = flags.DEFINE_float(
+    "target_confidence", 0.0, "--target_gap: standard errors of the paired validation gap "
+    "added before comparing with the target (0: the point estimate)", lower_bound=0.0,
+    upper_bound=5.0)
+_MAX_UPDATE_RATIO = flags.DEFINE_float(
+    "max_update_ratio", 0.2, "--target_gap: the most kernel elements a round may change, as "
+    "a fraction (--budget_bytes caps the bytes too)", lower_bound=0.0, upper_bound=1.0)
+_TARGET_STEPS = flags.DEFINE_integer(
+    "target_search_steps", 3, "--target_gap: the most sizes fine-tuned per round (each costs "
+    "--epochs epochs)", lower_bound=1)
 _SIGN_KEY = flags.DEFINE_string("sign_key", None,
                                 "Ed25519 private key (PEM) that signs every patch")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/latest", "where the run is written (a new or "
@@ -186,7 +205,7 @@ def config_from_flags() -> cfg.RunConfig:
         optimizer=_OPTIMIZER.value, learning_rate=_LR.value, lr_schedule=_SCHEDULE.value,
         lr_gamma=_LR_GAMMA.value, adam_epsilon=_ADAM_EPSILON.value,
         reinit_compare=_REINIT_COMPARE.value, layer_preselect=_LAYER_PRESELECT.value,
-        augment=_AUGMENT.value, int8_bounds=_INT8_BOUNDS.value,
+        augment=_AUGMENT.value, int8_bounds=_INT8_BOUNDS.value, rank=_RANK.value,
         momentum=_MOMENTUM.value, weight_decay=_WEIGHT_DECAY.value,
         contribution_mix=_MIX.value, reinit=_REINIT.value,
         reinit_period=_REINIT_PERIOD.value, bias_policy=_BIAS.value,
@@ -195,6 +214,8 @@ def config_from_flags() -> cfg.RunConfig:
         iterative_epochs=_ITERATIVE_EPOCHS.value, seed=_SEED.value,
         deterministic=_DETERMINISTIC.value, export_tflite=_EXPORT.value,
         int8_headroom=_HEADROOM.value, budget_bytes=_BUDGET_BYTES.value, qat=_QAT.value,
+        target_gap=_TARGET_GAP.value, target_confidence=_TARGET_CONFIDENCE.value,
+        max_update_ratio=_MAX_UPDATE_RATIO.value, target_search_steps=_TARGET_STEPS.value,
         sign_key=_SIGN_KEY.value, out_dir=_OUT_DIR.value or None, resume=_RESUME.value,
         checkpoint_seconds=_CHECKPOINT_SECONDS.value, strategy=_STRATEGY.value,
         logical_cpus=_LOGICAL_CPUS.value)

@@ -47,6 +47,29 @@ def learning_rate_at(schedule: str, base: float, epoch: int, epochs: int,
     return base
 
 
+def _slots_of(optimizer, variables) -> Optional[List[List[tf.Variable]]]:
+    """Each variable's optimizer slots (Adam's m and v, SGD's momentum), or None.
+
+    Slots are named `<slot>/<variable name>`; None when any variable does not
+    have exactly the slots the optimizer keeps, so that masking falls back
+    to restoring masked elements instead of trusting a wrong match.
+    """
+    # Plain SGD may keep an unused momentum slot; zeroing it is harmless.
+    expected = {"Adam": (2,), "SGD": (1,) if getattr(optimizer, "momentum", 0) else (0, 1)}.get(
+        type(optimizer).__name__)
+    if expected is None:
+        return None
+    slots = []
+    for variable in variables:
+        own = [s for s in optimizer.variables
+               if "/" in s.name and s.name.split("/", 1)[1] == variable.name
+               and s.shape == variable.shape]
+        if len(own) not in expected:
+            return None
+        slots.append(own)
+    return slots
+
+
 def _any_count(t: tf.Tensor) -> tf.TensorSpec:
     """The spec of `t` with any number of samples (first dimension)."""
     return tf.TensorSpec([None, *t.shape[1:]], t.dtype)
@@ -106,6 +129,7 @@ class Trainer:
         with self.strategy.scope():
             self._optimizer = make_optimizer(optimizer, learning_rate, momentum, adam_epsilon)
             self._optimizer.build(self._variables)
+            self._slots = _slots_of(self._optimizer, self._variables)
             self._masks = [tf.Variable(tf.ones(v.shape, tf.bool), trainable=False)
                            for v in self._variables]
             self._contribution = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
@@ -138,9 +162,17 @@ class Trainer:
             change) per weight; None for no mask at all. Entries of
             non-trainable weights are ignored.
         """
-        for variable, position in zip(self._masks, self.layout.trainable_positions):
+        for i, (variable, position) in enumerate(zip(self._masks,
+                                                     self.layout.trainable_positions)):
             mask = None if masks is None else masks[position]
             variable.assign(np.ones(variable.shape, bool) if mask is None else mask)
+            if mask is not None and self._slots is not None:
+                # A masked element gets a zero gradient; with zero moments too,
+                # the optimizer's increment for it is exactly 0 (0 / (0 + eps),
+                # or 0 x momentum), so it keeps its bits without being restored
+                # after every step. Active elements keep their state.
+                for slot in self._slots[i]:
+                    slot.assign(tf.where(mask, slot, tf.zeros_like(slot)))
 
     def set_forward(self, forward: Optional[keras.Model]) -> None:
         """Trains and evaluates through `forward` (sharing the model's variables).
@@ -248,11 +280,15 @@ class Trainer:
 
     def accuracy(self, x: tf.Tensor, y: tf.Tensor) -> float:
         """Top-1 accuracy of the model's current weights (inference mode)."""
+        return float(np.mean(self.correct(x, y)))
+
+    def correct(self, x: tf.Tensor, y: tf.Tensor) -> np.ndarray:
+        """Per sample, whether the model's current weights classify it correctly."""
         key = (tuple(x.shape[1:]), x.dtype, y.dtype)
         if key not in self._correct_fns:
             self._correct_fns[key] = tf.function(
                 self._correct, input_signature=[_any_count(x), _any_count(y)])
-        return float(self._correct_fns[key](x, y)) / int(x.shape[0])
+        return self._correct_fns[key](x, y).numpy()
 
     def _epoch(self, x, y, order, masked, accumulate, bn_training):
         batch = self.batch_size
@@ -295,17 +331,20 @@ class Trainer:
             grads = [g + self._weight_decay * v for g, v in zip(grads, self._variables)]
         if masked:
             grads = [tf.where(m, g, tf.zeros_like(g)) for g, m in zip(grads, self._masks)]
-        before = ([tf.identity(v) for v in self._variables] if masked or accumulate
-                  or self._bounds is not None else [])
+        # Without zeroed optimizer slots (an optimizer whose slots were not
+        # found), masked elements are restored to their pre-step bits.
+        restore = masked and self._slots is None
+        before = [tf.identity(v) for v in self._variables] if accumulate or restore else []
         self._optimizer.apply_gradients(zip(grads, self._variables),
                                         skip_gradients_aggregation=True)
-        after = [tf.identity(v) for v in self._variables] if before else []
-        if masked:
+        changed = restore or self._bounds is not None
+        after = [tf.identity(v) for v in self._variables] if before or changed else []
+        if restore:
             after = [tf.where(m, a, b) for m, a, b in zip(self._masks, after, before)]
         if self._bounds is not None:
             after = [a if limit is None else tf.clip_by_value(a, -limit, limit)
                      for a, limit in zip(after, self._bounds)]
-        updates = list(zip(self._variables, after)) if masked or self._bounds is not None else []
+        updates = list(zip(self._variables, after)) if changed else []
         if accumulate:
             updates += [(c, c - g * (a - b)) for c, g, a, b in
                         zip(self._contribution, grads, after, before)]
@@ -315,10 +354,9 @@ class Trainer:
 
     def _correct(self, x, y):
         n = tf.shape(x)[0]
-        correct = tf.constant(0, tf.int64)
+        out = tf.TensorArray(tf.bool, size=0, dynamic_size=True, infer_shape=False)
         for i in tf.range((n + _EVAL_BATCH - 1) // _EVAL_BATCH):
             logits = self._forward(x[i * _EVAL_BATCH:(i + 1) * _EVAL_BATCH], training=False)
             predicted = tf.argmax(logits, axis=-1, output_type=y.dtype)
-            correct += tf.reduce_sum(
-                tf.cast(predicted == y[i * _EVAL_BATCH:(i + 1) * _EVAL_BATCH], tf.int64))
-        return correct
+            out = out.write(i, predicted == y[i * _EVAL_BATCH:(i + 1) * _EVAL_BATCH])
+        return out.concat()

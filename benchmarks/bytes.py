@@ -1,0 +1,219 @@
+"""What users pay for: the device's accuracy against the bytes that crossed the link.
+
+    python -m benchmarks.bytes --out=benchmarks/results/bytes          # about an hour on 2 cores
+    python -m benchmarks.bytes --quick --out=/tmp/bytes_quick           # MNIST MLP, 2 seeds
+
+For each setting (bundled MNIST with the MLP and the CNN, MNIST-1D, digits),
+seeds 1-3, product defaults (full round 0, no restarts, 8 rounds, 10 epochs
+per step): FU from the same initialization and warm-started from the last
+round (the whole int8 file every round), DPU at fixed k = 0.25 ... 20 %, RPU
+at 1 %, DPU with `--rank=per_bit` at 1 %, and `--target_gap` at 0.5 and 1
+point. Partial methods export int8 files and send real patches (training
+inside the int8 range, as deployed); FU is the server's float model and
+its whole file each round. Writes `<out>.json`, `<out>.md` (per method:
+bytes over rounds 1-7 and the gap to the better FU over rounds 1-7, mean ±
+standard error over seeds) and `<out>_<setting>.png` (accuracy against
+cumulative kilobytes).
+
+Keys: `bytes_target_vs_fixed_k` = bytes of `--target_gap=0.5` over the
+bytes of the cheapest fixed-k DPU whose gap is the same or smaller (means
+over seeds and settings); `target_gap_test_points` = the gap
+`--target_gap=0.5` achieved on test.
+"""
+
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+
+from benchmarks.tables import check_one_protocol, mean_se
+
+from tf_dpu import RunConfig
+from tf_dpu.data import load_dataset
+
+SETTINGS = {
+    "mnist-mlp": ("mnist", "mlp", 500, 500),
+    "mnist-cnn": ("mnist", "cnn", 500, 500),
+    "mnist1d-mlp": ("mnist1d", "mlp", 500, 500),
+    "digits-mlp": ("digits", "mlp", 200, 150),
+}
+RATIOS = (0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+QUICK = {"settings": ("mnist-mlp",), "seeds": (1, 2), "ratios": (0.005, 0.01, 0.02, 0.05, 0.1,
+                                                                 0.2)}
+# name: RunConfig changes (FU modes, fixed ratios and the new modes).
+# FU is re-converted and shipped whole every round: it trains without the
+# int8 bounds of round 0's file (its export only gives the file's size).
+FU_MODES = {"fu same_init": dict(method="fu", fu_init="same_init", int8_bounds=False),
+            "fu last_round": dict(method="fu", fu_init="last_round", int8_bounds=False)}
+NEW_MODES = {"dpu per_bit k=1%": dict(method="dpu", rank="per_bit", update_ratio=0.01),
+             "rpu k=1%": dict(method="rpu", update_ratio=0.01),
+             "target 0.5": dict(method="dpu", target_gap=0.5),
+             "target 1.0": dict(method="dpu", target_gap=1.0)}
+TARGET = "target 0.5"
+
+_QUICK = flags.DEFINE_bool("quick", False, "MNIST MLP, 2 seeds, fewer ratios")
+_OUT = flags.DEFINE_string("out", "benchmarks/results/bytes", "output path, no extension")
+
+
+def modes(quick: bool, ratios=None):
+    out = dict(FU_MODES)
+    for k in ratios or (QUICK["ratios"] if quick else RATIOS):
+        out[f"dpu k={100 * k:g}%"] = dict(method="dpu", update_ratio=k)
+    extra = ("target 0.5",) if quick else tuple(NEW_MODES)
+    out.update({name: NEW_MODES[name] for name in extra})
+    return out
+
+
+def run_one(setting: str, name: str, changes: dict, seed: int, data, epochs: int = 10) -> dict:
+    from tf_dpu.rounds import run  # pylint: disable=import-outside-toplevel
+    dataset, model, initial, per_round = SETTINGS[setting]
+    fu = changes["method"] == "fu"
+    with tempfile.TemporaryDirectory() as folder:
+        config = RunConfig(dataset=dataset, model=model, rounds=8, initial_samples=initial,
+                           samples_per_round=per_round, epochs=epochs, seed=seed,
+                           export_tflite=True, out_dir=folder, **changes)
+        started = time.time()
+        result = run(config, progress=None, data=data)
+    rounds = result.rounds
+    size = rounds[0]["tflite_bytes"]
+    return {"setting": setting, "mode": name, "seed": seed, "config": result.config,
+            "seconds": round(time.time() - started, 2),
+            "test_accuracy": [r["test_accuracy"] for r in rounds],
+            "device_accuracy": [r["tflite_test_accuracy"] for r in rounds],
+            # FU ships a reconverted file every round, whatever changed.
+            "sent_bytes": [size] * len(rounds) if fu else [r["sent_bytes"] for r in rounds],
+            "tflite_bytes": size}
+
+
+def _accuracy(run):
+    """What the device runs: FU's float model (re-converted whole), else the int8 file."""
+    key = "test_accuracy" if run["mode"].startswith("fu") else "device_accuracy"
+    return np.array(run[key])
+
+
+def _by(runs, setting, mode, seed):
+    for r in runs:
+        if (r["setting"], r["mode"], r["seed"]) == (setting, mode, seed):
+            return r
+    return None
+
+
+def gaps_and_bytes(runs, setting, mode):
+    """Per seed: (mean over rounds 1-7 of method - better FU, in points; bytes of rounds 1-7)."""
+    out = []
+    for seed in sorted({r["seed"] for r in runs if r["setting"] == setting}):
+        fus = [_by(runs, setting, m, seed) for m in FU_MODES]
+        run = _by(runs, setting, mode, seed)
+        if run is None or None in fus:
+            continue
+        better = max((_accuracy(f) for f in fus), key=lambda a: a[1:].mean())
+        out.append((100 * float(np.mean(_accuracy(run)[1:] - better[1:])),
+                    float(sum(run["sent_bytes"][1:]))))
+    return out
+
+
+def key_figures(runs) -> dict:
+    """bytes_target_vs_fixed_k and target_gap_test_points, over settings and seeds."""
+    ratios, gaps = [], []
+    for setting in dict.fromkeys(r["setting"] for r in runs):
+        target = gaps_and_bytes(runs, setting, TARGET)
+        if not target:
+            continue
+        gap, sent = np.mean([g for g, _ in target]), np.mean([b for _, b in target])
+        gaps.append(gap)
+        fixed = []
+        for mode in dict.fromkeys(r["mode"] for r in runs if r["setting"] == setting):
+            if mode.startswith("dpu k="):
+                values = gaps_and_bytes(runs, setting, mode)
+                fixed.append((np.mean([g for g, _ in values]), np.mean([b for _, b in values])))
+        reaching = [b for g, b in fixed if g >= gap]
+        if reaching:
+            ratios.append(sent / min(reaching))
+    return {"bytes_target_vs_fixed_k": round(float(np.mean(ratios)), 3) if ratios else None,
+            "target_gap_test_points": round(float(np.mean(gaps)), 2) if gaps else None}
+
+
+def markdown(runs) -> str:
+    lines = ["Product defaults (full round 0, no restarts, 8 rounds, 10 epochs per step); the "
+             "device's test accuracy (partial methods: the int8 file in LiteRT, trained inside "
+             "its range; FU: the server's float model, shipped whole each round); gap = mean "
+             "over rounds 1-7 of (method - the better FU of the seed), bytes = rounds 1-7; "
+             "mean ± standard error over seeds.", ""]
+    for setting in dict.fromkeys(r["setting"] for r in runs):
+        partial = [r["config"] for r in runs if r["setting"] == setting
+                   and not r["mode"].startswith("fu")]
+        check_one_protocol(partial, varying=("method", "update_ratio", "contribution_mix",
+                                             "reinit", "fu_init", "seed", "out_dir", "rank",
+                                             "target_gap", "export_tflite", "int8_bounds"))
+        size = next(r["tflite_bytes"] for r in runs if r["setting"] == setting)
+        lines += [f"#### {setting} (the int8 file: {size:,} bytes)", "",
+                  "| method | bytes, rounds 1-7 | share of 7 whole files | gap to the better FU "
+                  "(points) |", "|---|---:|---:|---|"]
+        for mode in dict.fromkeys(r["mode"] for r in runs if r["setting"] == setting):
+            values = gaps_and_bytes(runs, setting, mode)
+            if not values:
+                continue
+            sent = [b for _, b in values]
+            lines.append(f"| {mode} | {np.mean(sent):,.0f} | {np.mean(sent) / (7 * size):.3f} "
+                         f"| {mean_se([g for g, _ in values])} |")
+        lines.append("")
+    figures = key_figures(runs)
+    lines.append(f"`bytes_target_vs_fixed_k` = {figures['bytes_target_vs_fixed_k']}, "
+                 f"`target_gap_test_points` = {figures['target_gap_test_points']}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs, setting, path):
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+    fig = Figure(figsize=(7, 4.5))
+    axes = fig.subplots()
+    for mode in dict.fromkeys(r["mode"] for r in runs if r["setting"] == setting):
+        chosen = [r for r in runs if (r["setting"], r["mode"]) == (setting, mode)]
+        accuracy = 100 * np.mean([_accuracy(r) for r in chosen], axis=0)
+        kilobytes = np.cumsum(np.mean([r["sent_bytes"] for r in chosen], axis=0)) / 1e3
+        style = "--" if mode.startswith("fu") else ("-" if mode.startswith("target") else ":")
+        axes.plot(kilobytes, accuracy, style, marker="o", markersize=3, label=mode)
+    axes.set(xscale="log", xlabel="cumulative kilobytes sent (round 0's whole file included)",
+             ylabel="device test accuracy (%)", title=setting)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def measure(quick: bool, progress=print, ratios=None) -> list:
+    """Every run of the comparison (`ratios` overrides the fixed ratios)."""
+    settings = QUICK["settings"] if quick else tuple(SETTINGS)
+    seeds = QUICK["seeds"] if quick else (1, 2, 3)
+    runs = []
+    for setting in settings:
+        for seed in seeds:
+            data = load_dataset(SETTINGS[setting][0], 300, seed)
+            for name, changes in modes(quick, ratios).items():
+                runs.append(run_one(setting, name, changes, seed, data))
+                progress(f"{setting} {name} seed={seed}: mean device accuracy "
+                         f"{100 * _accuracy(runs[-1]).mean():.2f} %, "
+                         f"{sum(runs[-1]['sent_bytes'][1:]):,} bytes after round 0 "
+                         f"({runs[-1]['seconds']:.0f} s)")
+    return runs
+
+
+def main(argv):
+    del argv
+    runs = measure(_QUICK.value)
+    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+    with open(_OUT.value + ".json", "w") as f:
+        json.dump({"quick": _QUICK.value, "runs": runs, **key_figures(runs)}, f, indent=1)
+    table = markdown(runs)
+    with open(_OUT.value + ".md", "w") as f:
+        f.write(table)
+    for setting in dict.fromkeys(r["setting"] for r in runs):
+        plot(runs, setting, f"{_OUT.value}_{setting}.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    app.run(main)

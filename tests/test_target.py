@@ -1,0 +1,111 @@
+"""--target_gap: the paired verdict, the size search, and rounds that send the least."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from tf_dpu import RunConfig
+from tf_dpu.errors import ConfigError
+from tf_dpu.rounds import run
+from tf_dpu.target import Gap, paired_gap, search, size_grid
+
+
+def test_the_gap_is_paired_on_the_same_samples():
+    full = np.array([True] * 90 + [False] * 10)
+    same = full.copy()
+    assert paired_gap(full, same, 0.0, 0.0) == Gap(0.0, 0.0, True)
+    worse = full.copy()
+    worse[:3] = False                     # 3 samples only the full model gets right
+    g = paired_gap(full, worse, 2.0, 0.0)
+    assert g.gap == pytest.approx(3.0) and not g.passes
+    assert paired_gap(full, worse, 3.0, 0.0).passes       # G is inclusive
+    # z standard errors of the paired difference: sqrt(b + c - (b - c)^2 / n) / n.
+    bounded = paired_gap(full, worse, 3.0, 1.0)
+    assert bounded.upper == pytest.approx(3.0 + 100 * np.sqrt(3 - 9 / 100) / 100)
+    assert not bounded.passes
+    better = full.copy()
+    better[95] = True                     # the candidate wins one sample
+    assert paired_gap(full, better, 0.0, 0.0).gap == pytest.approx(-1.0)
+
+
+def test_size_grid_doubles_up_to_the_cap():
+    assert size_grid(100, 1000) == [100, 200, 400, 800, 1000]
+    assert size_grid(0, 3) == [1, 2, 3]
+
+
+def _passes_from(threshold, screened_threshold):
+    calls = []
+
+    def screen(size):
+        calls.append(("screen", size))
+        return Gap(0.0, 0.0, size >= screened_threshold)
+
+    def fine_tune(size):
+        calls.append(("tune", size))
+        return f"candidate {size}", Gap(0.0, 0.0, size >= threshold)
+
+    return screen, fine_tune, calls
+
+
+def test_search_bisects_below_the_screened_size():
+    screen, fine_tune, calls = _passes_from(threshold=300, screened_threshold=1600)
+    found, trials = search(screen, fine_tune, size_grid(100, 10000), start=1000, steps=3)
+    assert [c for c in calls if c[0] == "screen"][-1] == ("screen", 1600)   # stops at a pass
+    tuned = [c[1] for c in calls if c[0] == "tune"]
+    assert tuned[0] == 1000 and len(tuned) == 3          # starts from the last size
+    assert found.fine_tuned and found.size == min(t for t in tuned if t >= 300)
+    assert found.candidate == f"candidate {found.size}"
+
+
+def test_search_grows_towards_the_cap_and_reports_a_miss():
+    screen, fine_tune, calls = _passes_from(threshold=10 ** 9, screened_threshold=10 ** 9)
+    found, trials = search(screen, fine_tune, size_grid(100, 5000), start=500, steps=5)
+    assert found is None
+    tuned = [c[1] for c in calls if c[0] == "tune"]
+    assert tuned[0] == 500 and tuned[-1] == 5000 and tuned == sorted(tuned)
+
+
+def test_search_never_fine_tunes_more_than_asked():
+    screen, fine_tune, calls = _passes_from(threshold=2, screened_threshold=10 ** 9)
+    search(screen, fine_tune, size_grid(1, 10 ** 6), start=10 ** 5, steps=2)
+    assert sum(c[0] == "tune" for c in calls) == 2
+
+
+SMALL = dict(rounds=4, initial_samples=100, samples_per_round=100, epochs=2, batch_size=64,
+             seed=3)
+
+
+def test_a_huge_target_sends_nothing_and_a_zero_target_sends_more(small_mnist):
+    lax = run(RunConfig(**SMALL, target_gap=100.0), progress=None, data=small_mnist).rounds
+    assert lax[0]["sent"] and not any(r["sent"] for r in lax[1:])
+    assert all(r["target_met"] and r["updated_elements"] == 0 for r in lax[1:])
+    strict = run(RunConfig(**SMALL, target_gap=0.0, max_update_ratio=0.05,
+                           target_search_steps=2), progress=None, data=small_mnist).rounds
+    for r in strict[1:]:
+        assert r["updated_elements"] <= int(np.ceil(0.05 * 266200))
+        assert "target_trials" in r and r["target_full_val_accuracy"] > 0
+        if r["target_met"] and r["sent"]:
+            assert r["target_gap_points"] <= 1e-9
+        assert sum(t[2] for t in r["target_trials"]) <= 3   # 2 steps + the found size
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"method": "rpu"}, "needs step 1's full model"),
+    ({"iterative": True}, "cannot be combined"),
+    ({"reinit": "doubling"}, "cannot be combined with --reinit"),
+    ({"target_confidence": 9.0}, "--target_confidence"),
+])
+def test_target_settings_are_refused_in_one_line(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(target_gap=0.5, **changes).resolved()
+
+
+def test_the_command_line_records_the_target(tmp_path):
+    proc = run_cli("--dataset=mnist", "--rounds=2", "--initial_samples=200",
+                   "--samples_per_round=200", "--epochs=1", "--target_gap=0.5",
+                   f"--out_dir={tmp_path}/run", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    record = json.load(open(tmp_path / "run" / "metrics.json"))["rounds"][1]
+    assert {"target_gap_points", "target_gap_upper", "target_met"} <= set(record)
