@@ -21,15 +21,13 @@ over seeds and settings); `target_gap_test_points` = the gap
 `--target_gap=0.5` achieved on test.
 """
 
-import json
-import os
 import tempfile
 import time
 
 import numpy as np
 from absl import app, flags
 
-from benchmarks.tables import check_one_protocol, mean_se
+from benchmarks.tables import check_one_protocol, mean_se, write_results
 
 from tf_dpu import RunConfig
 from tf_dpu.data import load_dataset
@@ -204,12 +202,8 @@ def measure(quick: bool, progress=print, ratios=None) -> list:
 def main(argv):
     del argv
     runs = measure(_QUICK.value)
-    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-    with open(_OUT.value + ".json", "w") as f:
-        json.dump({"quick": _QUICK.value, "runs": runs, **key_figures(runs)}, f, indent=1)
     table = markdown(runs)
-    with open(_OUT.value + ".md", "w") as f:
-        f.write(table)
+    write_results(_OUT.value, {"quick": _QUICK.value, "runs": runs, **key_figures(runs)}, table)
     for setting in dict.fromkeys(r["setting"] for r in runs):
         plot(runs, setting, f"{_OUT.value}_{setting}.png")
     print(table)

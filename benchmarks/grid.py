@@ -19,15 +19,13 @@ round) and `<out>_<setting>.png` (accuracy per round per method; cumulative
 bytes per round).
 """
 
-import json
-import os
 import tempfile
 import time
 
 import numpy as np
 from absl import app, flags
 
-from benchmarks.tables import check_one_protocol, mean_sd
+from benchmarks.tables import check_one_protocol, mean_sd, write_results
 
 from tf_dpu import RunConfig
 from tf_dpu.data import load_dataset
@@ -214,12 +212,8 @@ def main(argv):
         print(f"[{i + 1}/{len(todo)}] {setting} {method} k={ratio} seed={seed}: mean test "
               f"{100 * np.mean(runs[-1]['test_accuracy']):.2f} % ({runs[-1]['seconds']:.1f} s)",
               flush=True)
-    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-    with open(_OUT.value + ".json", "w") as f:
-        json.dump({"quick": quick, "epochs": epochs, "runs": runs}, f, indent=1)
     table = markdown(runs, epochs)
-    with open(_OUT.value + ".md", "w") as f:
-        f.write(table)
+    write_results(_OUT.value, {"quick": quick, "epochs": epochs, "runs": runs}, table)
     for setting in dict.fromkeys(r["setting"] for r in runs):
         plot(runs, setting, f"{_OUT.value}_{setting}.png")
     print(table)

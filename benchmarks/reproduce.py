@@ -19,14 +19,12 @@ schedule, and writes `<out>.json` (every round of every run) and `<out>.md`:
 """
 
 import dataclasses
-import json
-import os
 import time
 
 import numpy as np
 from absl import app, flags
 
-from benchmarks.tables import check_one_protocol, mean_se, standard_error
+from benchmarks.tables import check_one_protocol, mean_se, standard_error, write_results
 
 from tf_dpu import RunConfig, train
 from tf_dpu.data import load_dataset
@@ -209,12 +207,8 @@ def main(argv):
         print(f"[{i + 1}/{len(jobs)}] {method} k={ratio} round0={deployment} seed={seed}: "
               f"mean test {100 * np.mean(runs[-1]['test_accuracy']):.2f} % "
               f"({runs[-1]['seconds']:.1f} s)", flush=True)
-    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-    with open(_OUT.value + ".json", "w") as f:
-        json.dump({"protocol": protocol.to_dict(), "runs": runs}, f, indent=1)
     table = markdown(runs, ratios, _METHODS.value)
-    with open(_OUT.value + ".md", "w") as f:
-        f.write(table)
+    write_results(_OUT.value, {"protocol": protocol.to_dict(), "runs": runs}, table)
     print(table)
 
 

@@ -50,3 +50,14 @@ def check_one_protocol(configs: Iterable[Dict], varying: Sequence[str] = COMPARE
                 raise ValueError(f"runs differ in {key} ({seen[key]!r} vs {value!r}) beyond "
                                  "the compared settings; they do not belong in one table")
             seen.setdefault(key, value)
+
+
+def write_results(out: str, doc: Dict, table: str) -> None:
+    """Writes `<out>.json` (the runs) and `<out>.md` (the table), making the folder."""
+    import json  # pylint: disable=import-outside-toplevel
+    import os  # pylint: disable=import-outside-toplevel
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(doc, f, indent=1)
+    with open(out + ".md", "w") as f:
+        f.write(table)

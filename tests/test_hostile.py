@@ -6,17 +6,14 @@ what a careless applier would write. So each must be refused by the check
 written for it, with its message, never by a later one.
 """
 
-import hashlib
 import os
 import subprocess
-import sys
 import time
 import tracemalloc
 
 import pytest
 
 import hostile
-from conftest import ROOT
 from tflite_edge import patch_format, signing
 from tflite_edge.apply import apply_patch_file
 from tflite_edge.errors import PatchError
@@ -98,14 +95,17 @@ def test_inspecting_a_long_unary_run_is_linear():
     assert time.perf_counter() - started < 10   # 108 s when it was quadratic
 
 
+def _c_check_key(applier, path):
+    return subprocess.run([applier, "--check_key", str(path)], capture_output=True, text=True)
+
+
 @pytest.mark.parametrize("raw", hostile.small_order_keys() + hostile.malformed_keys(),
                          ids=lambda k: k.hex()[:8] + ".." + k.hex()[-2:])
 def test_weak_and_malformed_keys_are_refused_at_load(raw, tmp_path, c_signed_applier):
     (tmp_path / "k.pub").write_bytes(raw)
     with pytest.raises(PatchError, match="small order|not a valid Ed25519 point"):
         signing.load_public_key(str(tmp_path / "k.pub"))
-    proc = subprocess.run([c_signed_applier, "--check_key", str(tmp_path / "k.pub")],
-                          capture_output=True, text=True)
+    proc = _c_check_key(c_signed_applier, tmp_path / "k.pub")
     assert proc.returncode == 2 and "malformed or of small order" in proc.stderr
 
 
@@ -124,16 +124,14 @@ def test_real_keys_pass_the_checks_and_wrong_lengths_do_not(tmp_path, c_signed_a
     for n in range(40):
         signing.generate_keypair(str(tmp_path / "k.pem"), str(tmp_path / "k.pub"))
         signing.load_public_key(str(tmp_path / "k.pub"))
-        proc = subprocess.run([c_signed_applier, "--check_key", str(tmp_path / "k.pub")],
-                              capture_output=True, text=True)
+        proc = _c_check_key(c_signed_applier, tmp_path / "k.pub")
         assert proc.returncode == 0, (n, proc.stderr)
     good = (tmp_path / "k.pub").read_bytes()
     for raw in (good + b"\0", good[:31]):
         (tmp_path / "bad.pub").write_bytes(raw)
         with pytest.raises(PatchError, match="32-byte"):
             signing.load_public_key(str(tmp_path / "bad.pub"))
-        proc = subprocess.run([c_signed_applier, "--check_key", str(tmp_path / "bad.pub")],
-                              capture_output=True, text=True)
+        proc = _c_check_key(c_signed_applier, tmp_path / "bad.pub")
         assert proc.returncode == 2 and "32-byte" in proc.stderr
 
 

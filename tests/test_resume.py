@@ -106,3 +106,26 @@ def test_a_killed_process_resumes_to_the_same_files(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout and "resumed after epoch" in resumed.stdout
     assert _files(killed) == _files(whole)
+
+
+def test_a_target_gap_round_resumes_inside_its_search(small_mnist, tmp_path):
+    """The size search fine-tunes several candidates; killed in one, it resumes to the same run."""
+    settings = dict(SETTINGS, initial_deployment="full", target_gap=0.0, max_update_ratio=0.05,
+                    target_search_steps=2)
+    whole = str(tmp_path / "whole")
+    run(RunConfig(out_dir=whole, **settings), progress=None, data=small_mnist)
+    out = str(tmp_path / "run")
+    seen = []
+
+    def progress(line):
+        if line.startswith("round 2 step 2 (") and "epoch 2/3" in line:
+            seen.append(line)
+            if len(seen) == 2:       # inside the second candidate
+                raise Killed(line)
+
+    with pytest.raises(Killed):
+        run(RunConfig(out_dir=out, **settings), progress=progress, data=small_mnist)
+    lines = []
+    run(RunConfig(out_dir=out, resume=True, **settings), progress=lines.append, data=small_mnist)
+    assert any("resumed after epoch" in line for line in lines)
+    assert _files(out) == _files(whole)

@@ -17,32 +17,11 @@
 #include <string.h>
 
 #include "../dpu_patch.h"
+#include "memory_io.h"
 
 static uint8_t *base, *patch, *out;
-static uint32_t base_size, patch_size, out_capacity, next_write;
+static uint32_t base_size, patch_size;
 static uint8_t public_key[32];
-
-static int read_patch(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len) {
-  (void)ctx;
-  if ((uint64_t)offset + len > patch_size) abort();
-  memcpy(buf, patch + offset, len);
-  return 0;
-}
-
-static int read_base(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len) {
-  (void)ctx;
-  if ((uint64_t)offset + len > base_size) abort();
-  memcpy(buf, base + offset, len);
-  return 0;
-}
-
-static int write_out(void *ctx, uint32_t offset, const uint8_t *buf, uint32_t len) {
-  (void)ctx;
-  if ((uint64_t)offset + len > out_capacity || offset != next_write) abort();
-  memcpy(out + offset, buf, len);
-  next_write = offset + len;
-  return 0;
-}
 
 #ifdef DPU_WITH_OPENSSL
 #include <openssl/evp.h>
@@ -75,6 +54,7 @@ static int run_file(const char *path, unsigned long counts[3]) {
   uint8_t magic[4], has_key = 0, options = 0, verdict;
   uint32_t count, i;
   dpu_io io;
+  fuzz_memory memory;
   if (!f || fread(magic, 1, 4, f) != 4 || memcmp(magic, "DPUB", 4) != 0 ||
       read_u32(f, &base_size) != 0) {
     fprintf(stderr, "error: %s is not a batch file\n", path);
@@ -87,10 +67,7 @@ static int run_file(const char *path, unsigned long counts[3]) {
     fprintf(stderr, "error: %s is truncated\n", path);
     return 2;
   }
-  memset(&io, 0, sizeof(io));
-  io.read_patch = read_patch;
-  io.read_base = read_base;
-  io.write_out = write_out;
+  fuzz_memory_io(&io, &memory);
 #ifdef DPU_WITH_OPENSSL
   if (has_key) io.verify_signature = verify_ed25519;
 #else
@@ -111,12 +88,18 @@ static int run_file(const char *path, unsigned long counts[3]) {
       fprintf(stderr, "error: %s is truncated at entry %u\n", path, i);
       return 2;
     }
-    out_capacity = patch_size > base_size ? patch_size : base_size;
-    out = realloc(out, out_capacity);
-    next_write = 0;
+    out = realloc(out, patch_size > base_size ? patch_size : base_size);
+    if (!out) return 2;
+    memory.patch = patch;
+    memory.patch_size = patch_size;
+    memory.base = base;
+    memory.base_size = base_size;
+    memory.out = out;
+    memory.out_capacity = patch_size > base_size ? patch_size : base_size;
+    memory.written = 0;
     status = dpu_apply(&applier, &io, patch_size, base_size, 0, options);
     got = status == DPU_OK ? 0 : (status == DPU_ERR_RESULT ? 1 : 2);
-    if (got == 0 && (next_write != applier.info.result_size)) abort();
+    if (got == 0 && (memory.written != applier.info.result_size)) abort();
     if (got != verdict) {
       fprintf(stderr, "disagreement at entry %u of %s: the Python applier %s it, the C "
                       "applier returned \"%s\"\n", i, path, names[verdict], dpu_strerror(status));

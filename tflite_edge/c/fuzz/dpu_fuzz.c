@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "../dpu_patch.h"
+#include "memory_io.h"
 #include "tiny_model.h"
 
 #define MAX_PATCH (1u << 16)
@@ -27,32 +28,11 @@
 static uint8_t out[MAX_PATCH], first_out[MAX_PATCH];
 static uint8_t patch[MAX_PATCH];
 static uint8_t base_sha[32];
-static uint32_t patch_size, next_write;
+static uint32_t patch_size;
 static int ready;
+static fuzz_memory memory;
 /* How often a whole body was written (read by standalone.c's summary). */
 unsigned long dpu_fuzz_written;
-
-static int read_patch(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len) {
-  (void)ctx;
-  if ((uint64_t)offset + len > patch_size) abort();
-  memcpy(buf, patch + offset, len);
-  return 0;
-}
-
-static int read_base(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len) {
-  (void)ctx;
-  if ((uint64_t)offset + len > TINY_MODEL_SIZE) abort();
-  memcpy(buf, tiny_model + offset, len);
-  return 0;
-}
-
-static int write_out(void *ctx, uint32_t offset, const uint8_t *buf, uint32_t len) {
-  (void)ctx;
-  if ((uint64_t)offset + len > MAX_PATCH || offset != next_write) abort();
-  memcpy(out + offset, buf, len);
-  next_write = offset + len;
-  return 0;
-}
 
 static void put32(uint8_t *p, uint32_t v) {
   p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
@@ -73,11 +53,14 @@ static void seal(uint32_t body) {
 static dpu_status run(uint32_t options) {
   static dpu_applier applier;
   dpu_io io;
-  memset(&io, 0, sizeof(io));
-  io.read_patch = read_patch;
-  io.read_base = read_base;
-  io.write_out = write_out;
-  next_write = 0;
+  fuzz_memory_io(&io, &memory);
+  memory.patch = patch;
+  memory.patch_size = patch_size;
+  memory.base = tiny_model;
+  memory.base_size = TINY_MODEL_SIZE;
+  memory.out = out;
+  memory.out_capacity = MAX_PATCH;
+  memory.written = 0;
   return dpu_apply(&applier, &io, patch_size, TINY_MODEL_SIZE, 0, options);
 }
 
@@ -87,9 +70,9 @@ static void check_accepted(void) {
   uint32_t size = (uint32_t)patch[20] | ((uint32_t)patch[21] << 8) | ((uint32_t)patch[22] << 16) |
                   ((uint32_t)patch[23] << 24);
   dpu_sha256_init(&sha);
-  dpu_sha256_update(&sha, out, next_write);
+  dpu_sha256_update(&sha, out, memory.written);
   dpu_sha256_final(&sha, digest);
-  if (next_write != size || memcmp(digest, patch + 60, 32) != 0) abort();
+  if (memory.written != size || memcmp(digest, patch + 60, 32) != 0) abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -136,14 +119,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (status == DPU_OK) check_accepted();
   if (status == DPU_ERR_RESULT && (data[0] & 1u)) {
     /* the applier wrote the whole body: it must accept the body whole */
-    uint32_t written = next_write;
+    uint32_t written = memory.written;
     dpu_sha256 sha;
     memcpy(first_out, out, written);
     dpu_sha256_init(&sha);
     dpu_sha256_update(&sha, out, written);
     dpu_sha256_final(&sha, patch + 60);
     seal(body);
-    if (run(options) != DPU_OK || next_write != written || memcmp(out, first_out, written) != 0)
+    if (run(options) != DPU_OK || memory.written != written || memcmp(out, first_out, written) != 0)
       abort();
     dpu_fuzz_written++;
   }
