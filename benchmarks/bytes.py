@@ -27,6 +27,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks.bytes_figures import FU_NAMES, TARGET, accuracy, gaps_and_bytes, key_figures
 from benchmarks.tables import check_one_protocol, mean_se, write_results
 
 from tf_dpu import RunConfig
@@ -44,13 +45,12 @@ QUICK = {"settings": ("mnist-mlp",), "seeds": (1, 2), "ratios": (0.005, 0.01, 0.
 # name: RunConfig changes (FU modes, fixed ratios and the new modes).
 # FU is re-converted and shipped whole every round: it trains without the
 # int8 bounds of round 0's file (its export only gives the file's size).
-FU_MODES = {"fu same_init": dict(method="fu", fu_init="same_init", int8_bounds=False),
-            "fu last_round": dict(method="fu", fu_init="last_round", int8_bounds=False)}
+FU_MODES = {name: dict(method="fu", fu_init=name.split()[1], int8_bounds=False)
+            for name in FU_NAMES}
 NEW_MODES = {"dpu per_bit k=1%": dict(method="dpu", rank="per_bit", update_ratio=0.01),
              "rpu k=1%": dict(method="rpu", update_ratio=0.01),
-             "target 0.5": dict(method="dpu", target_gap=0.5),
+             TARGET: dict(method="dpu", target_gap=0.5),
              "target 1.0": dict(method="dpu", target_gap=1.0)}
-TARGET = "target 0.5"
 
 _QUICK = flags.DEFINE_bool("quick", False, "MNIST MLP, 2 seeds, fewer ratios")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/bytes", "output path, no extension")
@@ -84,54 +84,6 @@ def run_one(setting: str, name: str, changes: dict, seed: int, data, epochs: int
             # FU ships a reconverted file every round, whatever changed.
             "sent_bytes": [size] * len(rounds) if fu else [r["sent_bytes"] for r in rounds],
             "tflite_bytes": size}
-
-
-def _accuracy(run):
-    """What the device runs: FU's float model (re-converted whole), else the int8 file."""
-    key = "test_accuracy" if run["mode"].startswith("fu") else "device_accuracy"
-    return np.array(run[key])
-
-
-def _by(runs, setting, mode, seed):
-    for r in runs:
-        if (r["setting"], r["mode"], r["seed"]) == (setting, mode, seed):
-            return r
-    return None
-
-
-def gaps_and_bytes(runs, setting, mode):
-    """Per seed: (mean over rounds 1-7 of method - better FU, in points; bytes of rounds 1-7)."""
-    out = []
-    for seed in sorted({r["seed"] for r in runs if r["setting"] == setting}):
-        fus = [_by(runs, setting, m, seed) for m in FU_MODES]
-        run = _by(runs, setting, mode, seed)
-        if run is None or None in fus:
-            continue
-        better = max((_accuracy(f) for f in fus), key=lambda a: a[1:].mean())
-        out.append((100 * float(np.mean(_accuracy(run)[1:] - better[1:])),
-                    float(sum(run["sent_bytes"][1:]))))
-    return out
-
-
-def key_figures(runs) -> dict:
-    """bytes_target_vs_fixed_k and target_gap_test_points, over settings and seeds."""
-    ratios, gaps = [], []
-    for setting in dict.fromkeys(r["setting"] for r in runs):
-        target = gaps_and_bytes(runs, setting, TARGET)
-        if not target:
-            continue
-        gap, sent = np.mean([g for g, _ in target]), np.mean([b for _, b in target])
-        gaps.append(gap)
-        fixed = []
-        for mode in dict.fromkeys(r["mode"] for r in runs if r["setting"] == setting):
-            if mode.startswith("dpu k="):
-                values = gaps_and_bytes(runs, setting, mode)
-                fixed.append((np.mean([g for g, _ in values]), np.mean([b for _, b in values])))
-        reaching = [b for g, b in fixed if g >= gap]
-        if reaching:
-            ratios.append(sent / min(reaching))
-    return {"bytes_target_vs_fixed_k": round(float(np.mean(ratios)), 3) if ratios else None,
-            "target_gap_test_points": round(float(np.mean(gaps)), 2) if gaps else None}
 
 
 def markdown(runs) -> str:
@@ -170,10 +122,10 @@ def plot(runs, setting, path):
     axes = fig.subplots()
     for mode in dict.fromkeys(r["mode"] for r in runs if r["setting"] == setting):
         chosen = [r for r in runs if (r["setting"], r["mode"]) == (setting, mode)]
-        accuracy = 100 * np.mean([_accuracy(r) for r in chosen], axis=0)
+        points = 100 * np.mean([accuracy(r) for r in chosen], axis=0)
         kilobytes = np.cumsum(np.mean([r["sent_bytes"] for r in chosen], axis=0)) / 1e3
         style = "--" if mode.startswith("fu") else ("-" if mode.startswith("target") else ":")
-        axes.plot(kilobytes, accuracy, style, marker="o", markersize=3, label=mode)
+        axes.plot(kilobytes, points, style, marker="o", markersize=3, label=mode)
     axes.set(xscale="log", xlabel="cumulative kilobytes sent (round 0's whole file included)",
              ylabel="device test accuracy (%)", title=setting)
     axes.grid(alpha=0.3)
@@ -193,7 +145,7 @@ def measure(quick: bool, progress=print, ratios=None) -> list:
             for name, changes in modes(quick, ratios).items():
                 runs.append(run_one(setting, name, changes, seed, data))
                 progress(f"{setting} {name} seed={seed}: mean device accuracy "
-                         f"{100 * _accuracy(runs[-1]).mean():.2f} %, "
+                         f"{100 * accuracy(runs[-1]).mean():.2f} %, "
                          f"{sum(runs[-1]['sent_bytes'][1:]):,} bytes after round 0 "
                          f"({runs[-1]['seconds']:.0f} s)")
     return runs

@@ -41,6 +41,7 @@ import numpy as np
 from absl import app, flags
 
 import tf_dpu  # noqa: F401  (Keras 2 before TensorFlow loads)
+from benchmarks.user_model import user_model
 
 _OUT = flags.DEFINE_string("out", "benchmarks/results/edge", "output path, no extension")
 _ROUNDS = flags.DEFINE_integer("rounds", 8, "rounds per run")
@@ -52,25 +53,6 @@ _MODELS = flags.DEFINE_list("models", ["mobilenet", "ds_cnn", "resnet8", "user"]
                             "which models to run (user: the .keras model below)")
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def user_model(input_shape=(28, 28, 1), classes=10, seed=0):
-    """The kind of model a user brings: depthwise-separable with BatchNorm and ReLU6."""
-    import tf_keras as keras  # pylint: disable=import-outside-toplevel
-    layers = keras.layers
-    init = keras.initializers.GlorotUniform(seed=seed)
-    inputs = keras.Input(input_shape)
-    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False,
-                      kernel_initializer=init)(inputs)
-    x = layers.ReLU(6.0)(layers.BatchNormalization(momentum=0.9)(x))
-    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False,
-                               depthwise_initializer=init)(x)
-    x = layers.ReLU(6.0)(layers.BatchNormalization(momentum=0.9)(x))
-    x = layers.Conv2D(16, 1, use_bias=False, kernel_initializer=init)(x)
-    x = layers.ReLU(6.0)(layers.BatchNormalization(momentum=0.9)(x))
-    x = layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, layers.Dense(classes, kernel_initializer=init)(x),
-                       name="user_model")
 
 
 def _run(model: str, method: str, out_dir: str, **extra) -> dict:

@@ -37,7 +37,7 @@ def _run(mode, seed, accuracy, sent, setting="s"):
 
 
 def test_target_bytes_are_compared_with_the_cheapest_fixed_k_that_does_as_well():
-    from benchmarks.bytes import gaps_and_bytes, key_figures
+    from benchmarks.bytes_figures import gaps_and_bytes, key_figures
     runs = []
     for seed in (1, 2):
         runs += [_run("fu same_init", seed, [0.5, 0.90, 0.90], [1000] * 3),
@@ -72,3 +72,15 @@ def test_the_entropy_bound_of_a_real_patch():
     coded = sum(c for c, _ in e["parts"].values())
     assert len(patch) == pytest.approx(e["fixed"] + coded / 8, abs=len(e["parts"]) + 1)
     assert 1.0 <= len(patch) / e["bound"] < 1.3
+
+
+def test_modules_the_tests_import_define_no_flags():
+    # A benchmark module that defines absl flags at import clashes with the
+    # next one that does (both have --out): only the command lines may.
+    import importlib  # pylint: disable=import-outside-toplevel
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    before = set(flags.FLAGS)
+    for name in ("benchmarks.bytes_figures", "benchmarks.user_model", "benchmarks.fuzz",
+                 "benchmarks.tables", "benchmarks.patch_size", "benchmarks.jvm"):
+        importlib.import_module(name)
+    assert set(flags.FLAGS) == before

@@ -15,7 +15,7 @@ from tflite_edge.check import check
 from tflite_edge.model_file import ModelFile
 
 sys.path.insert(0, ROOT)
-from benchmarks.edge import user_model  # noqa: E402  pylint: disable=wrong-import-position
+from benchmarks.user_model import user_model  # noqa: E402  pylint: disable=wrong-import-position
 
 TINY = ["--dataset=mnist", "--rounds=3", "--initial_samples=300", "--samples_per_round=300",
         "--epochs=2", "--batch_size=64", "--reinit=off", "--seed=1", "--quiet"]  # the fixture split

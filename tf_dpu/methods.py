@@ -127,13 +127,13 @@ def run_step(ctx: RoundContext, name: str, epochs: int, *, masks=None,
     for epoch in range(first, epochs):
         lr = learning_rate_at(config.lr_schedule, config.learning_rate, epoch, epochs,
                               config.lr_gamma)
-        loss = trainer.train_epoch(ctx.x, ctx.y, lr, masked=masks is not None,
-                                   accumulate=accumulate, bn_training=bn_training)
+        loss, val = trainer.train_epoch(ctx.x, ctx.y, lr, masked=masks is not None,
+                                        accumulate=accumulate, bn_training=bn_training,
+                                        validation=(ctx.x_val, ctx.y_val))
         if not math.isfinite(loss):
             ctx.progress(f"round {ctx.index} {name} epoch {epoch + 1}: loss is {loss}; "
                          "stopping this step (lower --learning_rate?)")
             break
-        val = trainer.accuracy(ctx.x_val, ctx.y_val)
         ctx.progress(f"round {ctx.index} {name} epoch {epoch + 1}/{epochs} "
                      f"lr {lr:.2e} loss {loss:.4f} val {val:.4f}")
         ctx.log_epoch(name, epoch + 1, {"loss": loss, "val_accuracy": val, "learning_rate": lr})

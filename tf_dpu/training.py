@@ -256,7 +256,7 @@ class Trainer:
 
     def train_epoch(self, x: tf.Tensor, y: tf.Tensor, learning_rate: float, *,
                     masked: bool = False, accumulate: bool = False,
-                    bn_training: bool = True) -> float:
+                    bn_training: bool = True, validation=None):
         """Runs one shuffled epoch and returns its mean training loss.
 
         Args:
@@ -266,17 +266,30 @@ class Trainer:
           accumulate: add this epoch's local contribution to the accumulator.
           bn_training: run BatchNorm in training mode (batch statistics and
             moving-average updates); False freezes its moving statistics.
+          validation: optional (x_val, y_val), evaluated after the epoch in the
+            same graph call (one call per epoch instead of two).
+
+        Returns:
+          The epoch's mean training loss; with `validation`, (loss, accuracy).
         """
         self._optimizer.learning_rate = learning_rate
         order = tf.constant(self._rng.permutation(int(x.shape[0])).astype(np.int32))
-        key = (bool(masked), bool(accumulate), bool(bn_training))
+        key = (bool(masked), bool(accumulate), bool(bn_training), validation is not None)
         if key not in self._epoch_fns:
             # The training set grows every round: a signature with any number
             # of samples traces each variant once, not once per round.
-            self._epoch_fns[key] = tf.function(
-                lambda a, b, o: self._epoch(a, b, o, *key),
-                input_signature=[_any_count(x), _any_count(y), tf.TensorSpec([None], tf.int32)])
-        return float(self._epoch_fns[key](x, y, order))
+            signature = [_any_count(x), _any_count(y), tf.TensorSpec([None], tf.int32)]
+            if validation is None:
+                self._epoch_fns[key] = tf.function(
+                    lambda a, b, o: self._epoch(a, b, o, *key[:3]), input_signature=signature)
+            else:
+                self._epoch_fns[key] = tf.function(
+                    lambda a, b, o, c, d: (self._epoch(a, b, o, *key[:3]), self._correct(c, d)),
+                    input_signature=signature + [_any_count(t) for t in validation])
+        if validation is None:
+            return float(self._epoch_fns[key](x, y, order))
+        loss, correct = self._epoch_fns[key](x, y, order, *validation)
+        return float(loss), float(np.mean(correct.numpy()))
 
     def accuracy(self, x: tf.Tensor, y: tf.Tensor) -> float:
         """Top-1 accuracy of the model's current weights (inference mode)."""
