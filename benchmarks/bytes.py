@@ -52,10 +52,6 @@ NEW_MODES = {"dpu per_bit k=1%": dict(method="dpu", rank="per_bit", update_ratio
              TARGET: dict(method="dpu", target_gap=0.5),
              "target 1.0": dict(method="dpu", target_gap=1.0)}
 
-_QUICK = flags.DEFINE_bool("quick", False, "MNIST MLP, 2 seeds, fewer ratios")
-_OUT = flags.DEFINE_string("out", "benchmarks/results/bytes", "output path, no extension")
-
-
 def modes(quick: bool, ratios=None):
     out = dict(FU_MODES)
     for k in ratios or (QUICK["ratios"] if quick else RATIOS):
@@ -153,13 +149,17 @@ def measure(quick: bool, progress=print, ratios=None) -> list:
 
 def main(argv):
     del argv
-    runs = measure(_QUICK.value)
+    quick, out = flags.FLAGS.quick, flags.FLAGS.out
+    runs = measure(quick)
     table = markdown(runs)
-    write_results(_OUT.value, {"quick": _QUICK.value, "runs": runs, **key_figures(runs)}, table)
+    write_results(out, {"quick": quick, "runs": runs, **key_figures(runs)}, table)
     for setting in dict.fromkeys(r["setting"] for r in runs):
-        plot(runs, setting, f"{_OUT.value}_{setting}.png")
+        plot(runs, setting, f"{out}_{setting}.png")
     print(table)
 
 
 if __name__ == "__main__":
+    # Flags only for the command line: benchmarks.__main__ imports measure().
+    flags.DEFINE_bool("quick", False, "MNIST MLP, 2 seeds, fewer ratios")
+    flags.DEFINE_string("out", "benchmarks/results/bytes", "output path, no extension")
     app.run(main)

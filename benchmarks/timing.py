@@ -24,9 +24,6 @@ import time
 from absl import app, flags
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_FLAGFILE = flags.DEFINE_string("run_flagfile", "flags/reference_mnist.flags",
-                                "the run to time")
-_REPEATS = flags.DEFINE_integer("repeats", 1, "runs to time (the fastest is kept)")
 
 
 def time_run(flagfile: str, extra=()) -> dict:
@@ -60,9 +57,12 @@ def time_run(flagfile: str, extra=()) -> dict:
 
 def main(argv):
     del argv
-    runs = [time_run(_FLAGFILE.value) for _ in range(_REPEATS.value)]
+    runs = [time_run(flags.FLAGS.run_flagfile) for _ in range(flags.FLAGS.repeats)]
     print(json.dumps(min(runs, key=lambda r: r["total_seconds"]), indent=1))
 
 
 if __name__ == "__main__":
+    # Flags only for the command line: benchmarks.__main__ imports time_run().
+    flags.DEFINE_string("run_flagfile", "flags/reference_mnist.flags", "the run to time")
+    flags.DEFINE_integer("repeats", 1, "runs to time (the fastest is kept)")
     app.run(main)
