@@ -130,9 +130,9 @@ def plot(runs, setting, path):
     fig.savefig(path, dpi=90)
 
 
-def measure(quick: bool, progress=print, ratios=None) -> list:
-    """Every run of the comparison (`ratios` overrides the fixed ratios)."""
-    settings = QUICK["settings"] if quick else tuple(SETTINGS)
+def measure(quick: bool, progress=print, ratios=None, settings=None) -> list:
+    """Every run of the comparison (`ratios`, `settings` override the defaults)."""
+    settings = settings or (QUICK["settings"] if quick else tuple(SETTINGS))
     seeds = QUICK["seeds"] if quick else (1, 2, 3)
     runs = []
     for setting in settings:
@@ -150,10 +150,13 @@ def measure(quick: bool, progress=print, ratios=None) -> list:
 def main(argv):
     del argv
     quick, out = flags.FLAGS.quick, flags.FLAGS.out
-    runs = measure(quick)
-    table = markdown(runs)
-    write_results(out, {"quick": quick, "runs": runs, **key_figures(runs)}, table)
-    for setting in dict.fromkeys(r["setting"] for r in runs):
+    runs = []
+    # Results are rewritten after each setting, so a long run that is stopped
+    # keeps the settings it finished.
+    for setting in flags.FLAGS.settings or (QUICK["settings"] if quick else tuple(SETTINGS)):
+        runs += measure(quick, settings=(setting,))
+        table = markdown(runs)
+        write_results(out, {"quick": quick, "runs": runs, **key_figures(runs)}, table)
         plot(runs, setting, f"{out}_{setting}.png")
     print(table)
 
@@ -162,4 +165,7 @@ if __name__ == "__main__":
     # Flags only for the command line: benchmarks.__main__ imports measure().
     flags.DEFINE_bool("quick", False, "MNIST MLP, 2 seeds, fewer ratios")
     flags.DEFINE_string("out", "benchmarks/results/bytes", "output path, no extension")
+    flags.DEFINE_list("settings", None, f"settings to run (default: all; {', '.join(SETTINGS)})")
+    flags.register_validator("settings", lambda v: not v or set(v) <= set(SETTINGS),
+                             f"--settings: each one of {', '.join(SETTINGS)}")
     app.run(main)
