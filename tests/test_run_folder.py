@@ -136,6 +136,16 @@ def test_labels_outside_the_training_classes_are_refused(tmp_path, y_test, extra
     assert not os.path.exists(tmp_path / "run")
 
 
+def test_a_training_pool_that_skips_classes_is_refused(tmp_path):
+    # One stray label of 1000 among zeros would build a 1001-class model.
+    dataset = _npz(tmp_path / "d.npz", np.r_[np.arange(299) % 2, 1000], np.arange(101) % 2)
+    args = [dataset, "--initial_samples=100", "--samples_per_round=100", "--rounds=2",
+            "--validation_samples=20", f"--out_dir={tmp_path}/run", "--dry_run"]
+    _one_line(run_cli(*args), "training labels run to 1000 but classes 2, 3, 4, 5, 6, ... "
+              "never occur (998 of 1001); give --num_classes=1001")
+    assert run_cli(*args, "--num_classes=1001").returncode == 0
+
+
 def test_explicit_num_classes_trains_unseen_test_classes(tmp_path):
     dataset = _npz(tmp_path / "d.npz", np.arange(300) % 10, np.arange(101) % 10 + 10)
     proc = run_cli(dataset, "--initial_samples=100", "--samples_per_round=100", "--rounds=2",

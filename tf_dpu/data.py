@@ -158,7 +158,15 @@ def check_labels(name: str, y_train: np.ndarray, y_test: np.ndarray,
         raise DataError(f"{name}: test labels {shown} never occur in the training pool, so "
                         "the model would have no output for them (give --num_classes to "
                         "train such a model anyway)")
-    return int(y_train.max()) + 1
+    seen = np.unique(y_train)
+    classes = int(seen[-1]) + 1 if len(seen) else 0
+    if len(seen) < classes:
+        missing = np.setdiff1d(np.arange(classes), seen)
+        shown = ", ".join(str(int(c)) for c in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise DataError(f"{name}: training labels run to {classes - 1} but classes {shown} "
+                        f"never occur ({len(missing)} of {classes}); give "
+                        f"--num_classes={classes} to train such a model anyway")
+    return classes
 
 
 def check_dataset(data: "Dataset", num_classes: Optional[int] = None) -> "Dataset":
