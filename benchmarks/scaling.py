@@ -28,14 +28,20 @@ _C_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 def _model(width: int, seed: int = 0):
     import tf_keras as keras  # pylint: disable=import-outside-toplevel
-    init = keras.initializers.GlorotUniform(seed=seed)
+
+    # Every layer draws its own weights: two layers of one shape from one
+    # seed would hold identical tensors, which the converter stores once
+    # (and which a patch could then never change apart).
+    def dense(units, index, **kwargs):
+        return keras.layers.Dense(
+            units, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + index),
+            bias_initializer=keras.initializers.RandomUniform(0.5, 1.5, seed=seed + 10 + index),
+            **kwargs)
+
     inputs = keras.Input((256,))
-    x = keras.layers.Dense(width, activation="relu", kernel_initializer=init,
-                           bias_initializer="ones")(inputs)
-    x = keras.layers.Dense(width, activation="relu", kernel_initializer=init,
-                           bias_initializer="ones")(x)
-    return keras.Model(inputs, keras.layers.Dense(10, kernel_initializer=init,
-                                                  bias_initializer="ones")(x))
+    x = dense(width, 0, activation="relu")(inputs)
+    x = dense(width, 1, activation="relu")(x)
+    return keras.Model(inputs, dense(10, 2)(x))
 
 
 def _c_and_jvm_seconds(binary, jar, base, patch, repeats):

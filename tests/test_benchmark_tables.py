@@ -87,3 +87,13 @@ def test_modules_the_tests_import_define_no_flags():
         importlib.import_module(name)
     defined = flags.FLAGS.flags_by_module_dict()
     assert not [module for module in defined if module.startswith("benchmarks")]
+
+
+def test_scaling_models_store_every_layer_and_patch_with_every_applier():
+    # 100k has two 256x256 kernels: drawn from one seed, the converter stored
+    # them once and re-quantizing a layer on its own was refused.
+    from benchmarks import scaling  # pylint: disable=import-outside-toplevel
+    (row,) = scaling.measure(("100k",), (0.01,))
+    assert row["model_bytes"] > row["parameters"]
+    assert 0 < row["patch_bytes"] < 0.05 * row["model_bytes"]
+    assert row["apply_c_s"] > 0 and (row["apply_jvm_s"] or 0) >= 0
