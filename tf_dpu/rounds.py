@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from tf_dpu import distribute, methods, run_folder, selection
+from tf_dpu import distribute, frozen_bn, methods, run_folder, selection
 from tf_dpu.augment import crop_flip
 from tf_dpu.config import PARTIAL_METHODS, RunConfig
 from tf_dpu.data import Dataset, RoundSchedule, check_dataset, load_dataset
@@ -211,6 +211,10 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             ctx.log_epoch = lambda step, epoch, values, r=r: writer.log_epoch(r, step, epoch,
                                                                               values)
         ctx.select = lambda scores: selection.top_k(scores, budget, len(w0))
+        # Steps that keep BatchNorm frozen move kernels in the folded (deployed)
+        # weights' units; the round's start holds the BatchNorm they keep.
+        trainer.set_step_scales(frozen_bn.step_scales(model, ctx.start)
+                                if config.bias_policy != "full" else None)
         if export and export.mapping is not None:
             ctx.int8_scales = [None if b is None else b / 127.0 for b in export.bounds()]
         if config.budget_bytes and export and export.mapping is not None:

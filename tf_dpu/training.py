@@ -139,6 +139,7 @@ class Trainer:
         self._augment = augment
         self._seed = int(seed)
         self._bounds = None
+        self._step_scales = None
         # Per-sample losses: a replica sums its slice and divides by the
         # global batch size, so the sum over replicas is the batch mean.
         self._loss = keras.losses.SparseCategoricalCrossentropy(
@@ -203,6 +204,37 @@ class Trainer:
             limit = bounds[position]
             self._bounds.append(None if limit is None else tf.constant(limit, variable.dtype))
         self._epoch_fns.clear()  # the bound constants are compiled into the step
+
+    def set_step_scales(self, scales: Optional[Sequence[Optional[np.ndarray]]]) -> None:
+        """Multiplies the optimizer's step per element when BatchNorm is frozen.
+
+        Applies to epochs run with `bn_training=False` only (see
+        `tf_dpu.frozen_bn`); steps that train BatchNorm are left as they are.
+
+        Args:
+          scales: per `model.weights` entry, an array broadcastable to the
+            weight or None (unscaled); None for no scaling at all.
+        """
+        if scales is None:
+            if self._step_scales is not None:
+                self._step_scales = None
+                self._epoch_fns.clear()
+            return
+        wanted = [None if scales[p] is None else
+                  np.broadcast_to(np.asarray(scales[p], v.dtype.as_numpy_dtype), v.shape)
+                  for v, p in zip(self._variables, self.layout.trainable_positions)]
+        same = self._step_scales is not None and all(
+            (a is None) == (w is None) for a, w in zip(self._step_scales, wanted))
+        if same:
+            # Variables, so a new round's scales need no new trace.
+            for variable, value in zip(self._step_scales, wanted):
+                if variable is not None:
+                    variable.assign(value)
+            return
+        with self.strategy.scope():
+            self._step_scales = [None if w is None else tf.Variable(w, trainable=False)
+                                 for w in wanted]
+        self._epoch_fns.clear()
 
     def state(self) -> List[np.ndarray]:
         """Everything training depends on: weights, optimizer, accumulators, masks."""
@@ -347,11 +379,16 @@ class Trainer:
         # Without zeroed optimizer slots (an optimizer whose slots were not
         # found), masked elements are restored to their pre-step bits.
         restore = masked and self._slots is None
-        before = [tf.identity(v) for v in self._variables] if accumulate or restore else []
+        scaled = self._step_scales is not None and not bn_training
+        before = [tf.identity(v) for v in self._variables] \
+            if accumulate or restore or scaled else []
         self._optimizer.apply_gradients(zip(grads, self._variables),
                                         skip_gradients_aggregation=True)
-        changed = restore or self._bounds is not None
+        changed = restore or scaled or self._bounds is not None
         after = [tf.identity(v) for v in self._variables] if before or changed else []
+        if scaled:
+            after = [a if s is None else b + s * (a - b)
+                     for a, b, s in zip(after, before, self._step_scales)]
         if restore:
             after = [tf.where(m, a, b) for m, a, b in zip(self._masks, after, before)]
         if self._bounds is not None:

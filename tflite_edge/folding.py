@@ -200,7 +200,7 @@ def _consumers(model, layer):
     return [other for other in model.layers if layer in _network_inputs(model, other)]
 
 
-def _batch_norm_after(model, layer, positions) -> Optional[BatchNormFold]:
+def batch_norm_after(model, layer, positions) -> Optional[BatchNormFold]:
     """The BatchNormalization the converter folds into `layer`, if the graph allows one."""
     activation = getattr(layer, "activation", None)
     if activation is not None and getattr(activation, "__name__", "") != "linear":
@@ -284,7 +284,7 @@ def build_map(model, model_file: ModelFile, input_affine=None) -> List[LayerMap]
         kernel = getattr(layer, "depthwise_kernel", None)
         kernel = layer.kernel if kernel is None else kernel
         bias = getattr(layer, "bias", None)
-        norm = _batch_norm_after(model, layer, positions)
+        norm = batch_norm_after(model, layer, positions)
         affines = [None]
         if input_affine is not None and _fed_by_input(model, layer):
             expanded = _expand_affine(model, layer, input_affine)
