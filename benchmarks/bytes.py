@@ -134,9 +134,13 @@ def plot(runs, setting, path):
     fig.savefig(path, dpi=90)
 
 
+def default_settings(quick: bool) -> tuple:
+    return QUICK["settings"] if quick else tuple(SETTINGS)
+
+
 def measure(quick: bool, progress=print, ratios=None, settings=None) -> list:
     """Every run of the comparison (`ratios`, `settings` override the defaults)."""
-    settings = settings or (QUICK["settings"] if quick else tuple(SETTINGS))
+    settings = settings or default_settings(quick)
     seeds = QUICK["seeds"] if quick else (1, 2, 3)
     runs = []
     for setting in settings:
@@ -157,7 +161,7 @@ def main(argv):
     runs = []
     # Results are rewritten after each setting, so a long run that is stopped
     # keeps the settings it finished.
-    for setting in flags.FLAGS.settings or (QUICK["settings"] if quick else tuple(SETTINGS)):
+    for setting in flags.FLAGS.settings or default_settings(quick):
         runs += measure(quick, settings=(setting,))
         table = markdown(runs)
         write_results(out, {"quick": quick, "runs": runs, **key_figures(runs)}, table)

@@ -130,6 +130,10 @@ def load_dataset(spec: str, validation_samples: int, seed: int,
                    x_test[test], y_test[test], num_classes, preprocessing)
 
 
+def _first_few(values: np.ndarray) -> str:
+    return ", ".join(str(int(c)) for c in values[:5]) + (", ..." if len(values) > 5 else "")
+
+
 def check_labels(name: str, y_train: np.ndarray, y_test: np.ndarray,
                  num_classes: Optional[int] = None) -> int:
     """The number of classes, after checking every label against it.
@@ -152,19 +156,17 @@ def check_labels(name: str, y_train: np.ndarray, y_test: np.ndarray,
                 raise DataError(f"{name}: {split} label {int(y.max())} is outside [0, "
                                 f"{num_classes}) (--num_classes={num_classes})")
         return num_classes
-    unseen = np.setdiff1d(np.unique(y_test), np.unique(y_train))
-    if len(unseen):
-        shown = ", ".join(str(int(c)) for c in unseen[:5]) + (", ..." if len(unseen) > 5 else "")
-        raise DataError(f"{name}: test labels {shown} never occur in the training pool, so "
-                        "the model would have no output for them (give --num_classes to "
-                        "train such a model anyway)")
     seen = np.unique(y_train)
+    unseen = np.setdiff1d(np.unique(y_test), seen)
+    if len(unseen):
+        raise DataError(f"{name}: test labels {_first_few(unseen)} never occur in the training "
+                        "pool, so the model would have no output for them (give --num_classes "
+                        "to train such a model anyway)")
     classes = int(seen[-1]) + 1 if len(seen) else 0
     if len(seen) < classes:
         missing = np.setdiff1d(np.arange(classes), seen)
-        shown = ", ".join(str(int(c)) for c in missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise DataError(f"{name}: training labels run to {classes - 1} but classes {shown} "
-                        f"never occur ({len(missing)} of {classes}); give "
+        raise DataError(f"{name}: training labels run to {classes - 1} but classes "
+                        f"{_first_few(missing)} never occur ({len(missing)} of {classes}); give "
                         f"--num_classes={classes} to train such a model anyway")
     return classes
 

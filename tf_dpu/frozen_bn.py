@@ -31,13 +31,12 @@ def step_scales(model, weights) -> Optional[List[Optional[np.ndarray]]]:
       None when no kernel feeds a BatchNorm; else one array broadcastable to
       the weight (kernels and biases before a BatchNorm) or None per entry.
     """
-    from tflite_edge.folding import batch_norm_after  # pylint: disable=import-outside-toplevel
+    from tflite_edge.folding import (  # pylint: disable=import-outside-toplevel
+        batch_norm_after, kernel_of)
     positions = {w.ref(): i for i, w in enumerate(model.weights)}
     scales: List[Optional[np.ndarray]] = [None] * len(model.weights)
     for layer in model.layers:
-        kernel = getattr(layer, "depthwise_kernel", None)
-        depthwise = kernel is not None
-        kernel = kernel if depthwise else getattr(layer, "kernel", None)
+        kernel = kernel_of(layer)
         if kernel is None:
             continue
         norm = batch_norm_after(model, layer, positions)
@@ -50,6 +49,7 @@ def step_scales(model, weights) -> Optional[List[Optional[np.ndarray]]]:
         # silenced channel's raw weights far for a change nobody sees.
         scale = np.minimum(1.0, 1.0 / np.maximum(factor, 1e-12)).astype(np.float32)
         shape = tuple(kernel.shape)
+        depthwise = kernel is getattr(layer, "depthwise_kernel", None)
         scales[positions[kernel.ref()]] = (scale.reshape(shape[2], shape[3]) if depthwise
                                            else scale)
         bias = getattr(layer, "bias", None)

@@ -200,6 +200,12 @@ def _consumers(model, layer):
     return [other for other in model.layers if layer in _network_inputs(model, other)]
 
 
+def kernel_of(layer):
+    """The layer's kernel variable (a DepthwiseConv2D's depthwise kernel), or None."""
+    kernel = getattr(layer, "depthwise_kernel", None)
+    return kernel if kernel is not None else getattr(layer, "kernel", None)
+
+
 def batch_norm_after(model, layer, positions) -> Optional[BatchNormFold]:
     """The BatchNormalization the converter folds into `layer`, if the graph allows one."""
     activation = getattr(layer, "activation", None)
@@ -281,8 +287,7 @@ def build_map(model, model_file: ModelFile, input_affine=None) -> List[LayerMap]
                          f"{len(unmatched)} matching operators")
     mapping = []
     for layer, layout in candidates:
-        kernel = getattr(layer, "depthwise_kernel", None)
-        kernel = layer.kernel if kernel is None else kernel
+        kernel = kernel_of(layer)
         bias = getattr(layer, "bias", None)
         norm = batch_norm_after(model, layer, positions)
         affines = [None]

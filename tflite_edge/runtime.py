@@ -23,6 +23,7 @@ def logits(model_bytes: bytes, x: np.ndarray, batch: int = 256,
     from ai_edge_litert.interpreter import (  # pylint: disable=import-outside-toplevel
         Interpreter, OpResolverType)
     resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
+
     def fresh():
         with native_output.muted():   # "Created TensorFlow Lite XNNPACK delegate" on stderr
             made = Interpreter(model_content=bytes(model_bytes),
@@ -36,7 +37,8 @@ def logits(model_bytes: bytes, x: np.ndarray, batch: int = 256,
     scale, zero_point = detail["quantization"]
     outputs = []
     resized = None
-    for start in range(0, len(x), batch):
+    start = 0
+    while start < len(x):
         chunk = x[start:start + batch]
         if resized != len(chunk):
             try:
@@ -47,23 +49,12 @@ def logits(model_bytes: bytes, x: np.ndarray, batch: int = 256,
                 # A graph whose Reshape constants fix the batch at 1 (the 1-D
                 # CNN's) cannot be resized: it runs a sample at a time, as on
                 # the device.
-                return np.concatenate(outputs + [logits_one_by_one(fresh(), x[start:])])
+                interpreter, batch, resized = fresh(), 1, 1
+                continue
         interpreter.set_tensor(detail["index"], quantize_input(chunk, scale, zero_point))
         interpreter.invoke()
         outputs.append(interpreter.get_tensor(output["index"]).copy())
-    return np.concatenate(outputs)
-
-
-def logits_one_by_one(interpreter, x: np.ndarray) -> np.ndarray:
-    """Runs an allocated batch-1 LiteRT interpreter over `x`, one sample per invocation."""
-    detail = interpreter.get_input_details()[0]
-    output = interpreter.get_output_details()[0]
-    scale, zero_point = detail["quantization"]
-    outputs = []
-    for sample in x:
-        interpreter.set_tensor(detail["index"], quantize_input(sample[None], scale, zero_point))
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(output["index"]).copy())
+        start += len(chunk)
     return np.concatenate(outputs)
 
 
