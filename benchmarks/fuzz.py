@@ -22,7 +22,15 @@ applier must reach the same one on the same input:
 So a body that one applier writes and another refuses is a failure, in
 either direction. The C applier runs the inputs through `fuzz/batch.c`
 (one process, under AddressSanitizer and UBSan in the tests), the JVM
-applier through its `batch` command.
+applier through its `batch` command. Each batch simulates one device: with
+or without a key, a whole-file policy, a round, the release time of its last
+update and a clock (or none), so the trust checks are judged alike too.
+
+One input in ten also tries changing storage on the C applier (the only one
+that reads a patch more than once): after a random number of reads the
+storage serves a second, differently mutated and sealed patch. The C applier
+must then refuse, or accept with the first patch's verdict: it may never
+produce anything but the result of the header it verified.
 """
 
 import dataclasses
@@ -40,10 +48,11 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from tflite_edge import patch_format
-from tflite_edge.apply import apply_to, patched_chunks, verify, write_atomic
+from tflite_edge.apply import Policy, apply_to, patched_chunks, verify, write_atomic
+from tflite_edge.device_state import DeviceState
 from tflite_edge.errors import PatchError
-from tflite_edge.patch_format import (ELEMENTS_RECORD, HEADER, KIND_ELEMENTS, KIND_WHOLE_FILE,
-                                      WHOLE_FILE_RECORD)
+from tflite_edge.patch_format import (ELEMENTS_RECORD, HEADER, KIND_ELEMENTS, KIND_ROTATION,
+                                      KIND_WHOLE_FILE, ROTATION_RECORD, WHOLE_FILE_RECORD)
 from tflite_edge.regions import writable_regions
 from tflite_edge.source import Source
 
@@ -57,8 +66,11 @@ VERDICTS = ("accepted", "refused at the result hash", "refused")
 _ELEMENT_FIELDS = [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1), (8, 4),
                    (12, 8), (20, 4), (24, 4), (28, 4), (32, 4)]
 _WHOLE_FILE_FIELDS = [(0, 1), (1, 1), (4, 8)]
-# (offset, width) of header fields (after the magic), as mutation targets.
-_HEADER_FIELDS = [(4, 2), (6, 2), (8, 4), (12, 8), (20, 8), (92, 4)]
+# (offset, width) of header fields (after the magic), as mutation targets:
+# version, flags, round, sizes, record count, release time, expiry, key id.
+_HEADER_FIELDS = [(4, 2), (6, 2), (8, 4), (12, 8), (20, 8), (92, 4), (100, 8), (108, 8),
+                  (116, 8)]
+NO_SWITCH = 0xffffffff
 
 
 def _split(patch: bytes) -> Tuple[bytearray, List[bytearray], bool]:
@@ -66,10 +78,13 @@ def _split(patch: bytes) -> Tuple[bytearray, List[bytearray], bool]:
     header = bytearray(patch[:HEADER.size])
     count, body_length = struct.unpack_from("<II", patch, 92)
     signed = bool(struct.unpack_from("<H", patch, 6)[0] & patch_format.FLAG_SIGNED)
-    at, end, records = HEADER.size, HEADER.size + body_length, []
+    at = HEADER.size + (patch_format.SIGNATURE_SIZE if signed else 0)
+    end, records = at + body_length, []
     for _ in range(count):
         if patch[at] == KIND_WHOLE_FILE:
             length = WHOLE_FILE_RECORD.size + struct.unpack_from("<Q", patch, at + 4)[0]
+        elif patch[at] == KIND_ROTATION:
+            length = ROTATION_RECORD.size
         else:
             pos_len, value_len = struct.unpack_from("<II", patch, at + 28)
             length = ELEMENTS_RECORD.size + pos_len + value_len
@@ -80,15 +95,17 @@ def _split(patch: bytes) -> Tuple[bytearray, List[bytearray], bool]:
 
 
 def _seal(header: bytearray, body: bytes, signer, keep_count: bool, count: int) -> bytes:
-    """Header lengths, signature and checksum made consistent with `body`."""
+    """Header lengths, body hash, signature and checksum made consistent with `body`."""
     header = bytearray(header)
     struct.pack_into("<I", header, 96, len(body))
     if not keep_count:
         struct.pack_into("<I", header, 92, count)
+    header[124:156] = hashlib.sha256(body).digest()
     signed = struct.unpack_from("<H", header, 6)[0] & patch_format.FLAG_SIGNED
-    content = bytes(header) + body
+    content = bytes(header)
     if signed:
         content += signer(content) if signer else bytes(64)
+    content += body
     return content + hashlib.sha256(content).digest()
 
 
@@ -102,8 +119,10 @@ class Mutator:
       seed: the random seed (an int or a sequence of ints).
     """
 
-    def __init__(self, base: bytes, seeds: List[bytes], signer, seed):
+    def __init__(self, base: bytes, seeds: List[bytes], signer, seed,
+                 next_key: bytes = bytes(32)):
         self.base = base
+        self.next_key = next_key
         self.seeds = [_split(s) for s in seeds]
         self.signer = signer
         self.rng = np.random.RandomState(seed)
@@ -159,7 +178,7 @@ class Mutator:
                 else:
                     record.extend(rng.randint(0, 256, rng.randint(1, 9)).astype(np.uint8))
             elif action == 6 and records:                     # the list of records
-                op = rng.randint(4)
+                op = rng.randint(5)
                 i = rng.randint(len(records))
                 if op == 0:
                     del records[i]
@@ -168,28 +187,32 @@ class Mutator:
                 elif op == 2:
                     j = rng.randint(len(records))
                     records[i], records[j] = records[j], records[i]
-                else:
+                elif op == 3:
                     data = rng.randint(0, 256, rng.randint(0, 64)).astype(np.uint8).tobytes()
                     records.insert(i, bytearray(WHOLE_FILE_RECORD.pack(KIND_WHOLE_FILE,
                                                                        len(data)) + data))
+                else:                                         # a key rotation, here or first
+                    key = self.next_key if rng.rand() < 0.8 else bytes(32)
+                    records.insert(0 if rng.rand() < 0.7 else i,
+                                   bytearray(ROTATION_RECORD.pack(KIND_ROTATION, key)))
             elif action == 7:                                 # a header field
                 at, width = _HEADER_FIELDS[rng.randint(len(_HEADER_FIELDS))]
                 self._set(header, at, width)
                 keep_count = keep_count or at == 92
             elif records:                                     # a record's kind
-                records[rng.randint(len(records))][0] = [1, 2, 3, 0, 255][rng.randint(5)]
+                records[rng.randint(len(records))][0] = [1, 2, 3, 4, 0, 255][rng.randint(6)]
         return header, b"".join(bytes(r) for r in records), keep_count
 
-    def case(self, public_key, whole_file: str) -> Tuple[bytes, int]:
+    def case(self, device: "Setting") -> Tuple[bytes, int]:
         """A mutated, resealed patch and the Python applier's verdict on it."""
         header, body, keep_count = self.mutate()
         count = body_count(body)
         patch = _seal(header, body, self.signer, keep_count, count)
-        result = decoded_result(self.base, patch, public_key, whole_file)
+        result = decoded_result(self.base, patch, device)
         if result is not None and self.rng.rand() < 0.9:
             header[60:92] = hashlib.sha256(result).digest()
             patch = _seal(header, body, self.signer, keep_count, count)
-        return patch, python_verdict(self.base, patch, public_key, whole_file)
+        return patch, python_verdict(self.base, patch, device)
 
 
 def body_count(body: bytes) -> int:
@@ -198,6 +221,8 @@ def body_count(body: bytes) -> int:
     while at < len(body):
         if body[at] == KIND_WHOLE_FILE and at + WHOLE_FILE_RECORD.size <= len(body):
             at += WHOLE_FILE_RECORD.size + struct.unpack_from("<Q", body, at + 4)[0]
+        elif body[at] == KIND_ROTATION:
+            at += ROTATION_RECORD.size
         elif at + ELEMENTS_RECORD.size <= len(body):
             at += ELEMENTS_RECORD.size + sum(struct.unpack_from("<II", body, at + 28))
         else:
@@ -206,46 +231,71 @@ def body_count(body: bytes) -> int:
     return count
 
 
-def decoded_result(base: bytes, patch: bytes, public_key, whole_file: str) -> Optional[bytes]:
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One simulated device: its key, policies and trust state."""
+
+    keyed: bool          # holds a public key (patches must be signed with it)
+    whole_file: str      # whole-file policy
+    round: int = 0       # the round of its model
+    release_time: int = 1000   # of the last update it applied
+    now: int = 0         # its clock (0: none)
+    key: bytes = b""     # the key, when keyed
+
+    def policy(self) -> Policy:
+        return Policy(self.key if self.keyed else None, not self.keyed, self.whole_file,
+                      self.now)
+
+    def state(self, base: bytes) -> DeviceState:
+        return DeviceState(self.round, hashlib.sha256(base).digest(), self.release_time,
+                           self.key if self.keyed else None)
+
+    def options(self) -> int:
+        whole = self.whole_file == "always" or (self.whole_file == "signed" and self.keyed)
+        return (1 if whole else 0) | (0 if self.keyed else 2)
+
+
+SETTINGS = (Setting(True, "signed"), Setting(False, "always", now=2_000_000_000),
+            Setting(False, "never", round=2), Setting(True, "never", now=1_790_000_500))
+
+
+def decoded_result(base: bytes, patch: bytes, device: Setting) -> Optional[bytes]:
     """The bytes the Python applier would write for `patch`, None if it refuses them."""
     try:
         envelope = patch_format.open_envelope(patch)
-        parsed = verify(base, envelope, public_key, None, whole_file)
+        parsed = verify(base, envelope, device.policy(), device.state(base))
     except PatchError:
         return None
     return b"".join(patched_chunks(Source.of(base), parsed.records))
 
 
-def python_verdict(base: bytes, patch: bytes, public_key, whole_file: str) -> int:
+def python_verdict(base: bytes, patch: bytes, device: Setting) -> int:
     """What the Python applier does with `patch`: ACCEPTED, RESULT or REFUSED."""
     written = []
     try:
-        apply_to(Source.of(base), patch, public_key, None, written.append, whole_file)
+        apply_to(Source.of(base), patch, None, device.state(base), written.append,
+                 policy=device.policy())
     except PatchError:
         return RESULT if written else REFUSED
     return ACCEPTED
 
 
-@dataclasses.dataclass(frozen=True)
-class Setting:
-    """How the simulated device is configured for one batch."""
+def write_batch(path: str, base: bytes, device: Setting,
+                cases: List[Tuple[bytes, int, int, bytes]]) -> None:
+    """The batch file format of fuzz/batch.c (and the JVM applier's `batch`).
 
-    keyed: bool          # holds a public key (patches must be signed with it)
-    whole_file: str      # whole-file policy
-
-
-SETTINGS = (Setting(True, "signed"), Setting(False, "always"), Setting(False, "never"))
-
-
-def write_batch(path: str, base: bytes, key_bytes: bytes, options: int,
-                cases: List[Tuple[bytes, int]]) -> None:
-    """The batch file format of fuzz/batch.c (and the JVM applier's `batch`)."""
+    Each case is (patch, verdict, reads before the storage changes or
+    NO_SWITCH, the patch it changes to).
+    """
     out = io.BytesIO()
-    out.write(b"DPUB" + struct.pack("<I", len(base)) + base)
-    out.write(bytes([1 if key_bytes else 0]) + (key_bytes or bytes(32)) + bytes([options]))
+    out.write(b"DPUC" + struct.pack("<I", len(base)) + base)
+    out.write(bytes([1 if device.keyed else 0]) + (device.key if device.keyed else bytes(32))
+              + bytes([device.options()]))
+    out.write(struct.pack("<IQQ", device.round, device.release_time, device.now))
     out.write(struct.pack("<I", len(cases)))
-    for patch, verdict in cases:
+    for patch, verdict, switch, second in cases:
         out.write(struct.pack("<IB", len(patch), verdict) + patch)
+        out.write(struct.pack("<II", switch, len(second)) + second)
     write_atomic(path, out.getvalue())
 
 
@@ -258,36 +308,44 @@ def generate(folder: str, inputs: int, seed: int, batch_size: int = 10000,
     """
     sys.path.insert(0, os.path.join(C_DIR, "fuzz"))
     import make_seeds  # pylint: disable=import-outside-toplevel
-    from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
     from cryptography.hazmat.primitives.asymmetric import ed25519  # pylint: disable=import-outside-toplevel
-    private = ed25519.Ed25519PrivateKey.from_private_bytes(
-        hashlib.sha256(b"dpu fuzz key %d" % seed).digest())
-    public = private.public_key()
-    key_bytes = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    from tflite_edge.signing import Signer  # pylint: disable=import-outside-toplevel
+    signer = Signer(ed25519.Ed25519PrivateKey.from_private_bytes(
+        hashlib.sha256(b"dpu fuzz key %d" % seed).digest()))
+    next_key = Signer(ed25519.Ed25519PrivateKey.from_private_bytes(
+        hashlib.sha256(b"dpu fuzz next key %d" % seed).digest())).public_key
     base = make_seeds.fuzz_base()
     seeds = make_seeds.seed_patches()
     counts = np.zeros(3, np.int64)
-    files, python_seconds, number = [], 0.0, 0
+    files, python_seconds, number, switched = [], 0.0, 0, 0
     while number * batch_size < inputs:
         setting = SETTINGS[number % len(SETTINGS)]
-        signer = private.sign if setting.keyed else None
-        signed_seeds = [_resign(s, signer) for s in seeds] if signer else seeds
-        mutator = Mutator(base, signed_seeds, signer, [seed, number])
-        key = public if setting.keyed else None
+        if setting.keyed:
+            setting = dataclasses.replace(setting, key=signer.public_key)
+        device_signer = signer if setting.keyed else None
+        signed_seeds = [_resign(s, device_signer) for s in seeds] if device_signer else seeds
+        mutator = Mutator(base, signed_seeds, device_signer, [seed, number], next_key)
         size = min(batch_size, inputs - number * batch_size)
         started = time.process_time()
-        cases = [mutator.case(key, setting.whole_file) for _ in range(size)]
+        cases = []
+        for _ in range(size):
+            patch, verdict = mutator.case(setting)
+            switch, second = NO_SWITCH, b""
+            if mutator.rng.rand() < 0.1:
+                second, _ = mutator.case(setting)
+                switch = int(mutator.rng.randint(1, 12))
+                switched += 1
+            cases.append((patch, verdict, switch, second))
         python_seconds += time.process_time() - started
-        for _, verdict in cases:
+        for _, verdict, _, _ in cases:
             counts[verdict] += 1
         path = os.path.join(folder, f"batch_{number:04d}.bin")
-        options = 1 if setting.whole_file == "always" or (
-            setting.whole_file == "signed" and setting.keyed) else 0
-        write_batch(path, base, key_bytes if setting.keyed else b"", options, cases)
+        write_batch(path, base, setting, cases)
         files.append(path)
         number += 1
         progress(f"{min(number * batch_size, inputs)} inputs judged by the Python applier")
     return {"files": files, "inputs": int(inputs), "python_seconds": python_seconds,
+            "changing_storage": switched,
             "verdicts": {name: int(c) for name, c in zip(VERDICTS, counts)}}
 
 
@@ -295,6 +353,7 @@ def _resign(patch: bytes, signer) -> bytes:
     """An unsigned seed, signed."""
     header = bytearray(patch[:HEADER.size])
     struct.pack_into("<H", header, 6, patch_format.FLAG_SIGNED)
+    header[116:124] = signer.key_id
     body_length, count = struct.unpack_from("<I", patch, 96)[0], struct.unpack_from("<I", patch, 92)[0]
     return _seal(header, patch[HEADER.size:HEADER.size + body_length], signer, False, count)
 

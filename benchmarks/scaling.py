@@ -50,7 +50,8 @@ def _c_and_jvm_seconds(binary, jar, base, patch, repeats):
         for path, data in zip(paths, (base, patch)):
             with open(path, "wb") as f:
                 f.write(data)
-        c = float(subprocess.run([binary, "--bench", str(repeats), *paths], check=True,
+        c = float(subprocess.run([binary, "--allow_unsigned", "--bench", str(repeats), *paths],
+                                 check=True,
                                  capture_output=True, text=True).stdout)
         java = jvm.bench(jar, paths[0], paths[1], repeats)["seconds"] if jar else None
         return c, java
@@ -83,7 +84,7 @@ def measure(sizes=("10k", "100k", "1M", "10M"), ratios=(0.001, 0.01, 0.1)) -> li
                 repeats = max(1, int(2e6 // len(base)))
                 started = time.perf_counter()
                 for _ in range(repeats):
-                    apply_patch(base, patch)
+                    apply_patch(base, patch, allow_unsigned=True)
                 python_s = (time.perf_counter() - started) / repeats
                 c_s, jvm_s = _c_and_jvm_seconds(binary, jar, base, patch, repeats)
                 changed = sum(len(r.positions) for r in patch_format.decode(patch).records)

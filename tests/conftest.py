@@ -13,6 +13,10 @@ import tf_dpu  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from tf_dpu.data import Dataset, load_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Patches carry their release time: fixed here (as reproducible builds fix
+# timestamps) so that two runs of the same work write the same bytes. The
+# release-time and expiry tests pass their own times.
+os.environ["SOURCE_DATE_EPOCH"] = "1790000000"
 
 
 @functools.lru_cache(maxsize=None)

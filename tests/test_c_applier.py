@@ -15,12 +15,12 @@ from tflite_edge.create import create_patch
 from tflite_edge.model_file import ModelFile
 
 
-def _apply(binary, base, patch, tmp_path, name="out"):
+def _apply(binary, base, patch, tmp_path, name="out", trust=("--allow_unsigned",)):
     (tmp_path / "base").write_bytes(base)
     (tmp_path / "patch").write_bytes(patch)
     out = tmp_path / name
-    proc = subprocess.run([binary, str(tmp_path / "base"), str(tmp_path / "patch"), str(out)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([binary, *trust, str(tmp_path / "base"), str(tmp_path / "patch"),
+                           str(out)], capture_output=True, text=True)
     return proc, (out.read_bytes() if out.exists() else None)
 
 
@@ -122,14 +122,13 @@ def test_c_refuses_what_python_refuses(c_applier, files, tmp_path):
     assert (tmp_path / "base").read_bytes() == bytes(other)  # inputs are never written
 
 
-def test_min_round_refuses_replays(c_applier, files, tmp_path):
+def test_the_device_round_refuses_replays(c_applier, files, tmp_path):
     patch = create_patch(files[0], files[1], 1)
-    (tmp_path / "b").write_bytes(files[0])
-    (tmp_path / "p").write_bytes(patch)
-    proc = subprocess.run([c_applier, "--min_round", "2", str(tmp_path / "b"),
-                           str(tmp_path / "p"), str(tmp_path / "o")], capture_output=True,
-                          text=True)
-    assert proc.returncode == 2 and "not newer" in proc.stderr
+    for round_, code in (("0", 0), ("1", 2), ("2", 2)):
+        proc, _ = _apply(c_applier, files[0], patch, tmp_path,
+                         trust=("--allow_unsigned", "--round", round_))
+        assert proc.returncode == code, (round_, proc.stderr)
+        assert code == 0 or "not newer" in proc.stderr
 
 
 def test_c_signature_callback_with_a_real_ed25519(c_signed_applier, c_applier, files, tmp_path):
@@ -139,9 +138,13 @@ def test_c_signature_callback_with_a_real_ed25519(c_signed_applier, c_applier, f
         signing.generate_keypair(str(tmp_path / f"{name}.pem"), str(tmp_path / f"{name}.pub"))
         keys[name] = signing.load_signer(str(tmp_path / f"{name}.pem"))
     base, target = files[0], files[1]
+    forged = signing.load_signer(str(tmp_path / "other.pem"))
+    forged.key_id = keys["good"].key_id      # another key's signature under this key's id
     cases = {
         "signed": (create_patch(base, target, 1, keys["good"]), 0, None),
-        "wrong key": (create_patch(base, target, 1, keys["other"]), 2, "signature is not valid"),
+        "wrong key": (create_patch(base, target, 1, keys["other"]), 2, "does not trust"),
+        "forged under the key's id": (create_patch(base, target, 1, forged), 2,
+                                      "signature is not valid"),
         "unsigned": (create_patch(base, target, 1), 2, "not signed"),
     }
     (tmp_path / "base").write_bytes(base)
@@ -193,7 +196,7 @@ def test_in_place_power_cuts_with_whole_files_and_every_code(powercut, tmp_path)
     base = make_seeds.fuzz_base()
     tried = 0
     for n, patch in enumerate(make_seeds.seed_patches()):
-        target = apply_patch(base, patch, whole_file="always")
+        target = apply_patch(base, patch, whole_file="always", allow_unsigned=True)
         if len(target) != len(base):
             continue   # in place, the result must fit the model's storage
         cuts, bad = _powercut(powercut, base, patch, target, tmp_path)

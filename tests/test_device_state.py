@@ -49,8 +49,10 @@ def chain(tmp_path):
 
 
 def _apply(folder, patch, **kwargs):
+    """Applies an (unsigned) patch of the chain: these tests are about the state machinery."""
     return apply_patch_file(str(folder / "model.tflite"), str(folder / patch),
-                            state_path=str(folder / "model.tflite.state"), **kwargs)
+                            state_path=str(folder / "model.tflite.state"), allow_unsigned=True,
+                            **kwargs)
 
 
 def _state(folder):
@@ -63,7 +65,8 @@ def test_a_new_device_is_initialised_once_explicitly(chain):
         _apply(folder, "p1")
     assert (folder / "model.tflite").read_bytes() == files[0]
     _apply(folder, "p1", initial_round=0)
-    assert _state(folder) == {"round": 1, "sha256": hashlib.sha256(files[1]).hexdigest()}
+    assert _state(folder) == {"round": 1, "sha256": hashlib.sha256(files[1]).hexdigest(),
+                              "release_time": 1790000000}
     with pytest.raises(PatchError, match="already records its round"):
         _apply(folder, "p2", initial_round=0)
     _apply(folder, "p2")
@@ -158,8 +161,8 @@ def test_a_crash_between_the_two_state_writes_resolves_by_the_models_hash(chain,
         assert (folder / "model.tflite").read_bytes() == files[1]
         _apply(folder, "p2")   # the device is still at round 1: the patch goes in
         assert (folder / "model.tflite").read_bytes() == files[2]
-    assert _state(folder) == {"round": 2, "sha256": hashlib.sha256(
-        files[2]).hexdigest()}
+    assert _state(folder) == {"round": 2, "sha256": hashlib.sha256(files[2]).hexdigest(),
+                              "release_time": 1790000000}
 
 
 def test_concurrent_applies_of_one_model_never_both_succeed(chain):
@@ -219,7 +222,7 @@ def test_the_c_driver_never_truncates_or_deletes_what_it_did_not_create(chain, c
     # OUT equal to BASE, even through another name: refused, the model intact.
     os.link(model, folder / "alias.tflite")
     for out in (model, folder / "alias.tflite"):
-        proc = subprocess.run([c_applier, str(model), str(patch), str(out)],
+        proc = subprocess.run([c_applier, "--allow_unsigned", str(model), str(patch), str(out)],
                               capture_output=True, text=True)
         assert proc.returncode == 2 and "OUT is BASE" in proc.stderr
         assert model.read_bytes() == files[0]
@@ -229,24 +232,24 @@ def test_the_c_driver_never_truncates_or_deletes_what_it_did_not_create(chain, c
     os.chmod(existing, 0o600)
     os.symlink(existing, folder / "link.tflite")
     for out in (existing, folder / "link.tflite"):
-        proc = subprocess.run([c_applier, str(model), str(folder / "p2"), str(out)],
-                              capture_output=True, text=True)
+        proc = subprocess.run([c_applier, "--allow_unsigned", str(model), str(folder / "p2"),
+                               str(out)], capture_output=True, text=True)
         assert proc.returncode == 2 and "another model" in proc.stderr
         assert existing.read_bytes() == b"keep me"
     assert os.path.islink(folder / "link.tflite")
     # A successful apply through the link replaces its target and keeps the link.
-    proc = subprocess.run([c_applier, str(model), str(patch), str(folder / "link.tflite")],
-                          capture_output=True, text=True)
+    proc = subprocess.run([c_applier, "--allow_unsigned", str(model), str(patch),
+                           str(folder / "link.tflite")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert os.path.islink(folder / "link.tflite") and existing.read_bytes() == files[1]
     assert stat.S_IMODE(os.stat(existing).st_mode) == 0o600
     assert not [n for n in os.listdir(folder) if ".tflite." in n]
     # In place, with the journal beside the model.
-    proc = subprocess.run([c_applier, "--in_place", str(model), str(patch), str(model)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([c_applier, "--in_place", "--allow_unsigned", str(model), str(patch),
+                           str(model)], capture_output=True, text=True)
     assert proc.returncode == 0 and model.read_bytes() == files[1]
-    proc = subprocess.run([c_applier, "--in_place", str(model), str(patch), str(existing)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([c_applier, "--in_place", "--allow_unsigned", str(model), str(patch),
+                           str(existing)], capture_output=True, text=True)
     assert proc.returncode == 2 and "OUT must be BASE" in proc.stderr
 
 
@@ -254,8 +257,9 @@ def test_command_line_initialises_and_refuses_missing_state(chain):
     folder, files, _ = chain
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "tflite_edge.patch", "apply", *args],
-                              cwd=ROOT, capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", "tflite_edge.patch", "apply",
+                               "--allow_unsigned", *args], cwd=ROOT, capture_output=True,
+                              text=True)
     model = f"--base={folder}/model.tflite"
     missing = cli(model, f"--patch={folder}/p1")
     assert missing.returncode == 2 and "--initial_round" in missing.stderr

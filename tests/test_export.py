@@ -50,12 +50,13 @@ def test_patch_chain_reproduces_every_round_with_both_appliers(exported_run, c_a
         patch = os.path.join(folder, "update.patch")
         if os.path.exists(patch):
             proc = subprocess.run([sys.executable, "-m", "tflite_edge.patch", "apply",
-                                   f"--base={device_py}", f"--patch={patch}", *initialise],
+                                   f"--base={device_py}", f"--patch={patch}", "--allow_unsigned",
+                                   *initialise],
                                   cwd=ROOT, capture_output=True, text=True)
             initialise = []
             assert proc.returncode == 0, proc.stderr
             out = tmp_path / "next.tflite"
-            proc = subprocess.run([c_applier, str(device_c), patch, str(out)],
+            proc = subprocess.run([c_applier, "--allow_unsigned", str(device_c), patch, str(out)],
                                   capture_output=True, text=True)
             assert proc.returncode == 0, proc.stderr
             os.replace(out, device_c)

@@ -39,7 +39,8 @@ def test_every_policy_brings_every_release_to_the_latest(run_dir):
         sizes = {}
         for policy in ("chain", "catchup", "full"):
             update = releases.update(device, policy)
-            assert apply_update(_read(device.path), update) == latest, (device.round, policy)
+            assert apply_update(_read(device.path), update, allow_unsigned=True) == latest, (
+                device.round, policy)
             sizes[policy] = update.bytes
         assert len(releases.update(device, "chain").patches) == \
             len([r for r in releases.releases if r.round > device.round])
@@ -78,7 +79,7 @@ def test_plan_command_by_round_and_by_hash(run_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     sent = sorted(str(p) for p in (tmp_path / "update").iterdir())
     model = apply_update(_read(device.path), Update("plan", device.round, releases.latest.round,
-                                                    sent))
+                                                    sent), allow_unsigned=True)
     assert hashlib.sha256(model).digest() == releases.latest.sha256
     as_json = _cli("plan", f"--run_dir={run_dir}", f"--device_round={device.round}", "--json")
     plan = json.loads(as_json.stdout)
@@ -108,15 +109,17 @@ def test_c_applier_takes_catchup_and_full_updates(run_dir, c_applier, tmp_path):
     for policy in ("catchup", "full"):
         patch = releases.update(device, policy).patches[0]
         out = tmp_path / f"{policy}.tflite"
-        done = subprocess.run([c_applier, "--min_round", str(device.round + 1),
+        done = subprocess.run([c_applier, "--allow_unsigned", "--round", str(device.round),
                                "--whole_file", "always", device.path, patch, str(out)],
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert out.read_bytes() == _read(latest.path)
         # A device already past the latest round refuses the same update.
-        stale = subprocess.run([c_applier, "--min_round", str(latest.round + 1), device.path,
-                                patch, str(tmp_path / "x")], capture_output=True, text=True)
-        assert stale.returncode != 0 and not (tmp_path / "x").exists()
+        stale = subprocess.run([c_applier, "--allow_unsigned", "--round", str(latest.round),
+                                device.path, patch, str(tmp_path / "x")], capture_output=True,
+                               text=True)
+        assert stale.returncode == 2 and "not newer" in stale.stderr
+        assert not (tmp_path / "x").exists()
 
 
 def test_a_round_that_sent_nothing_maps_to_the_release_before_it(tmp_path):
@@ -159,4 +162,5 @@ def test_cached_patches_follow_the_files_not_the_round_numbers(run_dir, tmp_path
     again = Releases(str(copy))
     second = again.update(again.releases[0], "catchup").patches[0]
     assert first != second
-    assert apply_patch(_read(again.releases[0].path), _read(second)) == bytes(latest)
+    assert apply_patch(_read(again.releases[0].path), _read(second),
+                       allow_unsigned=True) == bytes(latest)

@@ -31,18 +31,23 @@ def case(exported_run):
     return base, target, create_patch(base, target, 1)
 
 
+H = patch_format.HEADER.size
+
+
 def reseal(header: bytes, body: bytes) -> bytes:
-    """A patch around `body` whose lengths and checksum are all correct."""
+    """A patch around `body` whose lengths, body hash and checksum are all correct (unsigned)."""
     header = bytearray(header)
     struct.pack_into("<I", header, 96, len(body))
-    struct.pack_into("<H", header, 6, 0)  # unsigned
+    struct.pack_into("<H", header, 6, 0)  # unsigned, so no key id either
+    header[116:124] = bytes(8)
+    header[124:156] = hashlib.sha256(body).digest()
     content = bytes(header) + body
     return content + hashlib.sha256(content).digest()
 
 
 def _outcome(base, target, patch):
     try:
-        result = apply_patch(base, patch)
+        result = apply_patch(base, patch, allow_unsigned=True)
     except PatchError:
         return "refused"
     assert result == target
@@ -72,7 +77,7 @@ def test_mutated_patches_are_refused(case, data):
 @given(st.data())
 def test_resealed_mutated_bodies_never_yield_a_wrong_model(case, data):
     base, target, patch = case
-    header, body = patch[:100], bytearray(patch[100:-32])
+    header, body = patch[:H], bytearray(patch[H:-32])
     action = data.draw(st.sampled_from(["flip", "truncate", "insert", "count"]))
     if action == "flip":
         for _ in range(data.draw(st.integers(1, 6))):
@@ -93,13 +98,13 @@ def test_resealed_mutated_bodies_never_yield_a_wrong_model(case, data):
 
 def test_resealing_the_unchanged_body_still_applies(case):
     base, target, patch = case
-    assert _outcome(base, target, reseal(patch[:100], patch[100:-32])) == "applied"
+    assert _outcome(base, target, reseal(patch[:H], patch[H:-32])) == "applied"
 
 
 def test_decoder_survives_huge_claims(case):
     base, target, patch = case
-    header = bytearray(patch[:100])
-    body = bytearray(patch[100:-32])
+    header = bytearray(patch[:H])
+    body = bytearray(patch[H:-32])
     # A record claiming 2**32-1 changed elements of a 2**32-1 element buffer.
     struct.pack_into("<I", body, 20, 2 ** 32 - 1)
     struct.pack_into("<I", body, 24, 2 ** 32 - 1)

@@ -15,7 +15,7 @@ import pytest
 
 import hostile
 from tflite_edge import patch_format, signing
-from tflite_edge.apply import apply_patch_file
+from tflite_edge.apply import apply_patch, apply_patch_file
 from tflite_edge.errors import PatchError
 
 CASES = hostile.cases()
@@ -41,22 +41,22 @@ def test_python_refuses_each_hostile_patch_with_its_own_check(case, device):
     key = signing.load_public_key(str(device / "key.pub")) if case.signed else None
     with pytest.raises(PatchError, match=case.python):
         apply_patch_file(str(device / "model.tflite"), str(device / "p"),
-                         str(device / "out.tflite"), key)
+                         str(device / "out.tflite"), key, allow_unsigned=key is None)
     _untouched(device)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_c_refuses_each_hostile_patch_with_its_own_check(case, device, c_signed_applier):
     (device / "p").write_bytes(case.patch)
-    key = ["--public_key", str(device / "key.pub")] if case.signed else []
+    key = ["--public_key", str(device / "key.pub")] if case.signed else ["--allow_unsigned"]
     proc = subprocess.run([c_signed_applier, *key, str(device / "model.tflite"),
                            str(device / "p"), str(device / "out.tflite")],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and case.c in proc.stderr, proc.stderr
     _untouched(device)
-    assert os.listdir(device) == sorted(os.listdir(device)) or True
-    assert not [n for n in os.listdir(device) if n.startswith("out.tflite.")]
+    # Nothing created beside the model: no output, no temporary file.
+    assert sorted(os.listdir(device)) == ["key.pub", "model.tflite", "p"]
 
 
 def test_hostile_sizes_cost_milliseconds_and_kilobytes(device):
@@ -67,12 +67,13 @@ def test_hostile_sizes_cost_milliseconds_and_kilobytes(device):
     assert len(big) == 3
     for case in big:
         (device / "p").write_bytes(case.patch)
-        for public_key, message in ((key, "not signed"), (None, case.python)):
+        first = case.python if "unary" in case.name else "not signed"
+        for public_key, message in ((key, first), (None, case.python)):
             tracemalloc.start()
             started = time.perf_counter()
             with pytest.raises(PatchError, match=message):
                 apply_patch_file(model, str(device / "p"), str(device / "out.tflite"),
-                                 public_key)
+                                 public_key, allow_unsigned=public_key is None)
             seconds = time.perf_counter() - started
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
@@ -83,10 +84,19 @@ def test_hostile_sizes_cost_milliseconds_and_kilobytes(device):
             assert seconds < 5, (case.name, seconds)
 
 
+def test_a_long_unary_run_in_memory_is_refused_at_the_run():
+    """`apply_patch` on bytes has no file size to bound: the decoder stops at the run."""
+    case = next(c for c in CASES if "unary" in c.name)
+    started = time.perf_counter()
+    with pytest.raises(PatchError, match="out of range"):
+        apply_patch(hostile.tiny_model(), case.patch, allow_unsigned=True)
+    assert time.perf_counter() - started < 5
+
+
 def test_inspecting_a_long_unary_run_is_linear():
     """Without a base, Rice limits come from the patch: the decoder must still be linear."""
     case = next(c for c in CASES if "unary" in c.name)
-    body = bytearray(case.patch[100:-32])
+    body = bytearray(case.patch[patch_format.HEADER.size:-32])
     body[20:24] = (2 ** 32 - 1).to_bytes(4, "little")   # a buffer of 2^32 - 1 elements
     patch = hostile.seal(hostile.tiny_model(), bytes(body), 1)
     started = time.perf_counter()
@@ -138,10 +148,9 @@ def test_real_keys_pass_the_checks_and_wrong_lengths_do_not(tmp_path, c_signed_a
 def test_whole_file_updates_follow_the_device_policy(device, c_signed_applier):
     """Unsigned: refused unless allowed; signed and verified: accepted by default."""
     base = hostile.tiny_model()
-    private, _ = hostile.test_key()
     new = base[:20] + b"\0\0\0\0" + base[24:]
     body = patch_format.WHOLE_FILE_RECORD.pack(3, len(new)) + new
-    signed = hostile.seal(base, body, 1, new, signer=private.sign)
+    signed = hostile.seal(base, body, 1, new, signer=hostile.test_signer())
     (device / "p").write_bytes(signed)
     key = signing.load_public_key(str(device / "key.pub"))
     model, out = str(device / "model.tflite"), str(device / "out.tflite")
@@ -151,7 +160,7 @@ def test_whole_file_updates_follow_the_device_policy(device, c_signed_applier):
         apply_patch_file(model, str(device / "p"), out, key, whole_file="never")
     for args, code in ((["--public_key", str(device / "key.pub")], 0),
                        (["--public_key", str(device / "key.pub"), "--whole_file=never"], 2),
-                       ([], 2), (["--whole_file=always"], 0)):
+                       (["--allow_unsigned"], 2), (["--allow_unsigned", "--whole_file=always"], 0)):
         os.unlink(out) if os.path.exists(out) else None
         proc = subprocess.run([c_signed_applier, *args, model, str(device / "p"), out],
                               capture_output=True, text=True)

@@ -29,7 +29,7 @@ def pair(exported_run):
 
 def test_patch_turns_base_into_target_and_only_touches_weights(pair):
     base, target, patch = pair
-    assert apply_patch(base, patch) == target
+    assert apply_patch(base, patch, allow_unsigned=True) == target
     parsed = patch_format.decode(patch)
     model = ModelFile(base)
     weights = {model.buffers[t.buffer].offset for op in model.operators
@@ -44,26 +44,26 @@ def test_any_single_flipped_byte_is_refused(pair):
         broken = bytearray(patch)
         broken[at] ^= 0x40
         with pytest.raises(PatchError):
-            apply_patch(base, bytes(broken))
+            apply_patch(base, bytes(broken), allow_unsigned=True)
 
 
 def test_truncated_or_extended_patches_are_refused(pair):
     base, _, patch = pair
     for length in list(range(0, 200)) + list(range(200, len(patch), 97)) + [len(patch) - 1]:
         with pytest.raises(PatchError):
-            apply_patch(base, patch[:length])
+            apply_patch(base, patch[:length], allow_unsigned=True)
     with pytest.raises(PatchError, match="truncated or extended"):
-        apply_patch(base, patch + b"\0")
+        apply_patch(base, patch + b"\0", allow_unsigned=True)
 
 
 def test_wrong_base_and_second_application_are_refused(pair):
     base, target, patch = pair
     with pytest.raises(PatchError, match="already applied"):
-        apply_patch(target, patch)
+        apply_patch(target, patch, allow_unsigned=True)
     other = bytearray(base)
     other[-1] ^= 1
     with pytest.raises(PatchError, match="for another model"):
-        apply_patch(bytes(other), patch)
+        apply_patch(bytes(other), patch, allow_unsigned=True)
 
 
 def test_signatures(pair, tmp_path):
@@ -73,16 +73,21 @@ def test_signatures(pair, tmp_path):
     key = signing.load_public_key(str(tmp_path / "k.pub"))
     signed = create_patch(base, target, 1, signing.load_signer(str(tmp_path / "k.pem")))
     assert apply_patch(base, signed, key) == target
-    assert apply_patch(base, signed) == target  # a device without a key still checks hashes
-    with pytest.raises(PatchError, match="not valid for this public key"):
+    # Without a key nothing is applied, unless unsigned patches are allowed
+    # explicitly (then the hashes are still checked).
+    with pytest.raises(PatchError, match="no public key"):
+        apply_patch(base, signed)
+    assert apply_patch(base, signed, allow_unsigned=True) == target
+    with pytest.raises(PatchError, match="signed by another key"):
         apply_patch(base, signed, signing.load_public_key(str(tmp_path / "o.pub")))
     with pytest.raises(PatchError, match="not signed"):
         apply_patch(base, create_patch(base, target, 1), key)
-    # Re-signing a tampered body with the wrong key and fixing the checksum
-    # still fails: the signature, not the checksum, is what a key trusts.
-    forged = create_patch(base, target, 1, signing.load_signer(str(tmp_path / "o.pem")))
-    with pytest.raises(PatchError, match="not valid"):
-        apply_patch(base, forged, key)
+    # Signed by another key under this key's id, checksum fixed: the signature,
+    # not the checksum or the id, is what a key trusts.
+    other = signing.load_signer(str(tmp_path / "o.pem"))
+    other.key_id = signing.load_signer(str(tmp_path / "k.pem")).key_id
+    with pytest.raises(PatchError, match="not valid for this public key"):
+        apply_patch(base, create_patch(base, target, 1, other), key)
 
 
 def test_files_of_different_structure_are_refused(pair):
@@ -104,10 +109,10 @@ def test_changes_outside_weight_buffers_need_a_whole_file_update(pair):
     assert [r.kind for r in patch_format.decode(whole).records] == [
         patch_format.KIND_WHOLE_FILE]
     with pytest.raises(PatchError, match="whole model"):
-        apply_patch(base, whole)   # unsigned, and no key: refused by default
-    assert apply_patch(base, whole, whole_file="always") == bytes(changed)
+        apply_patch(base, whole, allow_unsigned=True)   # unsigned: refused by default
+    assert apply_patch(base, whole, whole_file="always", allow_unsigned=True) == bytes(changed)
     with pytest.raises(PatchError, match="whole model"):
-        apply_patch(base, whole, whole_file="never")
+        apply_patch(base, whole, whole_file="never", allow_unsigned=True)
 
 
 def _cli(*args):
@@ -119,14 +124,19 @@ def test_command_line_create_inspect_apply_in_place(pair, tmp_path):
     base, target, _ = pair
     (tmp_path / "a.tflite").write_bytes(base)
     (tmp_path / "b.tflite").write_bytes(target)
+    assert _cli("keygen", f"--private={tmp_path}/k.pem", f"--public={tmp_path}/k.pub"
+                ).returncode == 0
     made = _cli("create", f"--base={tmp_path}/a.tflite", f"--target={tmp_path}/b.tflite",
-                f"--out={tmp_path}/p.patch", "--round=1")
-    assert made.returncode == 0, made.stderr
+                f"--out={tmp_path}/p.patch", "--round=1", f"--sign_key={tmp_path}/k.pem")
+    assert made.returncode == 0 and "signed" in made.stdout and not made.stderr, made.stderr
     shown = _cli("inspect", f"--patch={tmp_path}/p.patch")
     assert "round 1" in shown.stdout and "information bound" in shown.stdout
+    assert "signed by key id " + signing.load_signer(str(tmp_path / "k.pem")).key_id.hex() \
+        in shown.stdout
     applied = _cli("apply", f"--base={tmp_path}/a.tflite", f"--patch={tmp_path}/p.patch",
-                   "--initial_round=0")
+                   "--initial_round=0", f"--public_key={tmp_path}/k.pub")
     assert applied.returncode == 0, applied.stderr
+    assert "verified (key id" in applied.stdout
     assert (tmp_path / "a.tflite").read_bytes() == target
     again = _cli("apply", f"--base={tmp_path}/a.tflite", f"--patch={tmp_path}/p.patch")
     assert again.returncode == 2 and again.stderr.strip() == (
@@ -140,7 +150,7 @@ def test_command_line_create_inspect_apply_in_place(pair, tmp_path):
     (["apply", "--base=/no/model", "--patch=/no/patch"], "cannot read model /no/model"),
     (["apply", "--base=x"], "apply needs --patch"),
     (["frobnicate"], "unknown command 'frobnicate'"),
-    ([], "give a command: create, apply, inspect, keygen"),
+    ([], "give a command: create, rotate, apply, inspect, keygen"),
     (["inspect", "--patch=README.md"], "not a DPU patch"),
     (["inspect", "--patch=p", "--public_key=k"], "inspect does not take --public_key"),
     (["apply", "--base=a", "--patch=p", "--whole_file=sometimes"], "flag --whole_file"),
@@ -163,7 +173,7 @@ def test_corrupt_patch_leaves_the_base_file_untouched(pair, tmp_path):
     broken[len(broken) // 2] ^= 1
     (tmp_path / "p").write_bytes(bytes(broken))
     with pytest.raises(PatchError):
-        apply_patch_file(str(tmp_path / "m.tflite"), str(tmp_path / "p"))
+        apply_patch_file(str(tmp_path / "m.tflite"), str(tmp_path / "p"), allow_unsigned=True)
     assert hashlib.sha256((tmp_path / "m.tflite").read_bytes()).digest() == hashlib.sha256(
         base).digest()
 
@@ -176,24 +186,26 @@ def test_state_file_refuses_replays_and_downgrades(exported_run, tmp_path):
     model.write_bytes(files[0])
     for r in (1, 2):
         (tmp_path / f"p{r}").write_bytes(create_patch(files[r - 1], files[r], r))
-    assert _cli("apply", f"--base={model}", f"--patch={tmp_path}/p1",
+    assert _cli("apply", f"--base={model}", f"--patch={tmp_path}/p1", "--allow_unsigned",
                 "--initial_round=0").returncode == 0
     assert json_round(state) == 1
     # An attacker replays round 1's patch against a device that was reset to
     # round 0's file: the base matches, the round does not.
     model.write_bytes(files[0])
-    replay = _cli("apply", f"--base={model}", f"--patch={tmp_path}/p1")
+    replay = _cli("apply", f"--base={model}", f"--patch={tmp_path}/p1", "--allow_unsigned")
     assert replay.returncode == 2 and "replayed or downgraded" in replay.stderr
     assert model.read_bytes() == files[0]
     # A patch claiming an older round (a downgrade) is refused too.
     model.write_bytes(files[1])
     (tmp_path / "old").write_bytes(create_patch(files[1], files[2], 1))
-    assert "replayed or downgraded" in _cli("apply", f"--base={model}",
+    assert "replayed or downgraded" in _cli("apply", f"--base={model}", "--allow_unsigned",
                                             f"--patch={tmp_path}/old").stderr
-    assert _cli("apply", f"--base={model}", f"--patch={tmp_path}/p2").returncode == 0
+    assert _cli("apply", f"--base={model}", f"--patch={tmp_path}/p2",
+                "--allow_unsigned").returncode == 0
     assert json_round(state) == 2 and model.read_bytes() == files[2]
     state.write_text("garbage")
-    assert "state file" in _cli("apply", f"--base={model}", f"--patch={tmp_path}/p2").stderr
+    assert "state file" in _cli("apply", f"--base={model}", f"--patch={tmp_path}/p2",
+                                "--allow_unsigned").stderr
 
 
 def json_round(path):

@@ -96,6 +96,9 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
     if config.sign_key:
         from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
         signer = load_signer(config.sign_key)
+    elif config.export_tflite and progress:
+        progress("warning: no --sign_key: the round patches are unsigned, and devices refuse "
+                 "them unless they run with --allow_unsigned")
     task = distribute.cluster_task()
     multi_worker = config.strategy == "multi_worker"
     if not task.is_chief:

@@ -14,6 +14,7 @@ streamed a chunk at a time (`tflite_edge.source`).
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
@@ -29,7 +30,7 @@ from tflite_edge import source as sources
 from tflite_edge.device_state import DeviceState, StateFile
 from tflite_edge.errors import PatchError
 from tflite_edge.model_file import ELEMENT_DTYPES
-from tflite_edge.patch_format import KIND_WHOLE_FILE, Envelope, Patch, Record
+from tflite_edge.patch_format import KIND_ROTATION, KIND_WHOLE_FILE, Envelope, Patch, Record
 from tflite_edge.regions import writable_regions
 from tflite_edge.source import Source
 
@@ -37,44 +38,121 @@ from tflite_edge.source import Source
 # it verified (the default), always, or never.
 WHOLE_FILE_POLICIES = ("signed", "always", "never")
 LOCK_TIMEOUT_SECONDS = 60.0
+# A device without a key (an explicit opt-in) takes no patch that jumps further
+# than this: an unsigned patch for round 2^32 - 2 would otherwise refuse every
+# genuine update after it.
+DEFAULT_MAX_ROUND_JUMP = 16
 
 
-def _whole_file_allowed(policy: str, public_key) -> bool:
-    if policy not in WHOLE_FILE_POLICIES:
-        raise PatchError(f"whole-file policy {policy!r} is not one of "
-                         f"{', '.join(WHOLE_FILE_POLICIES)}")
-    return policy == "always" or (policy == "signed" and public_key is not None)
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """What a device accepts.
+
+    Attributes:
+      public_key: the raw Ed25519 key that must sign every patch. A device
+        state that records a key overrides it (rotations change that key).
+      allow_unsigned: accept patches without checking any signature when no
+        key is known; never the default.
+      whole_file: `signed`, `always` or `never` (WHOLE_FILE_POLICIES).
+      now: seconds since 1970 from a trusted clock; None for the system
+        clock, 0 for a device without one (expiry is then judged against the
+        last release time the device applied).
+      max_round_jump: on a device without a key, the most rounds one patch
+        may advance it.
+      max_patch_bytes: the largest whole-file update (and so patch) accepted.
+    """
+
+    public_key: Optional[bytes] = None
+    allow_unsigned: bool = False
+    whole_file: str = "signed"
+    now: Optional[int] = None
+    max_round_jump: int = DEFAULT_MAX_ROUND_JUMP
+    max_patch_bytes: int = patch_format.DEFAULT_MAX_PATCH_BYTES
+
+    def __post_init__(self):
+        if self.whole_file not in WHOLE_FILE_POLICIES:
+            raise PatchError(f"whole-file policy {self.whole_file!r} is not one of "
+                             f"{', '.join(WHOLE_FILE_POLICIES)}")
+        if self.public_key is not None:
+            from tflite_edge.signing import check_public_key  # pylint: disable=import-outside-toplevel
+            check_public_key(bytes(self.public_key))
+
+    def clock(self) -> int:
+        return int(time.time()) if self.now is None else self.now
 
 
-def verify(base: Union[bytes, Source], envelope: Envelope, public_key=None,
-           state: Optional[DeviceState] = None, whole_file: str = "signed") -> Patch:
+def _policy(policy: Optional[Policy], public_key, whole_file: str, **kwargs) -> Policy:
+    """The policy of an API call: a Policy given, or one from the legacy arguments."""
+    if policy is not None:
+        return policy
+    return Policy(public_key=public_key, whole_file=whole_file, **kwargs)
+
+
+def trusted_key(policy: Policy, state: Optional[DeviceState]) -> Optional[bytes]:
+    """The key the device checks signatures with; refuses a key it no longer trusts.
+
+    Raises:
+      PatchError: the caller's key is not the one the device state records
+        (a retired key, or another), or no key at all without the opt-in.
+    """
+    from tflite_edge.patch_format import key_id  # pylint: disable=import-outside-toplevel
+    key = policy.public_key
+    if state is not None and state.key is not None:
+        if key is not None and bytes(key) != state.key:
+            retired = key_id(key) in state.retired
+            raise PatchError(f"the given public key (key id {key_id(key).hex()}) "
+                             f"{'was retired by a key rotation' if retired else 'is not the one this device trusts'}"
+                             f"; the device state trusts key id {key_id(state.key).hex()}")
+        key = state.key
+    if key is None and not policy.allow_unsigned:
+        raise PatchError("no public key: give the device's key (--public_key), or accept "
+                         "unsigned patches explicitly (--allow_unsigned)")
+    return key
+
+
+def verify(base: Union[bytes, Source], envelope: Envelope, policy: Optional[Policy] = None,
+           state: Optional[DeviceState] = None) -> Patch:
     """Checks a patch against the device, in the spec's order; returns its records.
 
     Args:
       base: the device's model (bytes, or a `Source` hashed a chunk at a time).
-      envelope: from `patch_format.open_envelope` (size and checksum verified).
-      public_key: when given, the patch must be signed with its private key.
-      state: when given, the device's round and model hash: the patch must be
-        for a newer round, and the state must describe this model.
-      whole_file: `signed`, `always` or `never` (see WHOLE_FILE_POLICIES).
+      envelope: from `patch_format.open_envelope` or `read_envelope` (size,
+        checksum and body hash verified).
+      policy: what the device accepts (its key, whole-file updates, clock).
+      state: when given, the device's round, model hash and trust: the patch
+        must be newer, released no earlier than the last, unexpired, signed
+        by the key the state trusts, and the state must describe this model.
 
     Raises:
-      PatchError: unsigned or badly signed, replayed or downgraded, wrong
-        base, already applied, a malformed record or one outside the base's
-        weight buffers, a refused whole-file update.
+      PatchError: unsigned or badly signed, signed by a retired or unknown
+        key, expired, older than the last update, replayed or downgraded,
+        wrong base, already applied, a malformed record or one outside the
+        base's weight buffers, a refused whole-file update or rotation.
     """
+    from tflite_edge.patch_format import key_id  # pylint: disable=import-outside-toplevel
+    policy = policy or Policy()
     header = envelope.header
-    if public_key is not None:
+    key = trusted_key(policy, state)
+    if key is not None:
         from tflite_edge import signing  # pylint: disable=import-outside-toplevel
         if not header.signed:
             raise PatchError("patch is not signed, but a public key was given")
-        signing.verify(public_key, envelope.signed_part, envelope.signature)
+        if header.key_id != key_id(key):
+            retired = state is not None and header.key_id in state.retired
+            raise PatchError(f"patch is signed by {'a retired' if retired else 'another'} key "
+                             f"(key id {header.key_id.hex()}; this device trusts "
+                             f"{key_id(key).hex()})")
+        signing.verify(key, envelope.signed_part, envelope.signature)
+    check_fresh(header, state.release_time if state else 0, policy.clock())
+    if header.round > patch_format.MAX_ROUND:
+        raise PatchError(f"patch is for round {header.round}, which is reserved (rounds go up "
+                         f"to {patch_format.MAX_ROUND})")
     base = Source.of(base)
     digest = base.sha256()
     if digest == header.result_sha256 and digest != header.base_sha256:
         raise PatchError("patch is already applied: the model is its result")
     if state is not None:
-        check_round(header.round, state.round)
+        check_round(header, state.round, None if key else policy.max_round_jump)
         if state.sha256 != digest:
             raise PatchError(f"the device state describes another model (sha256 "
                              f"{state.sha256.hex()[:16]}..., this model {digest.hex()[:16]}...): "
@@ -83,48 +161,106 @@ def verify(base: Union[bytes, Source], envelope: Envelope, public_key=None,
         raise PatchError(f"patch is for another model (base sha256 "
                          f"{header.base_sha256.hex()[:16]}..., this model "
                          f"{digest.hex()[:16]}...)")
-    return patch_format.decode_records(
-        envelope, lambda: writable_regions(base.buffer, base.size),
-        _whole_file_allowed(whole_file, public_key))
+    whole = policy.whole_file == "always" or (policy.whole_file == "signed" and key is not None)
+    patch = patch_format.decode_records(
+        envelope, lambda: writable_regions(base.buffer, base.size), whole,
+        allow_rotation=key is not None and state is not None)
+    if patch.next_key is not None and patch.next_key == bytes(key):
+        raise PatchError("the key rotation names the key that signed it")
+    patch.verified = key is not None
+    return patch
 
 
-def check_round(patch_round: int, device_round: int) -> None:
-    """No replay, no downgrade: a patch must be for a newer round than the device's."""
-    if patch_round <= device_round:
+def check_fresh(header: patch_format.Header, last_release: int, now: int) -> None:
+    """No older release than the last one applied; nothing expired by the best clock known.
+
+    A device without a clock (`now` = 0) still knows that time has passed the
+    last release it applied, so an update that expired before then is refused.
+    """
+    if header.release_time < last_release:
+        raise PatchError(f"patch was released at {header.release_time}, before the last "
+                         f"update this device applied ({last_release}): an older patch "
+                         "cannot stand in for a newer one")
+    if header.expires:
+        if header.expires <= header.release_time:
+            raise PatchError("patch expires before it is released")
+        if header.expires <= max(now, last_release):
+            raise PatchError(f"patch expired at {header.expires} (the device's time is "
+                             f"{max(now, last_release)}): ask the server for a fresh update")
+
+
+def check_round(header: patch_format.Header, device_round: int,
+                max_jump: Optional[int] = None) -> None:
+    """No replay, no downgrade, and on a keyless device no jump that could freeze it.
+
+    A patch must be for a newer round than the device's, except one that
+    leaves the model as it is (a key rotation), which may keep the round.
+    """
+    patch_round = header.round
+    keeps = header.base_sha256 == header.result_sha256 and header.base_size == header.result_size
+    if patch_round < device_round or (patch_round == device_round and not keeps):
         raise PatchError(f"patch is for round {patch_round} but the device is at round "
                          f"{device_round} (replayed or downgraded)")
+    if max_jump is not None and patch_round - device_round > max_jump:
+        raise PatchError(f"patch jumps from round {device_round} to {patch_round}, more than "
+                         f"the {max_jump} rounds an unsigned patch may advance a device")
+
+
+def next_state(patch: Patch, state: Optional[DeviceState], policy: Policy) -> DeviceState:
+    """The device's state once `patch` is applied: its round, model, release time and key."""
+    from tflite_edge.patch_format import key_id  # pylint: disable=import-outside-toplevel
+    from tflite_edge.device_state import MAX_RETIRED  # pylint: disable=import-outside-toplevel
+    h = patch.header
+    key = trusted_key(policy, state)
+    retired = state.retired if state else ()
+    if patch.next_key is not None:
+        retired = (retired + (key_id(key),))[-MAX_RETIRED:]
+        key = patch.next_key
+    return DeviceState(h.round, h.result_sha256,
+                       max(h.release_time, state.release_time if state else 0),
+                       key if patch.verified else None, retired)
 
 
 def apply_patch(base: bytes, patch_bytes: bytes, public_key=None,
-                state: Optional[DeviceState] = None, whole_file: str = "signed") -> bytes:
+                state: Optional[DeviceState] = None, whole_file: str = "signed", *,
+                policy: Optional[Policy] = None, **policy_args) -> bytes:
     """Returns the patched model; raises PatchError without returning anything partial.
 
     Args:
       base: the model file the device holds.
       patch_bytes: the patch file.
-      public_key: an Ed25519 public key; when given, unsigned or badly signed
-        patches are refused.
-      state: the device's round and model hash; when given, patches that are
-        not for a newer round are refused.
+      public_key: the raw Ed25519 key that must sign the patch.
+      state: the device's round, model hash and trust; when given, patches
+        that are not for a newer round are refused.
       whole_file: which whole-file updates to accept (WHOLE_FILE_POLICIES).
+      policy: a `Policy` (then the three arguments above are ignored).
+      **policy_args: other `Policy` fields (allow_unsigned, now, ...).
     """
     out = io.BytesIO()
-    apply_to(Source.of(base), patch_bytes, public_key, state, out.write, whole_file)
+    apply_to(Source.of(base), patch_bytes, None, state, out.write,
+             policy=_policy(policy, public_key, whole_file, **policy_args))
     return out.getvalue()
 
 
-def apply_to(base: Source, patch_bytes: bytes, public_key, state: Optional[DeviceState],
-             write: Callable[[bytes], object], whole_file: str = "signed") -> Patch:
+def apply_to(base: Source, patch_bytes, public_key, state: Optional[DeviceState],
+             write: Callable[[bytes], object], whole_file: str = "signed", *,
+             policy: Optional[Policy] = None, **policy_args) -> Patch:
     """Verifies, then writes the patched model chunk by chunk and checks its hash.
 
     Raises PatchError before the first write when verification fails, and
     after the last one when the result's hash does not match (the caller
     discards what was written).
 
+    Args:
+      patch_bytes: the patch's bytes, or an `Envelope` already read.
+
     Returns:
       The decoded patch (its header holds the new round and hashes).
     """
-    patch = verify(base, patch_format.open_envelope(patch_bytes), public_key, state, whole_file)
+    policy = _policy(policy, public_key, whole_file, **policy_args)
+    envelope = patch_bytes if isinstance(patch_bytes, Envelope) else \
+        patch_format.open_envelope(patch_bytes)
+    patch = verify(base, envelope, policy, state)
     digest = hashlib.sha256()
     for chunk in patched_chunks(base, patch.records):
         digest.update(chunk)
@@ -142,6 +278,7 @@ def patched_chunks(base: Source, records: List[Record]) -> Iterator[bytes]:
     over the base suffices and no element straddles two chunks. A whole-file
     record is the result by itself.
     """
+    records = [r for r in records if r.kind != KIND_ROTATION]
     if records and records[0].kind == KIND_WHOLE_FILE:
         raw = records[0].raw
         for start in range(0, len(raw), sources.CHUNK):
@@ -232,7 +369,7 @@ def write_atomic_stream(path: str, produce: Callable[[Callable[[bytes], object]]
 
 
 def read_patch_file(path: str) -> bytes:
-    """A patch file's bytes, refusing one larger than the format can describe."""
+    """A patch file's bytes, refusing one larger than the format can describe (inspection)."""
     try:
         size = os.stat(path).st_size
     except OSError as e:
@@ -280,39 +417,56 @@ def exclusive(path: str, timeout: float = LOCK_TIMEOUT_SECONDS):
 
 def apply_patch_file(base_path: str, patch_path: str, out_path: Optional[str] = None,
                      public_key=None, state_path: Optional[str] = None,
-                     initial_round: Optional[int] = None, whole_file: str = "signed") -> Patch:
+                     initial_round: Optional[int] = None, whole_file: str = "signed", *,
+                     policy: Optional[Policy] = None, **policy_args) -> Patch:
     """Applies a patch file to a model file; `out_path` may equal `base_path`.
 
-    The model is streamed: read, patched and written a chunk at a time.
-    Applies to one output are serialised by a lock file beside the state
-    file (or the output).
+    The patch is read once, its size bounded by the model's before its body
+    is read (`patch_format.read_envelope`); the model is streamed: read,
+    patched and written a chunk at a time. Applies to one output are
+    serialised by a lock file beside the state file (or the output).
 
-    With `state_path`, the device's round and model hash are kept in that file
-    (`tflite_edge.device_state`): it must exist (or `initial_round` creates it
-    for a new device), describe the base, and the patch must be for a newer
-    round. The new state is committed together with the model: it is written,
-    marked pending, before the model is renamed into place, and resolved by
-    the model's hash after a crash, so the two never disagree and a state
-    that cannot be written leaves the model untouched.
+    With `state_path`, the device's round, model hash and trust are kept in
+    that file (`tflite_edge.device_state`): it must exist (or `initial_round`
+    creates it for a new device, trusting `public_key`), describe the base,
+    and the patch must be for a newer round, no older than the last release,
+    and signed by the key the state trusts. The new state is committed
+    together with the model: it is written, marked pending, before the model
+    is renamed into place, and resolved by the model's hash after a crash, so
+    the two never disagree and a state that cannot be written leaves the
+    model untouched.
+
+    Args:
+      public_key: the raw Ed25519 key patches must be signed with.
+      whole_file: which whole-file updates to accept (WHOLE_FILE_POLICIES).
+      policy: a `Policy` (then `public_key` and `whole_file` are ignored).
+      **policy_args: other `Policy` fields: allow_unsigned, now,
+        max_round_jump, max_patch_bytes.
 
     Returns:
-      The applied patch (its header holds the new round, size and SHA-256).
+      The applied patch (its header holds the new round, size and SHA-256;
+      `verified` says whether a signature was checked).
     """
+    policy = _policy(policy, public_key, whole_file, **policy_args)
     target = out_path or base_path
+    refuse_dangling_link(target)
     lock = f"{state_path or os.path.realpath(target)}.lock"
-    Source.open(base_path).close()   # a missing model is named before anything else
-    patch_bytes = read_patch_file(patch_path)
+    with Source.open(base_path) as probe:   # a missing model is named before anything else
+        envelope = patch_format.read_envelope(patch_path, probe.size, policy.max_patch_bytes)
     states = StateFile(state_path) if state_path else None
     applied: List[Patch] = []
+    loaded: List[DeviceState] = []
 
     def produce(write):
-        state = states.load(base, initial_round) if states else None
-        applied.append(apply_to(base, patch_bytes, public_key, state, write, whole_file))
+        state = states.load(base, initial_round, policy.public_key) if states else None
+        loaded.append(state)
+        applied.append(apply_to(base, envelope, None, state, write, policy=policy))
 
     def before_replace():
         if states:
-            header = applied[0].header
-            states.prepare(header.round, header.result_sha256)
+            states.prepare(next_state(applied[0], loaded[0], policy))
+        elif applied[0].next_key is not None:   # unreachable: decode_records refuses it
+            raise PatchError("a key rotation needs a device state to keep the new key")
 
     with exclusive(lock), Source.open(base_path) as base:
         try:
@@ -323,3 +477,15 @@ def apply_patch_file(base_path: str, patch_path: str, out_path: Optional[str] = 
         if states:
             states.commit()
     return applied[0]
+
+
+def refuse_dangling_link(path: str) -> None:
+    """Refuses an output that is a symbolic link to nothing.
+
+    A link to an existing file is followed (the file is replaced, the link
+    stays), as in the C and JVM appliers; writing through a dangling link
+    would create a file wherever it points.
+    """
+    if os.path.islink(path) and not os.path.exists(path):
+        raise PatchError(f"{path} is a symbolic link to nothing ({os.readlink(path)}); "
+                         "refusing to create its target")

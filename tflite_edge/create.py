@@ -21,7 +21,8 @@ from tflite_edge.regions import writable_regions
 from tflite_edge.source import Source
 
 
-def create_patch(base: bytes, target: bytes, round_index: int, signer=None) -> bytes:
+def create_patch(base: bytes, target: bytes, round_index: int, signer=None,
+                 release_time: Optional[int] = None, expires: int = 0) -> bytes:
     """Returns the patch bytes that turn `base` into `target` (both in memory).
 
     Weight and bias buffers are diffed element by element in their tensor's
@@ -32,30 +33,55 @@ def create_patch(base: bytes, target: bytes, round_index: int, signer=None) -> b
       base, target: two model files sharing their structure (same size, same
         buffer layout), as frozen-quantization updates produce.
       round_index: the round `target` belongs to.
-      signer: optional callable(bytes) -> Ed25519 signature.
+      signer: optional `signing.Signer` (unsigned patches are refused by
+        devices unless they opt in).
+      release_time: seconds since 1970 (default: now, or SOURCE_DATE_EPOCH).
+      expires: seconds since 1970 after which devices refuse it; 0: never.
 
     Raises:
       PatchError: the files do not share structure, or differ outside their
         weight and bias buffers.
     """
-    return _create(Source.of(base), Source.of(target), round_index, signer)
+    return _create(Source.of(base), Source.of(target), round_index, signer, release_time,
+                   expires)
 
 
 def create_patch_files(base_path: str, target_path: str, round_index: int,
-                       signer=None) -> bytes:
+                       signer=None, release_time: Optional[int] = None,
+                       expires: int = 0) -> bytes:
     """Like `create_patch`, reading both files a chunk at a time (small memory)."""
     with Source.open(base_path) as base, Source.open(target_path) as target:
-        return _create(base, target, round_index, signer)
+        return _create(base, target, round_index, signer, release_time, expires)
 
 
-def _create(base: Source, target: Source, round_index: int, signer) -> bytes:
+def _create(base: Source, target: Source, round_index: int, signer, release_time,
+            expires) -> bytes:
     records = diff_records(base, target)
     return patch_format.encode_hashed(round_index, base.size, base.sha256(), target.size,
-                                      target.sha256(), records, signer)
+                                      target.sha256(), records, signer, release_time, expires)
+
+
+def create_rotation_patch(base: Source, round_index: int, signer, next_key: bytes,
+                          release_time: Optional[int] = None, expires: int = 0) -> bytes:
+    """A patch that changes no weight and hands the device over to `next_key`.
+
+    Signed by the current key (`signer`); a device that applies it trusts
+    `next_key` from then on and refuses the current key. Its result is its
+    base, so it may keep the device's round (`round_index` = the round of
+    `base`).
+    """
+    if signer is None:
+        raise PatchError("a key rotation must be signed by the current key")
+    if bytes(next_key) == signer.public_key:
+        raise PatchError("the next key is the current key")
+    record = Record(patch_format.KIND_ROTATION, 0, raw=bytes(next_key))
+    return patch_format.encode_hashed(round_index, base.size, base.sha256(), base.size,
+                                      base.sha256(), [record], signer, release_time, expires)
 
 
 def create_whole_file_patch(base: Source, target: Source, round_index: int,
-                            signer=None) -> bytes:
+                            signer=None, release_time: Optional[int] = None,
+                            expires: int = 0) -> bytes:
     """A patch that replaces `base` with `target` wholesale (any size, any structure).
 
     It is verified like any other patch (signature, round, base hash, result
@@ -63,7 +89,7 @@ def create_whole_file_patch(base: Source, target: Source, round_index: int,
     """
     record = Record(KIND_WHOLE_FILE, 0, raw=target.read(0, target.size))
     return patch_format.encode_hashed(round_index, base.size, base.sha256(), target.size,
-                                      target.sha256(), [record], signer)
+                                      target.sha256(), [record], signer, release_time, expires)
 
 
 def diff_records(base_source: Source, target_source: Source) -> List[Record]:

@@ -1,19 +1,27 @@
-"""The patch container: header, records, optional signature, trailer checksum.
+"""The patch container: a signed header, records, and a trailer checksum.
 
 The byte layout is specified in `PATCH_FORMAT.md` beside this file; the C and
 JVM appliers read the same constants. Everything is little-endian.
 
+The signature covers the header alone, and the header holds the SHA-256 of
+the body (as a SUIT manifest holds its payload's digest): a device verifies
+the signature on the few bytes it keeps in memory, then streams the body and
+compares its hash, so it never needs to read anything twice.
+
 Reading is split in two so that nothing an attacker declares is decoded (or
 allocated) before it is trusted: `open_envelope` checks the size, magic,
-version, flags and trailing checksum and hands back the signed part; only
-after the signature, the device's round and the base file have been checked
-does `decode_records` parse the body, bounding every declared size by the
-patch's own length and by the base's real writable buffers.
+version, flags, the trailing checksum and the body's hash, and hands back the
+header; only after the signature, the device's trust state and the base file
+have been checked does `decode_records` parse the body, bounding every
+declared size by the patch's own length and by the base's real writable
+buffers.
 """
 
 import dataclasses
 import hashlib
+import os
 import struct
+import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -24,20 +32,28 @@ from tflite_edge.model_file import ELEMENT_DTYPES, TYPE_NAMES
 from tflite_edge.regions import Region
 
 MAGIC = b"DPUP"
-VERSION = 2
+VERSION = 3
 FLAG_SIGNED = 1
-HEADER = struct.Struct("<4sHHIQQ32s32sII")          # 100 bytes
+HEADER = struct.Struct("<4sHHIQQ32s32sIIQQ8s32s")   # 156 bytes
 ELEMENTS_RECORD = struct.Struct("<BBBBBBxxIQIIII")   # 36 bytes, then positions, values
 WHOLE_FILE_RECORD = struct.Struct("<B3xQ")           # 12 bytes, then the whole result
-KIND_ELEMENTS, KIND_WHOLE_FILE = 1, 3   # kind 2 (raw bytes anywhere, version 1) is retired
+ROTATION_RECORD = struct.Struct("<B7x32s")           # 40 bytes: the next public key
+KIND_ELEMENTS, KIND_WHOLE_FILE, KIND_ROTATION = 1, 3, 4   # kind 2 (version 1's raw bytes) is retired
 VALUES_RAW, VALUES_DELTA = 0, 1
 VALUE_CODING_NAMES = {VALUES_RAW: "raw", VALUES_DELTA: "delta"}
 SIGNATURE_SIZE = 64
 CHECKSUM_SIZE = 32
+KEY_ID_SIZE = 8
 # Sizes the applier accepts; the format itself allows up to 4 GiB.
 MAX_RECORDS = 1 << 20
 # The body length is a 32-bit field: no patch is longer than this.
-MAX_PATCH_SIZE = 100 + (2 ** 32 - 1) + 64 + 32
+MAX_PATCH_SIZE = HEADER.size + 64 + (2 ** 32 - 1) + 32
+# The last round is reserved: a device at it could never take another update,
+# so a patch for it would freeze the device for good.
+MAX_ROUND = 2 ** 32 - 2
+# What a device accepts by default at most (a whole-file update is the largest
+# patch): the size of the patch file is checked against this before reading.
+DEFAULT_MAX_PATCH_BYTES = 512 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,15 +69,33 @@ class Header:
     body_length: int
     flags: int = 0
     version: int = VERSION
+    release_time: int = 0          # seconds since 1970 (UTC) when the server released it
+    expires: int = 0               # seconds since 1970 after which it is refused; 0: never
+    key_id: bytes = bytes(KEY_ID_SIZE)   # names the signing key; zero when unsigned
+    body_sha256: bytes = bytes(32)
 
     def pack(self) -> bytes:
         return HEADER.pack(MAGIC, self.version, self.flags, self.round, self.base_size,
                            self.result_size, self.base_sha256, self.result_sha256,
-                           self.record_count, self.body_length)
+                           self.record_count, self.body_length, self.release_time,
+                           self.expires, self.key_id, self.body_sha256)
 
     @property
     def signed(self) -> bool:
         return bool(self.flags & FLAG_SIGNED)
+
+    @property
+    def signature_size(self) -> int:
+        return SIGNATURE_SIZE if self.signed else 0
+
+    @property
+    def body_start(self) -> int:
+        return HEADER.size + self.signature_size
+
+    @property
+    def size(self) -> int:
+        """The patch's size in bytes, as the header declares it."""
+        return self.body_start + self.body_length + CHECKSUM_SIZE
 
 
 @dataclasses.dataclass
@@ -69,7 +103,7 @@ class Record:
     """New values for some elements of one weight buffer, or a whole new file.
 
     Attributes:
-      kind: KIND_ELEMENTS or KIND_WHOLE_FILE.
+      kind: KIND_ELEMENTS, KIND_WHOLE_FILE or KIND_ROTATION.
       offset: absolute file offset of the buffer's first element (0 for a
         whole file).
       buffer: index of the buffer in the model (checked against the base).
@@ -80,7 +114,8 @@ class Record:
         decoding a delta-coded record, the zigzag-mapped deltas (uint64).
       old_values: the base's values at `positions`, which lets the writer
         code deltas (None: raw values only).
-      raw: the bytes of a whole-file record.
+      raw: the bytes of a whole-file record; the next public key of a
+        rotation record.
       coding, parameter: the position code chosen when encoding.
       value_coding, value_parameter: the value code chosen when encoding.
     """
@@ -106,11 +141,16 @@ class Record:
         """Bytes of the file this record may write, from `offset`."""
         if self.kind == KIND_WHOLE_FILE:
             return len(self.raw)
+        if self.kind == KIND_ROTATION:
+            return 0
         return self.count * ELEMENT_DTYPES[self.element_type].itemsize
 
     def describe(self) -> str:
         if self.kind == KIND_WHOLE_FILE:
             return f"whole file, {len(self.raw)} bytes"
+        if self.kind == KIND_ROTATION:
+            return f"key rotation: the next key is {self.raw.hex()} (key id " \
+                   f"{hashlib.sha256(self.raw).hexdigest()[:16]})"
         return (f"buffer {self.buffer:>3} offset {self.offset:>9}  "
                 f"{TYPE_NAMES[self.element_type]:>7} {len(self.positions):>8}/{self.count:<8} "
                 f"positions {codes.CODING_NAMES[self.coding]:>6}"
@@ -119,6 +159,11 @@ class Record:
                 f"{VALUE_CODING_NAMES[self.value_coding]:>5}"
                 f"{f'(k={self.value_parameter})' if self.value_coding == VALUES_DELTA else '':<7}"
                 f" {self.value_bytes:>7} B")
+
+
+def key_id(public_key: bytes) -> bytes:
+    """The 8 bytes a patch header names its signing key by: SHA-256(key)[:8]."""
+    return hashlib.sha256(bytes(public_key)).digest()[:KEY_ID_SIZE]
 
 
 def zigzag_deltas(old: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -154,6 +199,8 @@ def add_deltas(old: np.ndarray, zigzag: np.ndarray) -> np.ndarray:
 def encode_record(record: Record) -> bytes:
     if record.kind == KIND_WHOLE_FILE:
         return WHOLE_FILE_RECORD.pack(KIND_WHOLE_FILE, len(record.raw)) + record.raw
+    if record.kind == KIND_ROTATION:
+        return ROTATION_RECORD.pack(KIND_ROTATION, record.raw)
     pos = np.asarray(record.positions, np.int64)
     record.coding, record.parameter, _ = codes.choose(pos, record.count)
     coded = codes.encode(pos, record.count, record.coding, record.parameter)
@@ -181,45 +228,65 @@ def encode_record(record: Record) -> bytes:
 
 
 def encode(header_round: int, base: bytes, result: bytes, records: List[Record],
-           signer=None) -> bytes:
+           signer=None, release_time: Optional[int] = None, expires: int = 0) -> bytes:
     """Builds a patch file.
 
     Args:
       header_round: the round the result belongs to (replay protection).
       base, result: the model files before and after.
       records: element records for distinct buffers (sorted here by offset),
-        or one whole-file record.
-      signer: optional callable(bytes) -> 64-byte Ed25519 signature.
+        or one whole-file record; a key rotation record may come first.
+      signer: optional `signing.Signer` (its key id goes into the header).
+      release_time: seconds since 1970 (default: `default_release_time()`).
+      expires: seconds since 1970 after which devices with a clock refuse
+        the patch; 0 for never.
     """
     return encode_hashed(header_round, len(base), hashlib.sha256(base).digest(), len(result),
-                         hashlib.sha256(result).digest(), records, signer)
+                         hashlib.sha256(result).digest(), records, signer, release_time, expires)
+
+
+def default_release_time() -> int:
+    """Now, or SOURCE_DATE_EPOCH where set (reproducible builds, tests)."""
+    fixed = os.environ.get("SOURCE_DATE_EPOCH")
+    return int(fixed) if fixed and fixed.isdigit() else int(time.time())
 
 
 def encode_hashed(header_round: int, base_size: int, base_sha256: bytes, result_size: int,
-                  result_sha256: bytes, records: List[Record], signer=None) -> bytes:
+                  result_sha256: bytes, records: List[Record], signer=None,
+                  release_time: Optional[int] = None, expires: int = 0) -> bytes:
     """Builds a patch file from the two models' sizes and SHA-256 digests (see `encode`)."""
-    records = sorted(records, key=lambda r: r.offset)
+    if not 0 <= header_round <= MAX_ROUND:
+        raise PatchError(f"round {header_round} is outside [0, {MAX_ROUND}] (the last "
+                         "round is reserved)")
+    release_time = default_release_time() if release_time is None else release_time
+    if expires and expires <= release_time:
+        raise PatchError(f"the patch would expire ({expires}) before its release "
+                         f"({release_time})")
+    records = sorted(records, key=lambda r: (r.kind != KIND_ROTATION, r.offset))
     body = b"".join(encode_record(r) for r in records)
     header = Header(header_round, base_size, result_size, base_sha256, result_sha256,
-                    len(records), len(body), FLAG_SIGNED if signer else 0)
-    signed_part = header.pack() + body
-    signature = signer(signed_part) if signer else b""
+                    len(records), len(body), FLAG_SIGNED if signer else 0,
+                    release_time=release_time, expires=expires,
+                    key_id=signer.key_id if signer else bytes(KEY_ID_SIZE),
+                    body_sha256=hashlib.sha256(body).digest())
+    packed = header.pack()
+    signature = signer(packed) if signer else b""
     if signer and len(signature) != SIGNATURE_SIZE:
         raise PatchError("the signer must return a 64-byte Ed25519 signature")
-    content = signed_part + signature
+    content = packed + signature + body
     return content + hashlib.sha256(content).digest()
 
 
 @dataclasses.dataclass
 class Envelope:
-    """A patch whose size, magic, version, flags and checksum are verified.
+    """A patch whose size, magic, version, flags, checksum and body hash are verified.
 
-    Nothing of its body has been parsed yet.
+    Nothing of its body has been parsed yet; its signature is not checked.
     """
 
     header: Header
     data: memoryview           # the whole patch
-    signed_part: memoryview    # header and body: what the signature covers
+    signed_part: memoryview    # the header: what the signature covers
     signature: bytes
     size: int
 
@@ -233,43 +300,154 @@ class Patch:
     signed_part: memoryview
     signature: bytes
     size: int
+    verified: bool = False     # set by the applier: its signature was checked
+
+    @property
+    def next_key(self) -> Optional[bytes]:
+        """The public key a rotation record introduces, if the patch has one."""
+        if self.records and self.records[0].kind == KIND_ROTATION:
+            return self.records[0].raw
+        return None
 
 
-def open_envelope(data: bytes) -> Envelope:
-    """Checks everything about a patch that needs neither its body nor the base.
+def parse_header(data) -> Header:
+    """The header of a patch, checked for everything that needs no other byte.
 
     Raises:
-      PatchError: wrong magic, version or flags, a size that does not match
-        the header, a bad checksum.
+      PatchError: too short, wrong magic, version or flags, a key id on an
+        unsigned patch, more records than the body can hold.
     """
-    data = memoryview(data).toreadonly()   # slices below are views, not copies
-    if len(data) < HEADER.size + CHECKSUM_SIZE:
+    if len(data) < HEADER.size:
         raise PatchError(f"patch is truncated ({len(data)} bytes; a patch has at least "
                          f"{HEADER.size + CHECKSUM_SIZE})")
     magic, version, flags, round_, base_size, result_size, base_sha, result_sha, count, \
-        body_length = HEADER.unpack_from(data)
+        body_length, release_time, expires, key_id, body_sha = HEADER.unpack_from(data)
     if bytes(magic) != MAGIC:
         raise PatchError("not a DPU patch (bad magic)")
     if version != VERSION:
         raise PatchError(f"patch format version {version} is not supported (this applier "
                          f"reads version {VERSION})")
-    signature_size = SIGNATURE_SIZE if flags & FLAG_SIGNED else 0
-    expected = HEADER.size + body_length + signature_size + CHECKSUM_SIZE
-    if len(data) != expected:
-        raise PatchError(f"patch is {len(data)} bytes but its header announces {expected} "
-                         "(truncated or extended)")
-    if hashlib.sha256(data[:-CHECKSUM_SIZE]).digest() != data[-CHECKSUM_SIZE:]:
-        raise PatchError("patch checksum mismatch (corrupted in transit)")
     if flags & ~FLAG_SIGNED:
         raise PatchError(f"unknown patch flags 0x{flags:x}")
+    if not flags & FLAG_SIGNED and any(key_id):
+        raise PatchError("an unsigned patch names a signing key")
     # The smallest record is a 12-byte whole-file header.
     if count > MAX_RECORDS or count * WHOLE_FILE_RECORD.size > body_length:
         raise PatchError(f"patch announces {count} records in a {body_length}-byte body")
-    header = Header(round_, base_size, result_size, base_sha, result_sha, count, body_length,
-                    flags, version)
-    body_end = HEADER.size + body_length
-    return Envelope(header, data, data[:body_end],
-                    bytes(data[body_end:body_end + signature_size]), len(data))
+    return Header(round_, base_size, result_size, bytes(base_sha), bytes(result_sha), count,
+                  body_length, flags, version, release_time, expires, bytes(key_id),
+                  bytes(body_sha))
+
+
+def size_limit(header: Header, base_size: int) -> int:
+    """The largest patch of this header worth reading for a base of `base_size` bytes.
+
+    An element patch rewrites at most every element of the base: a bitmap
+    (an eighth of the base), raw values (the base again) and 36 bytes of
+    framing per record; a whole-file update holds its declared result.
+    """
+    elements = base_size * 9 // 8 + base_size + 36 * header.record_count
+    whole = WHOLE_FILE_RECORD.size + header.result_size
+    return header.body_start + ROTATION_RECORD.size + max(elements, whole) + CHECKSUM_SIZE
+
+
+def check_size(header: Header, actual: int, base_size: Optional[int] = None,
+               device_limit: int = DEFAULT_MAX_PATCH_BYTES) -> None:
+    """The declared size is the file's, and within what this device reads at all.
+
+    Raises:
+      PatchError: the file's size is not the declared one; the declared
+        result is larger than `device_limit`; the patch is larger than any
+        update of a `base_size`-byte model can be.
+    """
+    if actual != header.size:
+        raise PatchError(f"patch is {actual} bytes but its header announces {header.size} "
+                         "(truncated or extended)")
+    if base_size is None:
+        return
+    if header.result_size > device_limit:
+        raise PatchError(f"patch ({header.size} bytes, for a {header.result_size}-byte "
+                         f"result) is larger than this device accepts ({device_limit} bytes)")
+    if header.size > size_limit(header, base_size):
+        raise PatchError(f"patch is {header.size} bytes, more than any update of this "
+                         f"{base_size}-byte model can be")
+
+
+def check_hashes(header: Header, content_sha256: bytes, trailer: bytes,
+                 body_sha256: bytes) -> None:
+    """The trailer is the checksum of the rest, and the body hashes as the header says."""
+    if content_sha256 != bytes(trailer):
+        raise PatchError("patch checksum mismatch (corrupted in transit)")
+    if body_sha256 != header.body_sha256:
+        raise PatchError("patch body does not match the SHA-256 in its header")
+
+
+def open_envelope(data: bytes) -> Envelope:
+    """Checks everything about a patch in memory that needs neither its records nor the base.
+
+    Raises:
+      PatchError: wrong magic, version or flags, a size that does not match
+        the header, a bad checksum or body hash.
+    """
+    data = memoryview(data).toreadonly()   # slices below are views, not copies
+    if len(data) < HEADER.size + CHECKSUM_SIZE:
+        raise PatchError(f"patch is truncated ({len(data)} bytes; a patch has at least "
+                         f"{HEADER.size + CHECKSUM_SIZE})")
+    header = parse_header(data)
+    check_size(header, len(data))
+    check_hashes(header, hashlib.sha256(data[:-CHECKSUM_SIZE]).digest(),
+                 data[-CHECKSUM_SIZE:],
+                 hashlib.sha256(data[header.body_start:-CHECKSUM_SIZE]).digest())
+    return Envelope(header, data, data[:HEADER.size],
+                    bytes(data[HEADER.size:header.body_start]), len(data))
+
+
+def read_envelope(path: str, base_size: Optional[int] = None,
+                  device_limit: int = DEFAULT_MAX_PATCH_BYTES) -> Envelope:
+    """Reads a patch file once, as a stream, bounding its size before reading its body.
+
+    The header is read first; the size it declares must be the file's and
+    within `size_limit(base_size, device_limit)`, so a junk or hostile file
+    costs its first bytes, not its length. The rest is read a chunk at a
+    time into one buffer of exactly that size and hashed on the way; what is
+    decoded later is that buffer, never a second read of the file.
+
+    Raises:
+      PatchError: unreadable, or any check of `open_envelope`.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            first = f.read(HEADER.size)
+            if len(first) < HEADER.size or size < HEADER.size + CHECKSUM_SIZE:
+                raise PatchError(f"patch is truncated ({size} bytes; a patch has at least "
+                                 f"{HEADER.size + CHECKSUM_SIZE})")
+            header = parse_header(first)
+            check_size(header, size, base_size, device_limit)
+            data = bytearray(header.size)
+            data[:HEADER.size] = first
+            content, body = hashlib.sha256(first), hashlib.sha256()
+            view, at, end = memoryview(data), HEADER.size, header.size - CHECKSUM_SIZE
+            while at < header.size:
+                got = f.readinto(view[at:min(header.size, at + _READ_CHUNK)])
+                if not got:
+                    raise PatchError(f"patch {path} shrank while it was read")
+                piece = view[at:min(at + got, end)]
+                content.update(piece)
+                if at + len(piece) > header.body_start:
+                    body.update(piece[max(0, header.body_start - at):])
+                at += got
+            if f.read(1):
+                raise PatchError(f"patch {path} grew while it was read")
+    except OSError as e:
+        raise PatchError(f"cannot read patch {path}: {e.strerror}") from None
+    view = memoryview(bytes(data))
+    check_hashes(header, content.digest(), view[-CHECKSUM_SIZE:], body.digest())
+    return Envelope(header, view, view[:HEADER.size],
+                    bytes(view[HEADER.size:header.body_start]), header.size)
+
+
+_READ_CHUNK = 1 << 18
 
 
 # Lazily computed writable regions of the base (None: no base to check against).
@@ -277,7 +455,7 @@ Regions = Optional[Callable[[], Dict[int, Region]]]
 
 
 def decode_records(envelope: Envelope, regions: Regions = None,
-                   allow_whole_file: bool = True) -> Patch:
+                   allow_whole_file: bool = True, allow_rotation: bool = True) -> Patch:
     """Parses the body of a verified envelope.
 
     Args:
@@ -288,13 +466,16 @@ def decode_records(envelope: Envelope, regions: Regions = None,
         by the header's base size.
       allow_whole_file: whether a whole-file record is acceptable (a device
         may refuse replacing its model wholesale).
+      allow_rotation: whether a key rotation record is acceptable (only in a
+        patch verified with the device's key, on a device that keeps state).
 
     Raises:
       PatchError: a malformed record, one outside the base's weight buffers,
-        or a refused whole-file update.
+        a refused whole-file update or key rotation.
     """
     h = envelope.header
-    at, end = HEADER.size, HEADER.size + h.body_length
+    at = h.body_start
+    end = at + h.body_length
     data = envelope.data
     records: List[Record] = []
     previous_end = 0
@@ -305,6 +486,8 @@ def decode_records(envelope: Envelope, regions: Regions = None,
         kind = data[at]
         if kind == KIND_WHOLE_FILE:
             record, at = _whole_file(data, at, end, h, allow_whole_file)
+        elif kind == KIND_ROTATION:
+            record, at = _rotation(data, at, end, h, allow_rotation, not records)
         elif kind == KIND_ELEMENTS:
             if known is None and regions is not None:
                 known = regions()
@@ -319,6 +502,9 @@ def decode_records(envelope: Envelope, regions: Regions = None,
         raise PatchError(f"patch body has {end - at} stray bytes after its records")
     if not (records and records[0].kind == KIND_WHOLE_FILE) and h.base_size != h.result_size:
         raise PatchError("patch changes the file size; only a whole-file update may")
+    if records and all(r.kind == KIND_ROTATION for r in records) \
+            and h.base_sha256 != h.result_sha256:
+        raise PatchError("a patch that only rotates the key must leave the model as it is")
     return Patch(h, records, envelope.signed_part, envelope.signature, envelope.size)
 
 
@@ -348,6 +534,25 @@ def _whole_file(data, at, end, header: Header, allowed: bool):
         raise PatchError(f"whole-file record holds {length} bytes; the header's result has "
                          f"{header.result_size} and the body {end - at}")
     return Record(KIND_WHOLE_FILE, 0, raw=bytes(data[at:end])), end
+
+
+def _rotation(data, at, end, header: Header, allowed: bool, first: bool):
+    if not allowed:
+        raise PatchError("patch rotates the signing key, which only a signed patch verified "
+                         "with the device's key, on a device that keeps a state, may do")
+    if not first:
+        raise PatchError("a key rotation record must be the patch's first record")
+    if at + ROTATION_RECORD.size > end:
+        raise PatchError("patch body ends inside a record header")
+    if any(data[at + 1:at + 8]):
+        raise PatchError("record has non-zero reserved bytes")
+    next_key = bytes(data[at + 8:at + ROTATION_RECORD.size])
+    from tflite_edge.signing import check_public_key  # pylint: disable=import-outside-toplevel
+    try:
+        check_public_key(next_key)
+    except PatchError as e:
+        raise PatchError(f"the rotation's next key is refused: {e}") from None
+    return Record(KIND_ROTATION, 0, raw=next_key), at + ROTATION_RECORD.size
 
 
 def _elements(data, at, end, header: Header, known: Optional[Dict[int, Region]]):

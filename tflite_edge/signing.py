@@ -1,12 +1,16 @@
-"""Ed25519 keys and signatures over a patch's header and body (`cryptography`).
+"""Ed25519 keys and signatures over a patch's header (`cryptography`).
 
 A public key is checked when it is loaded, not only when a signature is: a
 key that is not a canonical encoding of a curve point, or one of the eight
 points of small order, is refused. With the identity point as the key, the
 signature (R = identity, S = 0) verifies for every message.
+
+Public keys travel as their raw 32 bytes (what the C and JVM appliers take);
+a patch names the key that signed it by `patch_format.key_id`.
 """
 
 from tflite_edge.errors import PatchError
+from tflite_edge.patch_format import key_id
 
 _P = 2 ** 255 - 19
 _D = -121665 * pow(121666, _P - 2, _P) % _P
@@ -86,8 +90,27 @@ def generate_keypair(private_path: str, public_path: str) -> None:
     write_atomic(public_path, public)
 
 
-def load_signer(path: str):
-    """Returns sign(bytes) -> 64-byte signature, from a PEM private key file."""
+class Signer:
+    """Signs patch headers with one Ed25519 private key; names that key by its id.
+
+    Attributes:
+      public_key: the raw 32-byte public half.
+      key_id: what a patch header carries to name it (`patch_format.key_id`).
+    """
+
+    def __init__(self, private_key):
+        serialization, _ = _crypto()
+        self._private = private_key
+        self.public_key = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.key_id = key_id(self.public_key)
+
+    def __call__(self, message: bytes) -> bytes:
+        return self._private.sign(message)
+
+
+def load_signer(path: str) -> Signer:
+    """The `Signer` of a PEM private key file (as written by `keygen`)."""
     serialization, ed25519 = _crypto()
     try:
         with open(path, "rb") as f:
@@ -98,12 +121,19 @@ def load_signer(path: str):
         raise PatchError(f"{path} is not a PEM private key") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise PatchError(f"{path} is not an Ed25519 private key")
-    return key.sign
+    return Signer(key)
 
 
-def load_public_key(path: str):
-    """Loads a raw 32-byte Ed25519 public key (as written by `keygen`)."""
-    _, ed25519 = _crypto()
+def load_public_key(path: str) -> bytes:
+    """Loads and checks a raw 32-byte Ed25519 public key (as written by `keygen`).
+
+    Raises:
+      PatchError: no path (an empty --public_key is an error, never "no
+        key"), an unreadable file, not 32 bytes, or a weak or malformed key.
+    """
+    if not path:
+        raise PatchError("the public key path is empty (an unset variable?); refusing to "
+                         "apply without the key")
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -115,12 +145,15 @@ def load_public_key(path: str):
         check_public_key(raw)
     except PatchError as e:
         raise PatchError(f"{path}: {e}") from None
-    return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+    return raw
 
 
-def verify(public_key, message: bytes, signature: bytes) -> None:
+def verify(public_key: bytes, message: bytes, signature: bytes) -> None:
+    """Raises PatchError unless `signature` is `public_key`'s Ed25519 signature of `message`."""
+    _, ed25519 = _crypto()
     from cryptography.exceptions import InvalidSignature  # pylint: disable=import-outside-toplevel
     try:
-        public_key.verify(signature, message)
+        ed25519.Ed25519PublicKey.from_public_bytes(bytes(public_key)).verify(
+            bytes(signature), bytes(message))
     except InvalidSignature:
         raise PatchError("patch signature is not valid for this public key") from None

@@ -1,7 +1,8 @@
 /* Command-line driver for the C applier (host builds and tests):
- *   dpu_apply [--min_round N] [--public_key KEY] [--whole_file signed|always|never]
- *             [--bench REPEATS] BASE PATCH OUT
- *   dpu_apply --in_place [--min_round N] [--public_key KEY] MODEL PATCH MODEL
+ *   dpu_apply (--public_key KEY | --allow_unsigned) [--round N] [--release_time T]
+ *             [--now T] [--max_round_jump J] [--key_out FILE]
+ *             [--whole_file signed|always|never] [--bench REPEATS] BASE PATCH OUT
+ *   dpu_apply --in_place (--public_key KEY | --allow_unsigned) [--round N] ... MODEL PATCH MODEL
  *   dpu_apply --check_key KEY
  *
  * It reads through the same callbacks a firmware would implement.
@@ -13,7 +14,15 @@
  *   journal in MODEL.journal, and resumes after an interruption when run again.
  * --public_key (builds with -DDPU_WITH_OPENSSL) plugs OpenSSL's Ed25519 into the
  * verify callback, as firmware would plug in its own library; KEY is exactly the
- * raw 32-byte public key, checked with dpu_check_public_key.
+ * raw 32-byte public key, checked with dpu_check_public_key. Without it the
+ * driver refuses to run unless --allow_unsigned is given.
+ * --round, --release_time: the device's trust state (dpu_trust): the round of
+ * its model and the release time of the last update applied; --now the clock
+ * (0 or absent: none). Numbers are decimal, in range, and nothing else.
+ * --key_out: where the key the device trusts after the update is written (a
+ * rotation changes it; a patch that rotates is refused without --key_out).
+ * On success one line names the round, the release time and whether the
+ * signature was verified or the patch applied UNSIGNED.
  * --whole_file: accept whole-file updates only from signed patches verified
  * with --public_key (signed, the default), always, or never.
  * --bench applies the patch REPEATS times in one process and prints the
@@ -33,7 +42,6 @@
 
 typedef struct {
   FILE *patch, *base, *out, *journal;
-  unsigned char public_key[32];
 } files;
 
 static int read_at(FILE *f, uint32_t offset, uint8_t *buf, uint32_t len) {
@@ -81,23 +89,17 @@ static int write_journal(void *ctx, uint32_t offset, const uint8_t *buf, uint32_
 #ifdef DPU_WITH_OPENSSL
 #include <openssl/evp.h>
 
-static int verify_ed25519(void *ctx, uint32_t length, const uint8_t signature[64]) {
-  files *fs = (files *)ctx;
-  unsigned char *message = malloc(length ? length : 1);
-  EVP_PKEY *key;
-  EVP_MD_CTX *md;
+/* The message is the header the applier holds in RAM: nothing is read again. */
+static int verify_ed25519(void *ctx, const uint8_t public_key[32], const uint8_t *message,
+                          uint32_t length, const uint8_t signature[64]) {
+  EVP_PKEY *key = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, public_key, 32);
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
   int ok = 0;
-  if (!message || read_at(fs->patch, 0, message, length) != 0) {
-    free(message);
-    return -1;
-  }
-  key = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, fs->public_key, 32);
-  md = EVP_MD_CTX_new();
+  (void)ctx;
   if (key && md && EVP_DigestVerifyInit(md, NULL, NULL, NULL, key) == 1)
     ok = EVP_DigestVerify(md, signature, 64, message, length) == 1;
   EVP_MD_CTX_free(md);
   EVP_PKEY_free(key);
-  free(message);
   return ok ? 0 : -1;
 }
 #endif
@@ -127,6 +129,31 @@ static int load_key(const char *path, unsigned char key[32]) {
   return 0;
 }
 
+/* A decimal number in [0, max] and nothing else: no sign, no spaces, no hex, no
+ * wrap-around (strtoul reads "abc" as 0 and "4294967296" as 0 after a cast). */
+static int parse_number(const char *name, const char *text, uint64_t max, uint64_t *value) {
+  const char *c = text;
+  uint64_t v = 0;
+  if (*c == '\0') return fail("expects a decimal number", name);
+  for (; *c; c++) {
+    if (*c < '0' || *c > '9' || v > (max - (uint64_t)(*c - '0')) / 10u) {
+      fprintf(stderr, "error: %s must be a decimal integer in [0, %llu], not '%s'\n", name,
+              (unsigned long long)max, text);
+      return 2;
+    }
+    v = v * 10u + (uint64_t)(*c - '0');
+  }
+  *value = v;
+  return 0;
+}
+
+static int write_key(const char *path, const uint8_t key[32]) {
+  FILE *f = fopen(path, "wb");
+  int ok = f && fwrite(key, 1, 32, f) == 32;
+  if (f && fclose(f) != 0) ok = 0;
+  return ok ? 0 : fail("cannot write", path);
+}
+
 static int same_file(const char *a, const char *b) {
   struct stat sa, sb;
   return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
@@ -152,6 +179,33 @@ static int sync_folder(const char *path) {
   return ok;
 }
 
+/* A symbolic link whose target does not exist. */
+static int is_dangling_link(const char *path) {
+  struct stat link, target;
+  return lstat(path, &link) == 0 && S_ISLNK(link.st_mode) && stat(path, &target) != 0;
+}
+
+/* The success line, and the key the device trusts from now on (--key_out). */
+static int report(const dpu_info *info, const char *out, const uint8_t *key,
+                  const char *key_out) {
+  const uint8_t *trusted = info->rotated ? info->next_key : key;
+  unsigned i;
+  if (info->rotated && !key_out) {
+    fprintf(stderr, "error: the patch rotated the signing key but --key_out was not given; "
+                    "the new key is ");
+    for (i = 0; i < 32; i++) fprintf(stderr, "%02x", info->next_key[i]);
+    fprintf(stderr, "\n");
+    return 2;
+  }
+  if (key_out && trusted && write_key(key_out, trusted) != 0) return 2;
+  printf("wrote %s: %lu bytes, %s, round %lu, release_time %llu%s\n", out,
+         (unsigned long)info->result_size,
+         info->verified ? "verified" : "UNSIGNED: no signature was checked",
+         (unsigned long)info->round, (unsigned long long)info->release_time,
+         info->rotated ? ", signing key rotated" : "");
+  return 0;
+}
+
 /* The real path OUT names (following a symbolic link to an existing file). */
 static void resolve(const char *out, char *real, size_t size) {
   char buf[PATH_MAX];
@@ -166,24 +220,27 @@ static void resolve(const char *out, char *real, size_t size) {
 int main(int argc, char **argv) {
   static dpu_applier applier;
   static char target[PATH_MAX], temporary[PATH_MAX + 16];
+  static unsigned char public_key[32];
   files fs;
   dpu_io io;
+  dpu_trust trust;
   dpu_status status;
-  unsigned long min_round = 0, repeats = 1, r;
-  int bench = 0, in_place = 0, with_key = 0, fd = -1;
-  const char *whole = "signed";
+  uint64_t number, repeats = 1, r;
+  int bench = 0, in_place = 0, with_key = 0, allow_unsigned = 0, fd = -1;
+  const char *whole = "signed", *key_out = NULL;
   uint32_t options = 0;
   long patch_size, base_size;
   int arg = 1;
   clock_t started;
   struct stat existing;
   memset(&fs, 0, sizeof(fs));
+  memset(&trust, 0, sizeof(trust));
   if (argc == 2 && strcmp(argv[1], "--sizeof") == 0) {
     printf("%lu\n", (unsigned long)sizeof(dpu_applier));
     return 0;
   }
   if (argc == 3 && strcmp(argv[1], "--check_key") == 0) /* provisioning a key */
-    return load_key(argv[2], fs.public_key) ? 2 : 0;
+    return load_key(argv[2], public_key) ? 2 : 0;
   while (arg < argc && strncmp(argv[arg], "--", 2) == 0) {
     /* --name VALUE or --name=VALUE */
     static char name[32];
@@ -192,27 +249,42 @@ int main(int argc, char **argv) {
     if (length >= sizeof(name)) return fail("unknown option", argv[arg]);
     memcpy(name, argv[arg], length);
     name[length] = '\0';
-    if (strcmp(name, "--in_place") == 0 && !equals) {
-      in_place = 1;
+    if ((strcmp(name, "--in_place") == 0 || strcmp(name, "--allow_unsigned") == 0)) {
+      if (equals) return fail("takes no value", argv[arg]);
+      if (name[2] == 'i') in_place = 1;
+      else allow_unsigned = 1;
       arg += 1;
       continue;
     }
     if (!equals && arg + 1 >= argc) return fail("missing value after", argv[arg]);
     value = equals ? equals + 1 : argv[arg + 1];
-    if (strcmp(name, "--min_round") == 0) {
-      min_round = strtoul(value, NULL, 10);
+    if (strcmp(name, "--round") == 0) {
+      if (parse_number(name, value, DPU_MAX_ROUND, &number)) return 2;
+      trust.round = (uint32_t)number;
+    } else if (strcmp(name, "--release_time") == 0) {
+      if (parse_number(name, value, UINT64_MAX, &trust.release_time)) return 2;
+    } else if (strcmp(name, "--now") == 0) {
+      if (parse_number(name, value, UINT64_MAX, &trust.now)) return 2;
+    } else if (strcmp(name, "--max_round_jump") == 0) {
+      if (parse_number(name, value, 0xffffffffu, &number) || number == 0)
+        return number == 0 ? fail("--max_round_jump must be at least 1", value) : 2;
+      trust.max_round_jump = (uint32_t)number;
+    } else if (strcmp(name, "--key_out") == 0) {
+      if (!*value) return fail("--key_out is empty", NULL);
+      key_out = value;
     } else if (strcmp(name, "--public_key") == 0) {
 #ifndef DPU_WITH_OPENSSL
       return fail("this build has no signature support (build with OpenSSL)", NULL);
 #endif
-      if (load_key(value, fs.public_key) != 0) return 2;
+      if (!*value) return fail("the public key path is empty (an unset variable?)", NULL);
+      if (load_key(value, public_key) != 0) return 2;
       with_key = 1;
     } else if (strcmp(name, "--whole_file") == 0) {
       whole = value;
       if (strcmp(whole, "signed") && strcmp(whole, "always") && strcmp(whole, "never"))
         return fail("--whole_file takes signed, always or never, not", whole);
     } else if (strcmp(name, "--bench") == 0) {
-      repeats = strtoul(value, NULL, 10);
+      if (parse_number(name, value, 1000000000u, &repeats)) return 2;
       if (repeats == 0) repeats = 1;
       bench = 1;
     } else {
@@ -221,10 +293,16 @@ int main(int argc, char **argv) {
     arg += equals ? 1 : 2;
   }
   if (argc - arg != 3) {
-    fprintf(stderr, "usage: dpu_apply [--min_round N] [--public_key KEY] [--whole_file "
+    fprintf(stderr, "usage: dpu_apply (--public_key KEY | --allow_unsigned) [--round N] "
+                    "[--release_time T] [--now T] [--key_out FILE] [--whole_file "
                     "signed|always|never] [--in_place] BASE PATCH OUT\n");
     return 2;
   }
+  if (!with_key && !allow_unsigned)
+    return fail("no --public_key: give the device's key, or --allow_unsigned to accept "
+                "unsigned patches", NULL);
+  if (with_key) trust.public_key = public_key;
+  if (allow_unsigned) options |= DPU_ALLOW_UNSIGNED;
   if (strcmp(whole, "always") == 0 || (strcmp(whole, "signed") == 0 && with_key))
     options |= DPU_ALLOW_WHOLE_FILE;
   if (in_place && !same_file(argv[arg], argv[arg + 2]))
@@ -248,7 +326,7 @@ int main(int argc, char **argv) {
   io.read_journal = read_journal;
   io.write_journal = write_journal;
 #ifdef DPU_WITH_OPENSSL
-  if (with_key) io.verify_signature = verify_ed25519;
+  io.verify_signature = verify_ed25519;
 #endif
 
   if (in_place) {
@@ -257,15 +335,18 @@ int main(int argc, char **argv) {
     if (!fs.journal) fs.journal = fopen(temporary, "w+b");
     if (!fs.journal) return fail("cannot open the journal", temporary);
     fs.out = fs.base;
-    status = dpu_apply_in_place(&applier, &io, (uint32_t)patch_size, (uint32_t)base_size,
-                                (uint32_t)min_round, options);
+    status = dpu_apply_in_place(&applier, &io, &trust, (uint32_t)patch_size,
+                                (uint32_t)base_size, options);
     fclose(fs.journal);
     if (fclose(fs.base) != 0 && status == DPU_OK) status = DPU_ERR_IO;
     fclose(fs.patch);
     if (status != DPU_OK) return fail(dpu_strerror(status), NULL);
-    return 0;
+    return report(&applier.info, argv[arg], with_key ? public_key : NULL, key_out);
   }
 
+  if (is_dangling_link(argv[arg + 2]))
+    return fail("OUT is a symbolic link to nothing; refusing to create its target",
+                argv[arg + 2]);
   resolve(argv[arg + 2], target, sizeof(target));
   snprintf(temporary, sizeof(temporary), "%s.XXXXXX", target);
   fd = mkstemp(temporary);
@@ -286,8 +367,15 @@ int main(int argc, char **argv) {
   started = clock();
   status = DPU_OK;
   for (r = 0; r < repeats && status == DPU_OK; r++) {
-    status = dpu_apply(&applier, &io, (uint32_t)patch_size, (uint32_t)base_size,
-                       (uint32_t)min_round, options);
+    status = dpu_apply(&applier, &io, &trust, (uint32_t)patch_size, (uint32_t)base_size,
+                       options);
+  }
+  if (status == DPU_OK && applier.info.rotated && !key_out) {
+    fclose(fs.out);
+    fclose(fs.base);
+    fclose(fs.patch);
+    unlink(temporary);
+    return fail("the patch rotates the signing key: give --key_out to keep the new key", NULL);
   }
   if (bench && status == DPU_OK) {
     printf("%.9f\n", (double)(clock() - started) / CLOCKS_PER_SEC / (double)repeats);
@@ -305,5 +393,5 @@ int main(int argc, char **argv) {
     unlink(temporary); /* the only file this run created */
     return fail(dpu_strerror(status), NULL);
   }
-  return 0;
+  return bench ? 0 : report(&applier.info, target, with_key ? public_key : NULL, key_out);
 }

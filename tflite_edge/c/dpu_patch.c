@@ -1,10 +1,12 @@
-/* dpu_patch.c: see dpu_patch.h. Format: ../PATCH_FORMAT.md (v2). */
+/* dpu_patch.c: see dpu_patch.h. Format: ../PATCH_FORMAT.md (v3). */
 #include "dpu_patch.h"
 
 #include <string.h>
 
 #define KIND_ELEMENTS 1u
 #define KIND_WHOLE_FILE 3u
+#define KIND_ROTATION 4u
+#define ROTATION_HEADER 40u
 #define CODING_RICE 0u
 #define CODING_BITMAP 1u
 #define CODING_ALL 2u
@@ -153,13 +155,11 @@ static dpu_status read_patch(dpu_applier *a, uint32_t offset, uint8_t *buf, uint
   return a->io->read_patch(a->io->ctx, offset, buf, len) ? DPU_ERR_IO : DPU_OK;
 }
 
-/* Hashes `len` bytes of the patch or of the base, from `offset`, into a->sha. */
-static dpu_status hash_range(dpu_applier *a, int base, uint32_t offset, uint32_t len) {
+/* Hashes `len` bytes of the base, from `offset`, into a->sha. */
+static dpu_status hash_base(dpu_applier *a, uint32_t offset, uint32_t len) {
   while (len > 0) {
     uint32_t take = len < DPU_CHUNK ? len : DPU_CHUNK;
-    int failed = base ? a->io->read_base(a->io->ctx, offset, a->chunk, take)
-                      : a->io->read_patch(a->io->ctx, offset, a->chunk, take);
-    if (failed) return DPU_ERR_IO;
+    if (a->io->read_base(a->io->ctx, offset, a->chunk, take)) return DPU_ERR_IO;
     dpu_sha256_update(&a->sha, a->chunk, take);
     offset += take;
     len -= take;
@@ -467,7 +467,18 @@ static dpu_status load_record(dpu_applier *a) {
   left = a->body_end - a->cursor;
   if ((s = read_patch(a, a->cursor, h, 1)) != DPU_OK) return s;
   a->kind = h[0];
-  if (a->kind == KIND_WHOLE_FILE) {
+  if (a->kind == KIND_ROTATION) {
+    /* the first record of a patch verified with the device's key */
+    if (!a->info.verified) return DPU_ERR_ROTATION;
+    if (a->cursor != a->info.body_start || left < ROTATION_HEADER) return DPU_ERR_MALFORMED;
+    if ((s = read_patch(a, a->cursor, h, 8)) != DPU_OK) return s;
+    if (h[1] | h[2] | h[3] | h[4] | h[5] | h[6] | h[7]) return DPU_ERR_MALFORMED;
+    if ((s = read_patch(a, a->cursor + 8, a->info.next_key, 32)) != DPU_OK) return s;
+    a->info.rotated = 1;
+    offset = span = 0;
+    a->count = a->changed = 0;
+    left = ROTATION_HEADER;
+  } else if (a->kind == KIND_WHOLE_FILE) {
     if (!(a->options & DPU_ALLOW_WHOLE_FILE)) return DPU_ERR_WHOLE_FILE;
     if (a->info.record_count != 1 || left < WHOLE_FILE_HEADER) return DPU_ERR_MALFORMED;
     if ((s = read_patch(a, a->cursor, h, WHOLE_FILE_HEADER)) != DPU_OK) return s;
@@ -544,9 +555,10 @@ static dpu_status load_record(dpu_applier *a) {
 static dpu_status validate_records(dpu_applier *a) {
   uint32_t r;
   dpu_status s;
-  a->cursor = DPU_HEADER_SIZE;
+  a->cursor = a->info.body_start;
   a->previous_end = 0;
   a->whole_file = 0;
+  a->info.rotated = 0;
   for (r = 0; r < a->info.record_count; r++) {
     if ((s = load_record(a)) != DPU_OK) return s;
     if (a->kind == KIND_ELEMENTS) {
@@ -564,8 +576,12 @@ static dpu_status validate_records(dpu_applier *a) {
   }
   if (a->cursor != a->body_end) return DPU_ERR_MALFORMED;
   /* only a whole file may change the model's size */
-  return (a->whole_file || a->info.result_size == a->info.model_size) ? DPU_OK
-                                                                       : DPU_ERR_MALFORMED;
+  if (!a->whole_file && a->info.result_size != a->info.model_size) return DPU_ERR_MALFORMED;
+  /* a patch that only hands the key over leaves the model as it is */
+  if (a->info.rotated && a->info.record_count == 1 &&
+      memcmp(a->info.base_sha256, a->info.result_sha256, 32) != 0)
+    return DPU_ERR_MALFORMED;
+  return DPU_OK;
 }
 
 /* Positions the applier on the first change of the record at a->cursor. */
@@ -630,20 +646,26 @@ static dpu_status apply_to_chunk(dpu_applier *a, uint32_t start, uint32_t len) {
 
 /* ---------------------------------------------------------------- apply */
 
-/* Steps 1-3 of the format's checks and the round: everything that needs only
- * the patch. Leaves a->info filled in and a->patch_id = the patch's checksum. */
-static dpu_status open_patch(dpu_applier *a, const dpu_io *io, uint32_t patch_size,
-                             uint32_t min_round, uint32_t options) {
+/* Everything that needs only the patch and the device's trust state: the
+ * header (read once, kept in a->info), the trailer checksum and the body hash
+ * (one sequential pass), the signature over the header as read, the key id,
+ * freshness, expiry and round. Leaves a->patch_id = the patch's checksum. */
+static dpu_status open_patch(dpu_applier *a, const dpu_io *io, const dpu_trust *trust,
+                             uint32_t patch_size, uint32_t options) {
   uint8_t h[DPU_HEADER_SIZE];
+  uint8_t signature[DPU_SIGNATURE_SIZE];
   uint8_t digest[32];
-  uint64_t declared, base_size, result_size;
-  uint32_t flags;
+  dpu_sha256 body;
+  uint64_t declared, base_size, result_size, now;
+  uint32_t flags, at, jump, keeps;
   dpu_status s;
+  unsigned i;
 
   memset(a, 0, sizeof(*a));
   a->io = io;
   a->patch_size = patch_size;
   a->options = options;
+  if (!trust) return DPU_ERR_NO_KEY;
   if (patch_size < DPU_HEADER_SIZE + DPU_CHECKSUM_SIZE) return DPU_ERR_TRUNCATED;
   if ((s = read_patch(a, 0, h, DPU_HEADER_SIZE)) != DPU_OK) return s;
   if (memcmp(h, "DPUP", 4) != 0) return DPU_ERR_MAGIC;
@@ -654,36 +676,75 @@ static dpu_status open_patch(dpu_applier *a, const dpu_io *io, uint32_t patch_si
   result_size = le64(h + 20);
   a->info.record_count = le32(h + 92);
   a->info.body_length = le32(h + 96);
+  a->info.release_time = le64(h + 100);
+  a->info.expires = le64(h + 108);
   a->info.signed_patch = (uint8_t)(flags & FLAG_SIGNED);
+  memcpy(a->info.key_id, h + 116, DPU_KEY_ID_SIZE);
   memcpy(a->info.base_sha256, h + 28, 32);
   memcpy(a->info.result_sha256, h + 60, 32);
-  declared = (uint64_t)DPU_HEADER_SIZE + a->info.body_length +
-             (a->info.signed_patch ? DPU_SIGNATURE_SIZE : 0) + DPU_CHECKSUM_SIZE;
+  memcpy(a->info.body_sha256, h + 124, 32);
+  a->info.body_start = DPU_HEADER_SIZE + (a->info.signed_patch ? DPU_SIGNATURE_SIZE : 0);
+  declared = (uint64_t)a->info.body_start + a->info.body_length + DPU_CHECKSUM_SIZE;
   if (declared != patch_size) return DPU_ERR_TRUNCATED;
+  a->body_end = a->info.body_start + a->info.body_length;
 
-  /* the patch is intact */
+  /* the patch is intact: every byte after the header read once, in order */
   dpu_sha256_init(&a->sha);
-  if ((s = hash_range(a, 0, 0, patch_size - DPU_CHECKSUM_SIZE)) != DPU_OK) return s;
-  dpu_sha256_final(&a->sha, digest);
-  if ((s = read_patch(a, patch_size - DPU_CHECKSUM_SIZE, a->patch_id, 32)) != DPU_OK) return s;
+  dpu_sha256_update(&a->sha, h, DPU_HEADER_SIZE);
+  if (a->info.signed_patch) {
+    if ((s = read_patch(a, DPU_HEADER_SIZE, signature, DPU_SIGNATURE_SIZE)) != DPU_OK) return s;
+    dpu_sha256_update(&a->sha, signature, DPU_SIGNATURE_SIZE);
+  }
+  dpu_sha256_init(&body);
+  for (at = a->info.body_start; at < a->body_end;) {
+    uint32_t take = a->body_end - at < DPU_CHUNK ? a->body_end - at : DPU_CHUNK;
+    if ((s = read_patch(a, at, a->chunk, take)) != DPU_OK) return s;
+    dpu_sha256_update(&a->sha, a->chunk, take);
+    dpu_sha256_update(&body, a->chunk, take);
+    at += take;
+  }
+  dpu_sha256_final(&a->sha, a->patch_id);
+  if ((s = read_patch(a, a->body_end, digest, 32)) != DPU_OK) return s;
   if (memcmp(digest, a->patch_id, 32) != 0) return DPU_ERR_CHECKSUM;
   if (flags & ~FLAG_SIGNED) return DPU_ERR_VERSION;
+  if (!a->info.signed_patch)
+    for (i = 0; i < DPU_KEY_ID_SIZE; i++)
+      if (a->info.key_id[i]) return DPU_ERR_VERSION; /* an unsigned patch names no key */
   if (base_size > 0xffffffffu || result_size > 0xffffffffu ||
       a->info.record_count > MAX_RECORDS ||
       (uint64_t)a->info.record_count * WHOLE_FILE_HEADER > a->info.body_length)
     return DPU_ERR_MALFORMED;
+  dpu_sha256_final(&body, digest);
+  if (memcmp(digest, a->info.body_sha256, 32) != 0) return DPU_ERR_BODY;
   a->info.model_size = (uint32_t)base_size;
   a->info.result_size = (uint32_t)result_size;
-  a->body_end = DPU_HEADER_SIZE + a->info.body_length;
 
-  /* it comes from the key holder */
-  if (io->verify_signature) {
-    uint8_t signature[DPU_SIGNATURE_SIZE];
+  /* it comes from the key holder the device trusts */
+  if (trust->public_key) {
+    if (!io->verify_signature) return DPU_ERR_NO_KEY;
     if (!a->info.signed_patch) return DPU_ERR_UNSIGNED;
-    if ((s = read_patch(a, a->body_end, signature, DPU_SIGNATURE_SIZE)) != DPU_OK) return s;
-    if (io->verify_signature(io->ctx, a->body_end, signature) != 0) return DPU_ERR_SIGNATURE;
+    dpu_sha256_init(&a->sha);
+    dpu_sha256_update(&a->sha, trust->public_key, 32);
+    dpu_sha256_final(&a->sha, digest);
+    if (memcmp(digest, a->info.key_id, DPU_KEY_ID_SIZE) != 0) return DPU_ERR_KEY_ID;
+    if (io->verify_signature(io->ctx, trust->public_key, h, DPU_HEADER_SIZE, signature) != 0)
+      return DPU_ERR_SIGNATURE;
+    a->info.verified = 1;
+  } else if (!(options & DPU_ALLOW_UNSIGNED)) {
+    return DPU_ERR_NO_KEY;
   }
-  if (a->info.round < min_round) return DPU_ERR_ROUND;
+  /* fresh: never older than the last update, not expired by the best time known */
+  if (a->info.release_time < trust->release_time) return DPU_ERR_STALE;
+  now = trust->now > trust->release_time ? trust->now : trust->release_time;
+  if (a->info.expires && (a->info.expires <= a->info.release_time || a->info.expires <= now))
+    return DPU_ERR_EXPIRED;
+  /* newer, below the reserved round, and without a key not too far ahead */
+  keeps = base_size == result_size && memcmp(a->info.base_sha256, a->info.result_sha256, 32) == 0;
+  if (a->info.round > DPU_MAX_ROUND || a->info.round < trust->round ||
+      (a->info.round == trust->round && !keeps))
+    return DPU_ERR_ROUND;
+  jump = trust->max_round_jump ? trust->max_round_jump : DPU_DEFAULT_ROUND_JUMP;
+  if (!a->info.verified && a->info.round - trust->round > jump) return DPU_ERR_ROUND;
   return DPU_OK;
 }
 
@@ -692,7 +753,7 @@ static dpu_status check_base(dpu_applier *a, uint32_t base_size) {
   uint8_t digest[32];
   dpu_status s;
   dpu_sha256_init(&a->sha);
-  if ((s = hash_range(a, 1, 0, base_size)) != DPU_OK) return s;
+  if ((s = hash_base(a, 0, base_size)) != DPU_OK) return s;
   dpu_sha256_final(&a->sha, digest);
   if (base_size == a->info.result_size && memcmp(digest, a->info.result_sha256, 32) == 0 &&
       memcmp(digest, a->info.base_sha256, 32) != 0)
@@ -703,20 +764,34 @@ static dpu_status check_base(dpu_applier *a, uint32_t base_size) {
 }
 
 static dpu_status begin_writing(dpu_applier *a) {
-  a->cursor = DPU_HEADER_SIZE;
+  a->cursor = a->info.body_start;
   a->previous_end = 0;
   a->records_left = a->info.record_count;
+  if (a->info.rotated) { /* the key rotation writes nothing */
+    a->cursor += ROTATION_HEADER;
+    a->records_left--;
+  }
   return a->records_left > 0 ? start_record(a) : DPU_OK;
 }
 
-dpu_status dpu_apply(dpu_applier *a, const dpu_io *io, uint32_t patch_size, uint32_t base_size,
-                     uint32_t min_round, uint32_t options) {
+/* After the records are valid: a rotation's next key must be a strong key, and
+ * not the one that signed it. Run at the top level (the key check needs the
+ * most stack of anything here). */
+static dpu_status check_rotation(dpu_applier *a, const dpu_trust *trust) {
+  if (!a->info.rotated) return DPU_OK;
+  if (memcmp(a->info.next_key, trust->public_key, 32) == 0) return DPU_ERR_ROTATION;
+  return dpu_check_public_key(a->info.next_key) == DPU_OK ? DPU_OK : DPU_ERR_ROTATION;
+}
+
+dpu_status dpu_apply(dpu_applier *a, const dpu_io *io, const dpu_trust *trust,
+                     uint32_t patch_size, uint32_t base_size, uint32_t options) {
   uint8_t digest[32];
   uint32_t out, size;
   dpu_status s;
-  if ((s = open_patch(a, io, patch_size, min_round, options)) != DPU_OK) return s;
+  if ((s = open_patch(a, io, trust, patch_size, options)) != DPU_OK) return s;
   if ((s = check_base(a, base_size)) != DPU_OK) return s;
   if ((s = validate_records(a)) != DPU_OK) return s;
+  if ((s = check_rotation(a, trust)) != DPU_OK) return s;
 
   /* write base + changes (or the whole new file), hashing what is written */
   if ((s = begin_writing(a)) != DPU_OK) return s;
@@ -798,12 +873,12 @@ static dpu_status read_journal(dpu_applier *a, uint32_t *phase) {
   return DPU_OK;
 }
 
-dpu_status dpu_apply_in_place(dpu_applier *a, const dpu_io *io, uint32_t patch_size,
-                              uint32_t model_size, uint32_t min_round, uint32_t options) {
+dpu_status dpu_apply_in_place(dpu_applier *a, const dpu_io *io, const dpu_trust *trust,
+                              uint32_t patch_size, uint32_t model_size, uint32_t options) {
   uint8_t digest[32];
   uint32_t phase, out, resume = 0;
   dpu_status s;
-  if ((s = open_patch(a, io, patch_size, min_round, options)) != DPU_OK) return s;
+  if ((s = open_patch(a, io, trust, patch_size, options)) != DPU_OK) return s;
   if (!io->read_journal || !io->write_journal) return DPU_ERR_IO;
   if (a->info.model_size != model_size) return DPU_ERR_BASE;
   /* the model's storage holds model_size bytes: the result must fit it exactly */
@@ -814,6 +889,7 @@ dpu_status dpu_apply_in_place(dpu_applier *a, const dpu_io *io, uint32_t patch_s
    * new) and relies on the journal naming this very patch. */
   if (phase == JOURNAL_NONE && (s = check_base(a, model_size)) != DPU_OK) return s;
   if ((s = validate_records(a)) != DPU_OK) return s;
+  if ((s = check_rotation(a, trust)) != DPU_OK) return s;
   if (phase == JOURNAL_NONE) {
     if ((s = write_journal(a, JOURNAL_IN_PROGRESS, 0, 0)) != DPU_OK) return s;
   } else {
@@ -840,7 +916,7 @@ dpu_status dpu_apply_in_place(dpu_applier *a, const dpu_io *io, uint32_t patch_s
   }
   a->skip = 0;
   dpu_sha256_init(&a->sha);
-  if ((s = hash_range(a, 1, 0, model_size)) != DPU_OK) return s;
+  if ((s = hash_base(a, 0, model_size)) != DPU_OK) return s;
   dpu_sha256_final(&a->sha, digest);
   if (memcmp(digest, a->info.result_sha256, 32) != 0) return DPU_ERR_RESULT;
   return write_journal(a, JOURNAL_DONE, 0, 0);
@@ -983,6 +1059,12 @@ const char *dpu_strerror(dpu_status status) {
     case DPU_ERR_WHOLE_FILE: return "patch replaces the whole model, which this device refuses";
     case DPU_ERR_SIZE: return "the patch's result does not fit the model's storage";
     case DPU_ERR_KEY: return "the public key is malformed or of small order";
+    case DPU_ERR_KEY_ID: return "patch is signed by a key this device does not trust (retired or unknown)";
+    case DPU_ERR_STALE: return "patch was released before the last update this device applied";
+    case DPU_ERR_EXPIRED: return "patch has expired";
+    case DPU_ERR_NO_KEY: return "no public key to check the patch with, and unsigned patches are not allowed";
+    case DPU_ERR_BODY: return "patch body does not match the SHA-256 in its header";
+    case DPU_ERR_ROTATION: return "patch rotates the signing key in a way this device refuses";
   }
   return "unknown error";
 }

@@ -1,5 +1,5 @@
 /*
- * dpu_patch: applies a DPU model patch (format v2, see ../PATCH_FORMAT.md) on a
+ * dpu_patch: applies a DPU model patch (format v3, see ../PATCH_FORMAT.md) on a
  * microcontroller.
  *
  * - C99, no dynamic allocation, no recursion, no libc beyond <string.h>.
@@ -7,9 +7,19 @@
  *   (random access by offset), the result is written sequentially through a
  *   callback, so all three may live in flash, in RAM or behind a file system.
  * - Everything is checked before the first byte is written: the trailer
- *   SHA-256 of the patch, the optional signature (through a callback, so the
- *   firmware plugs in its own crypto library), the SHA-256 of the base, and
- *   the structure of every record. A record may write only the data of one of
+ *   SHA-256 of the patch, the signature (through a callback, so the firmware
+ *   plugs in its own crypto library; a device without a key must say so with
+ *   DPU_ALLOW_UNSIGNED), the key id, release time, expiry and round against
+ *   the device's trust state (dpu_trust), the SHA-256 of the base, and the
+ *   structure of every record.
+ * - The header is read once and kept: the signature is checked over those
+ *   bytes in RAM (the callback gets them, it never reads the patch), and the
+ *   body is hashed on one sequential pass and compared with the body hash the
+ *   signed header holds. The round, hashes and sizes used afterwards are the
+ *   verified ones, and DPU_OK is returned only when the output hashes to the
+ *   signed result, so storage that changes between reads gets a refusal,
+ *   never an output other than the signed one (in place, the model is then
+ *   neither: see dpu_apply_in_place). A record may write only the data of one of
  *   the base model's weight or bias buffers, which the applier finds in the
  *   base's own flatbuffer (never trusting the patch for it); replacing the
  *   whole file is a record kind of its own, refused unless the caller passes
@@ -24,12 +34,13 @@
  * callbacks), so that an apply cut off at any moment (power loss, reset)
  * resumes to exactly the result when dpu_apply_in_place is called again.
  *
- * RAM: one dpu_applier (sizeof(dpu_applier) bytes, 632 on x86-64 with the
+ * RAM: one dpu_applier (sizeof(dpu_applier) bytes, 728 on x86-64 with the
  * default DPU_CHUNK of 64, a multiple of 8) supplied by the caller, plus stack:
- * at most 1024 bytes on the deepest call chain of dpu_apply and
- * dpu_apply_in_place (x86-64, gcc -O2: 912, measured by the tests with
- * -fcallgraph-info=su), and 1536 for dpu_check_public_key (run once, when a key
- * is provisioned), not counting what the callbacks themselves use.
+ * at most 1536 bytes on the deepest call chain of dpu_apply and
+ * dpu_apply_in_place (x86-64, gcc -O2: 1448, measured by the tests with
+ * -fcallgraph-info=su; the deepest chain is a key rotation's check of the next
+ * key), and 1536 for dpu_check_public_key (run when a key is provisioned), not
+ * counting what the callbacks themselves use.
  */
 #ifndef DPU_PATCH_H
 #define DPU_PATCH_H
@@ -41,10 +52,17 @@
 #define DPU_CHUNK 64u /* bytes of the model processed per step */
 #endif
 
-#define DPU_FORMAT_VERSION 2u
-#define DPU_HEADER_SIZE 100u
+#define DPU_FORMAT_VERSION 3u
+#define DPU_HEADER_SIZE 156u
 #define DPU_SIGNATURE_SIZE 64u
 #define DPU_CHECKSUM_SIZE 32u
+#define DPU_KEY_ID_SIZE 8u
+/* The last round is reserved: no patch may take a device there (it could never
+ * be updated again). */
+#define DPU_MAX_ROUND 0xfffffffeu
+/* An unsigned device takes no patch that advances it by more rounds than this
+ * (dpu_trust.max_round_jump = 0 selects it). */
+#define DPU_DEFAULT_ROUND_JUMP 16u
 
 typedef enum {
   DPU_OK = 0,
@@ -64,11 +82,30 @@ typedef enum {
   DPU_ERR_MODEL,           /* the base model is not a valid TFLite flatbuffer */
   DPU_ERR_WHOLE_FILE,      /* a whole-file update, and DPU_ALLOW_WHOLE_FILE is off */
   DPU_ERR_SIZE,            /* in place: the result's size differs from the model's */
-  DPU_ERR_KEY              /* dpu_check_public_key: a malformed or weak key */
+  DPU_ERR_KEY,             /* dpu_check_public_key: a malformed or weak key */
+  DPU_ERR_KEY_ID,          /* signed by another key (a retired or an unknown one) */
+  DPU_ERR_STALE,           /* released before the last update the device applied */
+  DPU_ERR_EXPIRED,         /* past its expiry (by the clock, or the last release) */
+  DPU_ERR_NO_KEY,          /* no public key, and DPU_ALLOW_UNSIGNED not given */
+  DPU_ERR_BODY,            /* the body does not hash to the header's body hash */
+  DPU_ERR_ROTATION         /* a key rotation this device cannot take */
 } dpu_status;
 
 /* Options of dpu_apply and dpu_apply_in_place. */
 #define DPU_ALLOW_WHOLE_FILE 1u /* accept a patch that replaces the whole model */
+#define DPU_ALLOW_UNSIGNED 2u   /* accept patches with no key to check them (opt-in) */
+
+/* What the device trusts and knows, kept by the firmware in persistent storage
+ * and updated from dpu_info after DPU_OK (round, release_time, and public_key
+ * when info.rotated). */
+typedef struct {
+  uint32_t round;            /* the round of the model the device holds */
+  uint64_t release_time;     /* release time of the last update applied (0: none) */
+  uint64_t now;              /* seconds since 1970 from a trusted clock; 0: no clock */
+  const uint8_t *public_key; /* the 32-byte key every patch must be signed with;
+                                NULL only with DPU_ALLOW_UNSIGNED */
+  uint32_t max_round_jump;   /* unsigned devices: rounds one patch may advance (0: default) */
+} dpu_trust;
 
 typedef struct {
   void *ctx;
@@ -77,11 +114,11 @@ typedef struct {
   int (*read_base)(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len);
   /* Store len bytes at offset of the output; called with increasing offsets. */
   int (*write_out)(void *ctx, uint32_t offset, const uint8_t *buf, uint32_t len);
-  /* Optional. Verify the Ed25519 signature of the first message_length bytes of
-   * the patch (read them with read_patch); return 0 if valid. When set, unsigned
-   * patches are refused. */
-  int (*verify_signature)(void *ctx, uint32_t message_length,
-                          const uint8_t signature[DPU_SIGNATURE_SIZE]);
+  /* Verify the Ed25519 signature of `message` (the patch header, held in the
+   * applier's RAM: never read it from the patch again) under `public_key`;
+   * return 0 if valid. Required when dpu_trust.public_key is set. */
+  int (*verify_signature)(void *ctx, const uint8_t public_key[32], const uint8_t *message,
+                          uint32_t message_length, const uint8_t signature[DPU_SIGNATURE_SIZE]);
   /* In-place mode only: the journal, DPU_JOURNAL_SIZE bytes of persistent
    * storage (erased or garbage the first time is fine), addressed by offset. */
   int (*read_journal)(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len);
@@ -100,16 +137,24 @@ typedef struct {
   uint32_t used;
 } dpu_sha256;
 
-/* What the header says, filled in by dpu_apply (also on most errors). */
+/* What the verified header says, filled in by dpu_apply (also on most errors). */
 typedef struct {
   uint32_t round;
   uint32_t model_size; /* the base's size */
   uint32_t result_size;
   uint32_t record_count;
   uint32_t body_length;
+  uint32_t body_start; /* offset of the body: the header and its signature before it */
+  uint64_t release_time;
+  uint64_t expires;    /* 0: never */
   uint8_t signed_patch;
+  uint8_t verified;    /* its signature was checked with dpu_trust.public_key */
+  uint8_t rotated;     /* it rotates the key: persist next_key after DPU_OK */
+  uint8_t key_id[DPU_KEY_ID_SIZE];
   uint8_t base_sha256[32];
   uint8_t result_sha256[32];
+  uint8_t body_sha256[32];
+  uint8_t next_key[32];
 } dpu_info;
 
 /* A reader of one bit stream stored in the patch (LSB first). */
@@ -148,13 +193,19 @@ typedef struct {
 
 /*
  * Applies the patch to the base model, writing the result through io->write_out.
- * min_round: patches with round < min_round are refused (DPU_ERR_ROUND); pass the
- * device's current round + 1, or 0 to accept any round.
- * options: 0, or DPU_ALLOW_WHOLE_FILE to accept whole-file updates (whose
- * result may differ from the base in size: info.result_size bytes are written).
+ * trust: the device's round, last release time, clock and key. A patch must be
+ * signed by trust->public_key (its key id and signature), released no earlier
+ * than trust->release_time, unexpired at max(now, release_time), for a round
+ * above trust->round (or equal, for a patch that leaves the model as it is: a
+ * key rotation) and below 2^32 - 1; without a key, within max_round_jump.
+ * options: DPU_ALLOW_WHOLE_FILE to accept whole-file updates (whose result may
+ * differ from the base in size: info.result_size bytes are written);
+ * DPU_ALLOW_UNSIGNED to run without a key at all.
+ * After DPU_OK the firmware stores info.round and info.release_time, and
+ * info.next_key as its key when info.rotated, with the new model.
  */
-dpu_status dpu_apply(dpu_applier *applier, const dpu_io *io, uint32_t patch_size,
-                     uint32_t base_size, uint32_t min_round, uint32_t options);
+dpu_status dpu_apply(dpu_applier *applier, const dpu_io *io, const dpu_trust *trust,
+                     uint32_t patch_size, uint32_t base_size, uint32_t options);
 
 /*
  * Applies the patch to the model in place (io->read_base and io->write_out both
@@ -162,9 +213,12 @@ dpu_status dpu_apply(dpu_applier *applier, const dpu_io *io, uint32_t patch_size
  * it resumes from the journal. Returns DPU_ERR_ALREADY_APPLIED when the journal
  * or the model shows the patch complete. Element records must be aligned to
  * their element size (the format requires it), so no element straddles a chunk.
+ * The patch must lie in storage that does not change during the apply (the
+ * device's own flash, written before the call): a change is caught by the
+ * body or result hash, but chunks already written cannot be taken back.
  */
-dpu_status dpu_apply_in_place(dpu_applier *applier, const dpu_io *io, uint32_t patch_size,
-                              uint32_t model_size, uint32_t min_round, uint32_t options);
+dpu_status dpu_apply_in_place(dpu_applier *applier, const dpu_io *io, const dpu_trust *trust,
+                              uint32_t patch_size, uint32_t model_size, uint32_t options);
 
 /*
  * Checks an Ed25519 public key before the firmware trusts it: DPU_ERR_KEY when it

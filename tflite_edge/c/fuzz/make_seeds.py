@@ -76,7 +76,7 @@ def write(folder: str) -> list:
     paths = []
     for n, patch in enumerate(seed_patches()):
         count = struct.unpack_from("<I", patch, 92)[0]
-        body = patch[100:100 + struct.unpack_from("<I", patch, 96)[0]]
+        body = patch[156:156 + struct.unpack_from("<I", patch, 96)[0]]   # unsigned: after the header
         for name, data in ((f"patch_{n}", b"\0" + patch),
                            (f"body_{n}", b"\1" + struct.pack("<H", count) + body)):
             path = os.path.join(folder, name)

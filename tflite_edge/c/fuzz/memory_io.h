@@ -18,11 +18,23 @@ typedef struct {
   uint8_t *out;
   uint64_t out_capacity;
   uint32_t written; /* bytes written so far, in order */
+  /* Changing storage: after `switch_after` reads of the patch, reads are served
+   * from patch2 (as far as it reaches; beyond it, zeros). Zero the struct for
+   * storage that never changes (switch_after is then set to all ones). */
+  const uint8_t *patch2;
+  uint64_t patch2_size;
+  uint32_t switch_after, reads;
 } fuzz_memory;
 
 static int fuzz_read_patch(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len) {
-  const fuzz_memory *m = (const fuzz_memory *)ctx;
+  fuzz_memory *m = (fuzz_memory *)ctx;
   if ((uint64_t)offset + len > m->patch_size) abort();
+  if (m->patch2 && m->reads++ >= m->switch_after) {
+    uint64_t have = offset < m->patch2_size ? m->patch2_size - offset : 0;
+    memset(buf, 0, len);
+    memcpy(buf, m->patch2 + (have ? offset : 0), have < len ? have : len);
+    return 0;
+  }
   memcpy(buf, m->patch + offset, len);
   return 0;
 }

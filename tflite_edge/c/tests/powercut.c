@@ -83,6 +83,7 @@ int main(int argc, char **argv) {
   long base_size, target_size, n;
   unsigned long cuts = 0, bad = 0, untouched = 0;
   dpu_io io;
+  dpu_trust trust;
   dpu_status s;
   if (argc != 4) {
     fprintf(stderr, "usage: dpu_powercut BASE PATCH TARGET\n");
@@ -100,13 +101,14 @@ int main(int argc, char **argv) {
   io.write_out = write_model;
   io.read_journal = read_journal;
   io.write_journal = write_journal;
+  memset(&trust, 0, sizeof(trust)); /* a device at round 0 that opted out of keys */
   for (n = 0;; n++) {
     memcpy(model, base, (size_t)base_size);
     memset(journal, 0xff, sizeof(journal));
     writes_left = n;
     model_written = 0;
-    s = dpu_apply_in_place(&applier, &io, (uint32_t)patch_size, (uint32_t)model_size, 0,
-                           DPU_ALLOW_WHOLE_FILE);
+    s = dpu_apply_in_place(&applier, &io, &trust, (uint32_t)patch_size,
+                           (uint32_t)model_size, DPU_ALLOW_WHOLE_FILE | DPU_ALLOW_UNSIGNED);
     if (s == DPU_OK) {
       if (memcmp(model, target, (size_t)model_size) != 0) bad++;
       break; /* n writes were enough: every cut point has been tried */
@@ -121,8 +123,8 @@ int main(int argc, char **argv) {
       untouched++;
     }
     writes_left = -1; /* power back: no more cuts */
-    s = dpu_apply_in_place(&applier, &io, (uint32_t)patch_size, (uint32_t)model_size, 0,
-                           DPU_ALLOW_WHOLE_FILE);
+    s = dpu_apply_in_place(&applier, &io, &trust, (uint32_t)patch_size,
+                           (uint32_t)model_size, DPU_ALLOW_WHOLE_FILE | DPU_ALLOW_UNSIGNED);
     if (s != DPU_OK || memcmp(model, target, (size_t)model_size) != 0) {
       fprintf(stderr, "cut %ld: resume gave %s\n", n, dpu_strerror(s));
       bad++;
@@ -130,8 +132,8 @@ int main(int argc, char **argv) {
   }
   /* Applying again after completion must say so and change nothing. */
   writes_left = -1;
-  s = dpu_apply_in_place(&applier, &io, (uint32_t)patch_size, (uint32_t)model_size, 0,
-                           DPU_ALLOW_WHOLE_FILE);
+  s = dpu_apply_in_place(&applier, &io, &trust, (uint32_t)patch_size,
+                           (uint32_t)model_size, DPU_ALLOW_WHOLE_FILE | DPU_ALLOW_UNSIGNED);
   if (s != DPU_ERR_ALREADY_APPLIED || memcmp(model, target, (size_t)model_size) != 0) bad++;
   printf("%lu cut points, %lu bad results, %lu cut before the model was touched\n", cuts, bad,
          untouched);

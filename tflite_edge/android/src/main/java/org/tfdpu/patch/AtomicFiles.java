@@ -21,8 +21,16 @@ import java.util.Set;
 final class AtomicFiles {
   private AtomicFiles() {}
 
-  /** The file a path names, through symbolic links, when it exists. */
+  /**
+   * The file a path names, through symbolic links, when it exists; a link to
+   * nothing is refused (writing through it would create its target wherever it
+   * points), as the Python and C appliers refuse it.
+   */
   static Path real(Path path) throws IOException {
+    if (Files.isSymbolicLink(path) && !Files.exists(path)) {
+      throw new IOException(path + " is a symbolic link to nothing (" + Files.readSymbolicLink(path)
+          + "); refusing to create its target");
+    }
     return Files.exists(path) ? path.toRealPath() : path.toAbsolutePath();
   }
 

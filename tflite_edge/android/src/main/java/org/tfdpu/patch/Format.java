@@ -1,10 +1,19 @@
 package org.tfdpu.patch;
 
-/** Constants and little-endian readers of the patch format (PATCH_FORMAT.md, version 2). */
+/** Constants and little-endian readers of the patch format (PATCH_FORMAT.md, version 3). */
 final class Format {
-  static final int VERSION = 2;
+  static final int VERSION = 3;
   static final int FLAG_SIGNED = 1;
-  static final int HEADER_SIZE = 100;
+  static final int HEADER_SIZE = 156;
+  static final int KEY_ID_SIZE = 8;
+  static final int KIND_ROTATION = 4;
+  static final int ROTATION_HEADER = 40;
+  /** The last round is reserved: a device there could never be updated again. */
+  static final long MAX_ROUND = 0xfffffffeL;
+  /** Rounds an unsigned patch may advance a device, by default. */
+  static final long DEFAULT_MAX_ROUND_JUMP = 16;
+  /** The largest update (a whole file) a device reads, by default. */
+  static final long DEFAULT_MAX_PATCH_BYTES = 512L << 20;
   static final int SIGNATURE_SIZE = 64;
   static final int CHECKSUM_SIZE = 32;
   static final int KIND_ELEMENTS = 1;
@@ -65,6 +74,11 @@ final class Format {
   /** An unsigned 64-bit field; values of 2^63 and more come out negative. */
   static long u64(byte[] b, int at) {
     return u32(b, at) | u32(b, at + 4) << 32;
+  }
+
+  /** The 8 bytes a patch header names its signing key by: SHA-256(key)[:8]. */
+  static byte[] keyId(byte[] publicKey) {
+    return java.util.Arrays.copyOf(Digests.sha256().digest(publicKey), KEY_ID_SIZE);
   }
 
   static String hex(byte[] digest, int bytes) {

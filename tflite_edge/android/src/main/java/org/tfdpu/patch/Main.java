@@ -15,14 +15,17 @@ import java.util.Map;
  *
  * <pre>
  * java -jar dpu-patch.jar apply --base=A --patch=P [--out=B] [--public_key=K] [--state=S]
- *     [--no_state] [--initial_round=N] [--whole_file=signed|always|never]
+ *     [--no_state] [--initial_round=N] [--whole_file=signed|always|never] [--allow_unsigned]
+ *     [--now=T] [--max_round_jump=J] [--max_patch_bytes=B]
  * java -jar dpu-patch.jar check_key --public_key=K
  * java -jar dpu-patch.jar batch FILE...     (the differential fuzzing driver's input)
  * java -jar dpu-patch.jar bench --base=A --patch=P --repeats=N   (seconds and peak heap)
  * </pre>
  *
  * Exit status 0 on success, 2 on any refusal or bad command line, with one
- * line on stderr.
+ * line on stderr. Boolean flags follow absl's grammar exactly, as the Python
+ * command line does: {@code --flag}, {@code --noflag}, {@code --flag=true|t|1}
+ * or {@code --flag=false|f|0} (any case); numbers are decimal and in range.
  */
 public final class Main {
   private Main() {}
@@ -64,15 +67,30 @@ public final class Main {
           + "bench");
     }
     allow(flags, command, "base", "patch", "out", "public_key", "state", "no_state",
-        "initial_round", "whole_file");
+        "initial_round", "whole_file", "allow_unsigned", "now", "max_round_jump",
+        "max_patch_bytes");
     Path base = Paths.get(need(flags, command, "base"));
     Path patch = Paths.get(need(flags, command, "patch"));
     Path out = flags.containsKey("out") ? Paths.get(flags.get("out")) : null;
     PatchApplier.Options options = new PatchApplier.Options();
     if (flags.containsKey("public_key")) {
+      if (flags.get("public_key").isEmpty()) {
+        throw new PatchException(PatchException.Reason.KEY, "the public key path is empty (an "
+            + "unset variable?); refusing to apply without the key");
+      }
       options.publicKey(PatchKey.load(Paths.get(flags.get("public_key"))));
     }
-    boolean noState = flags.containsKey("no_state");
+    options.allowUnsigned(bool(flags, "allow_unsigned"));
+    if (flags.containsKey("now")) {
+      options.now(number(flags, "now", Long.MAX_VALUE, 0));
+    }
+    if (flags.containsKey("max_round_jump")) {
+      options.maxRoundJump(number(flags, "max_round_jump", 0xffffffffL, 1));
+    }
+    if (flags.containsKey("max_patch_bytes")) {
+      options.maxPatchBytes(number(flags, "max_patch_bytes", Long.MAX_VALUE, 1));
+    }
+    boolean noState = bool(flags, "no_state");
     if (noState && (flags.containsKey("state") || flags.containsKey("initial_round"))) {
       throw usage("--no_state excludes --state and --initial_round");
     }
@@ -81,11 +99,7 @@ public final class Main {
           : (out != null ? out : base).toString() + ".state"));
     }
     if (flags.containsKey("initial_round")) {
-      try {
-        options.initialRound(Long.parseLong(flags.get("initial_round")));
-      } catch (NumberFormatException e) {
-        throw usage("--initial_round must be an integer, got " + flags.get("initial_round"));
-      }
+      options.initialRound(number(flags, "initial_round", 0xffffffffL, 0));
     }
     if (flags.containsKey("whole_file")) {
       String policy = flags.get("whole_file");
@@ -96,15 +110,47 @@ public final class Main {
     }
     Header header = PatchApplier.apply(base, patch, out, options);
     System.out.println("wrote " + (out != null ? out : base) + ": "
-        + Long.toUnsignedString(header.resultSize) + " bytes, verified, round " + header.round);
+        + Long.toUnsignedString(header.resultSize) + " bytes, "
+        + (header.verified() ? "verified (key id " + Format.hex(header.keyId, 8) + ")"
+            : "UNSIGNED: no signature was checked") + ", round " + header.round);
     return 0;
+  }
+
+  private static final java.util.List<String> BOOLEANS =
+      java.util.Arrays.asList("no_state", "allow_unsigned");
+
+  /** A boolean flag's value: absent is false; the parser has checked its spelling. */
+  private static boolean bool(Map<String, String> flags, String name) {
+    return "true".equals(flags.get(name));
+  }
+
+  /** A decimal integer in [min, max], as absl's integer flags with bounds. */
+  private static long number(Map<String, String> flags, String name, long max, long min)
+      throws PatchException {
+    String text = flags.get(name);
+    if (!text.matches("[0-9]{1,19}")) {
+      throw usage("flag --" + name + "=" + text + ": must be a decimal integer");
+    }
+    long value;
+    try {
+      value = Long.parseLong(text);
+    } catch (NumberFormatException e) {
+      value = -1;
+    }
+    if (value < min || value > max) {
+      throw usage("flag --" + name + "=" + text + ": must be in [" + min + ", " + max + "]");
+    }
+    return value;
   }
 
   private static PatchException usage(String message) {
     return new PatchException(PatchException.Reason.FORMAT, message);
   }
 
-  /** --name=value or --name value; --no_state alone. */
+  /**
+   * --name=value or --name value; booleans as absl reads them: --flag,
+   * --noflag, --flag=true|t|1|false|f|0 (any case), stored as "true"/"false".
+   */
   private static Map<String, String> flags(String[] args) throws PatchException {
     Map<String, String> out = new LinkedHashMap<String, String>();
     for (int i = 1; i < args.length; i++) {
@@ -115,10 +161,25 @@ public final class Main {
       int equals = arg.indexOf('=');
       String name = equals < 0 ? arg.substring(2) : arg.substring(2, equals);
       String value;
-      if (equals >= 0) {
+      if (BOOLEANS.contains(name)) {
+        String given = equals < 0 ? "true" : arg.substring(equals + 1).toLowerCase(
+            java.util.Locale.ROOT);
+        if (given.matches("true|t|1")) {
+          value = "true";
+        } else if (given.matches("false|f|0")) {
+          value = "false";
+        } else {
+          throw usage("flag --" + name + "=" + arg.substring(equals + 1) + ": Non-boolean "
+              + "argument to boolean flag");
+        }
+      } else if (name.startsWith("no") && BOOLEANS.contains(name.substring(2))) {
+        if (equals >= 0) {
+          throw usage(arg + " does not take an argument");
+        }
+        name = name.substring(2);
+        value = "false";
+      } else if (equals >= 0) {
         value = arg.substring(equals + 1);
-      } else if (name.equals("no_state")) {
-        value = "true";
       } else if (i + 1 < args.length) {
         value = args[++i];
       } else {
@@ -162,7 +223,7 @@ public final class Main {
            DataInputStream in = new DataInputStream(new java.io.BufferedInputStream(raw))) {
         byte[] magic = new byte[4];
         in.readFully(magic);
-        if (!new String(magic, "US-ASCII").equals("DPUB")) {
+        if (!new String(magic, "US-ASCII").equals("DPUC")) {
           throw usage(file + " is not a batch file");
         }
         byte[] base = new byte[readU32(in)];
@@ -171,22 +232,30 @@ public final class Main {
         byte[] key = new byte[32];
         in.readFully(key);
         int options = in.readUnsignedByte();
+        long round = readU32(in) & 0xffffffffL;
+        long releaseTime = readU64(in);
+        long now = readU64(in);
         PatchApplier.Options settings = new PatchApplier.Options();
         if (keyed) {
           settings.publicKey(PatchKey.of(key));
         }
-        settings.wholeFile(options != 0 ? PatchApplier.WholeFile.ALWAYS
+        settings.wholeFile((options & 1) != 0 ? PatchApplier.WholeFile.ALWAYS
             : PatchApplier.WholeFile.NEVER);
+        settings.allowUnsigned((options & 2) != 0).now(now);
         ModelBytes model = ModelBytes.of(base);
         byte[] digest = PatchApplier.sha256(model);
+        DeviceState.Entry state = new DeviceState.Entry(round, digest, releaseTime,
+            keyed ? key : null, new java.util.ArrayList<byte[]>());
         int count = readU32(in);
         for (int i = 0; i < count; i++) {
           byte[] patch = new byte[readU32(in)];
           int expected = in.readUnsignedByte();
           in.readFully(patch);
+          readU32Unsigned(in);                  // the C applier's changing storage: the
+          in.readFully(new byte[readU32(in)]);  // JVM reads a patch once, so only the first counts
           int got;
           try {
-            PatchApplier.apply(model, () -> digest, patch, settings, null, (data, length) -> { });
+            PatchApplier.apply(model, () -> digest, patch, settings, state, (data, length) -> { });
             got = 0;
           } catch (PatchException e) {
             got = e.reason() == PatchException.Reason.RESULT ? 1 : 2;
@@ -233,7 +302,9 @@ public final class Main {
     });
     sampler.setDaemon(true);
     Path out = Paths.get(base.toString() + ".bench-out");
-    PatchApplier.Options options = new PatchApplier.Options();
+    // A throughput measurement into a scratch file, not a device: the patch's
+    // signature is not what is timed.
+    PatchApplier.Options options = new PatchApplier.Options().allowUnsigned(true);
     PatchApplier.apply(base, patch, out, options);   // warm-up: class loading, JIT
     System.gc();
     sampler.start();
@@ -250,6 +321,19 @@ public final class Main {
     }
     System.out.println("{\"seconds\": " + seconds + ", \"peak_heap_bytes\": " + peak[0] + "}");
     return 0;
+  }
+
+  private static long readU64(DataInputStream in) throws IOException {
+    long low = readU32Unsigned(in);
+    return low | readU32Unsigned(in) << 32;
+  }
+
+  private static long readU32Unsigned(DataInputStream in) throws IOException {
+    long b0 = in.readUnsignedByte();
+    long b1 = in.readUnsignedByte();
+    long b2 = in.readUnsignedByte();
+    long b3 = in.readUnsignedByte();
+    return b0 | b1 << 8 | b2 << 16 | b3 << 24;
   }
 
   private static int readU32(DataInputStream in) throws IOException {

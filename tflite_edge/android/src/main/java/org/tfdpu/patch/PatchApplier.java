@@ -6,7 +6,6 @@ import java.nio.channels.FileChannel;
 import java.nio.channels.FileLock;
 import java.nio.channels.OverlappingFileLockException;
 import java.nio.file.Files;
-import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.nio.file.StandardOpenOption;
@@ -16,7 +15,7 @@ import java.util.List;
 
 /**
  * Verifies a DPU model patch and applies it to a `.tflite` file, as the Python
- * and C appliers do (PATCH_FORMAT.md, version 2).
+ * and C appliers do (PATCH_FORMAT.md, version 3).
  *
  * <pre>
  * PatchApplier.Options options = new PatchApplier.Options()
@@ -25,10 +24,12 @@ import java.util.List;
  * Header applied = PatchApplier.apply(model, patch, model, options);   // in place, safely
  * </pre>
  *
- * <p>In order: the patch's size and SHA-256, its signature (with a key,
- * unsigned patches are refused), the device's round, the model's size and
- * SHA-256; only then are the records decoded, each bounded by the patch's own
- * length and by the model's real weight buffers. The model is streamed a
+ * <p>In order: the patch's size (bounded by the model's before its body is
+ * read), SHA-256 and body hash, its key id and signature (a device without a
+ * key refuses every patch unless {@link Options#allowUnsigned} is set), its
+ * release time and expiry, the device's round, the model's size and SHA-256;
+ * only then are the records decoded, each bounded by the patch's own length
+ * and by the model's real weight buffers. The model is streamed a
  * chunk at a time into a temporary file, which is flushed
  * ({@code FileChannel.force}), checked against the result's SHA-256 and renamed
  * over the output. Every refusal is a {@link PatchException}, and the model is
@@ -51,6 +52,42 @@ public final class PatchApplier {
     Long initialRound;
     WholeFile wholeFile = WholeFile.SIGNED;
     long lockTimeoutMillis = 60_000;
+    boolean allowUnsigned;
+    Long now;
+    long maxRoundJump = Format.DEFAULT_MAX_ROUND_JUMP;
+    long maxPatchBytes = Format.DEFAULT_MAX_PATCH_BYTES;
+
+    /** Accept patches without checking a signature when no key is known (never the default). */
+    public Options allowUnsigned(boolean allow) {
+      this.allowUnsigned = allow;
+      return this;
+    }
+
+    /**
+     * Seconds since 1970 from a trusted clock; null (the default) for the
+     * system clock, 0 for a device without one (expiry is then judged against
+     * the last release time applied).
+     */
+    public Options now(Long seconds) {
+      this.now = seconds;
+      return this;
+    }
+
+    /** On a device without a key: the most rounds one patch may advance it. */
+    public Options maxRoundJump(long rounds) {
+      this.maxRoundJump = rounds;
+      return this;
+    }
+
+    /** The largest update (a whole file) this device reads. */
+    public Options maxPatchBytes(long bytes) {
+      this.maxPatchBytes = bytes;
+      return this;
+    }
+
+    long clock() {
+      return now != null ? now : System.currentTimeMillis() / 1000;
+    }
 
     /** Patches must be signed with this key's private half. */
     public Options publicKey(PatchKey key) {
@@ -104,19 +141,24 @@ public final class PatchApplier {
     try {
       target = AtomicFiles.real(target);
     } catch (IOException e) {
-      throw io("cannot resolve " + target, e);
+      throw io(e.getMessage(), e);
     }
     if (!Files.isReadable(base)) {
       throw new PatchException(PatchException.Reason.IO,
           "cannot read model " + base + ": No such file or directory");
     }
-    byte[] patchBytes = readPatch(patch);
+    byte[] patchBytes;
+    try {
+      patchBytes = Envelope.read(patch, Files.size(base), options.maxPatchBytes);
+    } catch (IOException e) {
+      throw io("cannot read model " + base + ": " + e.getMessage(), e);
+    }
     Path lock = Paths.get((options.state != null ? options.state : target).toString() + ".lock");
     try (FileChannel lockChannel = FileChannel.open(lock, StandardOpenOption.CREATE,
         StandardOpenOption.WRITE)) {
       FileLock held = acquire(lockChannel, lock, options);
       try {
-        return applyLocked(base, target, patchBytes, options);
+        return applyLocked(base, target, patchBytes, options).header;
       } finally {
         held.release();
       }
@@ -125,7 +167,7 @@ public final class PatchApplier {
     }
   }
 
-  private static Header applyLocked(Path base, Path target, byte[] patchBytes, Options options)
+  private static Applied applyLocked(Path base, Path target, byte[] patchBytes, Options options)
       throws PatchException, IOException {
     try (FileChannel model = FileChannel.open(base, StandardOpenOption.READ)) {
       ModelBytes bytes = ModelBytes.of(model);
@@ -137,11 +179,11 @@ public final class PatchApplier {
         return digest[0];
       };
       DeviceState states = options.state != null ? new DeviceState(options.state) : null;
-      DeviceState.Entry state = states != null ? states.load(modelDigest, options.initialRound)
-          : null;
+      DeviceState.Entry state = states != null ? states.load(modelDigest, options.initialRound,
+          options.publicKey != null ? options.publicKey.raw() : null) : null;
       Path tmp = AtomicFiles.temporary(target);
       try {
-        Header header;
+        Applied header;
         try (FileChannel output = FileChannel.open(tmp, StandardOpenOption.WRITE)) {
           header = apply(bytes, modelDigest, patchBytes, options, state,
               (data, length) -> {
@@ -153,7 +195,7 @@ public final class PatchApplier {
           output.force(true);
         }
         if (states != null) {
-          states.prepare(header.round, header.resultSha256);
+          states.prepare(header.next);
         }
         AtomicFiles.replace(tmp, target);
         if (states != null) {
@@ -199,23 +241,6 @@ public final class PatchApplier {
     }
   }
 
-  /** A patch file's bytes, refusing one longer than the format can describe. */
-  static byte[] readPatch(Path path) throws PatchException {
-    try {
-      long size = Files.size(path);
-      if (size > Format.MAX_PATCH_SIZE || size > Integer.MAX_VALUE - 8) {
-        throw new PatchException(PatchException.Reason.FORMAT,
-            "patch " + path + " is " + size + " bytes, more than a patch can be");
-      }
-      return Files.readAllBytes(path);
-    } catch (NoSuchFileException e) {
-      throw new PatchException(PatchException.Reason.IO,
-          "cannot read patch " + path + ": No such file or directory");
-    } catch (IOException e) {
-      throw io("cannot read patch " + path + ": " + e.getMessage(), e);
-    }
-  }
-
   static byte[] sha256(ModelBytes model) throws IOException {
     MessageDigest sha = Digests.sha256();
     byte[] chunk = new byte[(int) Math.min(CHUNK, Math.max(1, model.size()))];
@@ -227,62 +252,140 @@ public final class PatchApplier {
     return sha.digest();
   }
 
+  /** What an apply did: the header, whether a signature was checked, the device's next state. */
+  static final class Applied {
+    final Header header;
+    final boolean verified;
+    final DeviceState.Entry next;
+
+    Applied(Header header, boolean verified, DeviceState.Entry next) {
+      this.header = header;
+      this.verified = verified;
+      this.next = next;
+    }
+  }
+
+  private static PatchException refuse(PatchException.Reason reason, String message) {
+    return new PatchException(reason, message);
+  }
+
+  /** The key signatures are checked with: the state's (rotations change it), else the caller's. */
+  static byte[] trustedKey(Options options, DeviceState.Entry state) throws PatchException {
+    byte[] key = options.publicKey != null ? options.publicKey.raw() : null;
+    if (state != null && state.key != null) {
+      if (key != null && !Digests.equal(key, state.key)) {
+        boolean retired = state.isRetired(Format.keyId(key));
+        throw refuse(PatchException.Reason.SIGNATURE, "the given public key (key id "
+            + Format.hex(Format.keyId(key), 8) + ") " + (retired
+            ? "was retired by a key rotation" : "is not the one this device trusts")
+            + "; the device state trusts key id " + Format.hex(Format.keyId(state.key), 8));
+      }
+      key = state.key;
+    }
+    if (key == null && !options.allowUnsigned) {
+      throw refuse(PatchException.Reason.SIGNATURE, "no public key: give the device's key "
+          + "(--public_key), or accept unsigned patches explicitly (--allow_unsigned)");
+    }
+    return key;
+  }
+
   /**
    * Verifies `patch` against the model and writes the result to `sink`; the
    * result's hash is checked after the last write (the caller then discards
    * what it received).
    */
-  static Header apply(ModelBytes base, DeviceState.Digest digest, byte[] patch, Options options,
+  static Applied apply(ModelBytes base, DeviceState.Digest digest, byte[] patch, Options options,
       DeviceState.Entry state, Sink sink) throws PatchException, IOException {
     Header header = Envelope.open(patch);
-    if (options.publicKey != null) {
+    byte[] key = trustedKey(options, state);
+    if (key != null) {
       if (!header.signed) {
-        throw new PatchException(PatchException.Reason.SIGNATURE,
+        throw refuse(PatchException.Reason.SIGNATURE,
             "patch is not signed, but a public key was given");
       }
-      byte[] signature = java.util.Arrays.copyOfRange(patch, header.bodyEnd(),
-          header.bodyEnd() + Format.SIGNATURE_SIZE);
+      if (!Digests.equal(header.keyId, Format.keyId(key))) {
+        boolean retired = state != null && state.isRetired(header.keyId);
+        throw refuse(PatchException.Reason.SIGNATURE, "patch is signed by "
+            + (retired ? "a retired" : "another") + " key (key id " + Format.hex(header.keyId, 8)
+            + "; this device trusts " + Format.hex(Format.keyId(key), 8) + ")");
+      }
+      byte[] signature = java.util.Arrays.copyOfRange(patch, Format.HEADER_SIZE,
+          Format.HEADER_SIZE + Format.SIGNATURE_SIZE);
       boolean valid;
       try {
-        valid = options.verifier.verify(options.publicKey.raw(), patch, 0, header.bodyEnd(),
-            signature);
+        valid = options.verifier.verify(key, header.bytes, 0, Format.HEADER_SIZE, signature);
       } catch (GeneralSecurityException e) {
-        throw new PatchException(PatchException.Reason.SIGNATURE,
-            "cannot check the signature on this platform (" + e.getMessage() + "); plug in an "
-            + "Ed25519Verifier");
+        throw refuse(PatchException.Reason.SIGNATURE, "cannot check the signature on this "
+            + "platform (" + e.getMessage() + "); plug in an Ed25519Verifier");
       }
       if (!valid) {
-        throw new PatchException(PatchException.Reason.SIGNATURE,
+        throw refuse(PatchException.Reason.SIGNATURE,
             "patch signature is not valid for this public key");
       }
+    }
+    long lastRelease = state != null ? state.releaseTime : 0;
+    if (Long.compareUnsigned(header.releaseTime, lastRelease) < 0) {
+      throw refuse(PatchException.Reason.STALE, "patch was released at "
+          + Long.toUnsignedString(header.releaseTime) + ", before the last update this device "
+          + "applied (" + Long.toUnsignedString(lastRelease) + "): an older patch cannot "
+          + "stand in for a newer one");
+    }
+    if (header.expires != 0) {
+      long now = options.clock();
+      long known = Long.compareUnsigned(now, lastRelease) > 0 ? now : lastRelease;
+      if (Long.compareUnsigned(header.expires, header.releaseTime) <= 0) {
+        throw refuse(PatchException.Reason.STALE, "patch expires before it is released");
+      }
+      if (Long.compareUnsigned(header.expires, known) <= 0) {
+        throw refuse(PatchException.Reason.STALE, "patch expired at "
+            + Long.toUnsignedString(header.expires) + " (the device's time is "
+            + Long.toUnsignedString(known) + "): ask the server for a fresh update");
+      }
+    }
+    if (header.round > Format.MAX_ROUND) {
+      throw refuse(PatchException.Reason.ROUND, "patch is for round " + header.round
+          + ", which is reserved (rounds go up to " + Format.MAX_ROUND + ")");
     }
     byte[] modelSha = digest.get();
     if (Digests.equal(modelSha, header.resultSha256)
         && !Digests.equal(modelSha, header.baseSha256)) {
-      throw new PatchException(PatchException.Reason.ALREADY_APPLIED,
+      throw refuse(PatchException.Reason.ALREADY_APPLIED,
           "patch is already applied: the model is its result");
     }
     if (state != null) {
-      if (header.round <= state.round) {
-        throw new PatchException(PatchException.Reason.ROUND, "patch is for round "
+      if (header.round < state.round || (header.round == state.round && !header.keepsModel())) {
+        throw refuse(PatchException.Reason.ROUND, "patch is for round "
             + header.round + " but the device is at round " + state.round
             + " (replayed or downgraded)");
       }
+      if (key == null && header.round - state.round > options.maxRoundJump) {
+        throw refuse(PatchException.Reason.ROUND, "patch jumps from round " + state.round
+            + " to " + header.round + ", more than the " + options.maxRoundJump
+            + " rounds an unsigned patch may advance a device");
+      }
       if (!Digests.equal(state.sha256, modelSha)) {
-        throw new PatchException(PatchException.Reason.STATE, "the device state describes "
+        throw refuse(PatchException.Reason.STATE, "the device state describes "
             + "another model (sha256 " + Format.hex(state.sha256, 8) + "..., this model "
             + Format.hex(modelSha, 8) + "...): the model was replaced outside the updater");
       }
     }
     if (base.size() != header.baseSize || !Digests.equal(modelSha, header.baseSha256)) {
-      throw new PatchException(PatchException.Reason.BASE, "patch is for another model "
+      throw refuse(PatchException.Reason.BASE, "patch is for another model "
           + "(base sha256 " + Format.hex(header.baseSha256, 8) + "..., this model "
           + Format.hex(modelSha, 8) + "...)");
     }
     boolean allowWhole = options.wholeFile == WholeFile.ALWAYS
-        || (options.wholeFile == WholeFile.SIGNED && options.publicKey != null);
+        || (options.wholeFile == WholeFile.SIGNED && key != null);
     List<Records.Record> records = Records.parse(patch, header, () -> Regions.of(base),
-        allowWhole);
+        allowWhole, key != null && state != null);
+    byte[] nextKey = null;
+    if (!records.isEmpty() && records.get(0).kind == Format.KIND_ROTATION) {
+      nextKey = records.remove(0).nextKey;
+      if (Digests.equal(nextKey, key)) {
+        throw refuse(PatchException.Reason.SIGNATURE,
+            "the key rotation names the key that signed it");
+      }
+    }
     MessageDigest result = Digests.sha256();
     if (!records.isEmpty() && records.get(0).kind == Format.KIND_WHOLE_FILE) {
       Records.Record whole = records.get(0);
@@ -297,10 +400,31 @@ public final class PatchApplier {
       write(base, patch, records, result, sink);
     }
     if (!Digests.equal(result.digest(), header.resultSha256)) {
-      throw new PatchException(PatchException.Reason.RESULT,
+      throw refuse(PatchException.Reason.RESULT,
           "patched model does not match the patch's result hash; nothing written");
     }
-    return header;
+    header.verified = key != null;
+    return new Applied(header, key != null, nextState(header, state, key, nextKey));
+  }
+
+  private static DeviceState.Entry nextState(Header header, DeviceState.Entry state, byte[] key,
+      byte[] nextKey) {
+    long last = state != null ? state.releaseTime : 0;
+    java.util.List<byte[]> retired = new java.util.ArrayList<byte[]>();
+    if (state != null) {
+      retired.addAll(state.retired);
+    }
+    byte[] trusted = key;
+    if (nextKey != null) {
+      retired.add(Format.keyId(key));
+      while (retired.size() > DeviceState.MAX_RETIRED) {
+        retired.remove(0);
+      }
+      trusted = nextKey;
+    }
+    return new DeviceState.Entry(header.round, header.resultSha256,
+        Long.compareUnsigned(header.releaseTime, last) > 0 ? header.releaseTime : last, trusted,
+        retired);
   }
 
   /** One sweep over the base: records are sorted, aligned and never overlap. */

@@ -19,6 +19,8 @@ public final class PatchException extends Exception {
     KEY,
     /** Not for a newer round than the device's: replayed or downgraded. */
     ROUND,
+    /** Released before the last update applied, or expired. */
+    STALE,
     /** The model is not the patch's base. */
     BASE,
     /** The model already is the patch's result. */

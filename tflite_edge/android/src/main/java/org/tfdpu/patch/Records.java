@@ -32,6 +32,7 @@ final class Records {
     long positionBytes;
     int valuesAt;
     long valueBytes;
+    byte[] nextKey;
 
     long span() {
       return count * size;
@@ -45,8 +46,8 @@ final class Records {
   }
 
   static List<Record> parse(byte[] patch, Header header, RegionSource regions,
-      boolean allowWholeFile) throws PatchException, IOException {
-    int at = Format.HEADER_SIZE;
+      boolean allowWholeFile, boolean allowRotation) throws PatchException, IOException {
+    int at = header.bodyStart();
     int end = header.bodyEnd();
     List<Record> records = new ArrayList<Record>();
     Map<Long, Regions.Region> known = null;   // a whole-file patch needs none
@@ -59,6 +60,8 @@ final class Records {
       Record record;
       if (kind == Format.KIND_WHOLE_FILE) {
         record = wholeFile(patch, at, end, header, allowWholeFile);
+      } else if (kind == Format.KIND_ROTATION) {
+        record = rotation(patch, at, end, allowRotation, records.isEmpty());
       } else if (kind == Format.KIND_ELEMENTS) {
         if (known == null) {
           known = regions.get();
@@ -73,6 +76,7 @@ final class Records {
       previousEnd = record.offset + record.span();
       records.add(record);
       at = record.kind == Format.KIND_WHOLE_FILE ? end
+          : record.kind == Format.KIND_ROTATION ? at + Format.ROTATION_HEADER
           : (int) (record.valuesAt + record.valueBytes);
     }
     if (at != end) {
@@ -81,6 +85,10 @@ final class Records {
     boolean whole = !records.isEmpty() && records.get(0).kind == Format.KIND_WHOLE_FILE;
     if (!whole && header.baseSize != header.resultSize) {
       throw bad("patch changes the file size; only a whole-file update may");
+    }
+    if (records.size() == 1 && records.get(0).kind == Format.KIND_ROTATION
+        && !header.keepsModel()) {
+      throw bad("a patch that only rotates the key must leave the model as it is");
     }
     for (Record record : records) {
       if (record.kind == Format.KIND_ELEMENTS) {
@@ -92,6 +100,37 @@ final class Records {
       }
     }
     return records;
+  }
+
+  private static Record rotation(byte[] patch, int at, int end, boolean allowed, boolean first)
+      throws PatchException {
+    if (!allowed) {
+      throw new PatchException(PatchException.Reason.SIGNATURE, "patch rotates the signing "
+          + "key, which only a signed patch verified with the device's key, on a device that "
+          + "keeps a state, may do");
+    }
+    if (!first) {
+      throw bad("a key rotation record must be the patch's first record");
+    }
+    if (at + Format.ROTATION_HEADER > end) {
+      throw bad("patch body ends inside a record header");
+    }
+    for (int i = 1; i < 8; i++) {
+      if (patch[at + i] != 0) {
+        throw bad("record has non-zero reserved bytes");
+      }
+    }
+    byte[] next = java.util.Arrays.copyOfRange(patch, at + 8, at + Format.ROTATION_HEADER);
+    try {
+      PatchKey.of(next);
+    } catch (PatchException e) {
+      throw new PatchException(PatchException.Reason.KEY,
+          "the rotation's next key is refused: " + e.getMessage());
+    }
+    Record record = new Record();
+    record.kind = Format.KIND_ROTATION;
+    record.nextKey = next;
+    return record;
   }
 
   private static Record wholeFile(byte[] patch, int at, int end, Header header, boolean allowed)
