@@ -184,6 +184,13 @@ def cases() -> List[Hostile]:
         elements(INT8, 0, 0, 0, 0, kernel.buffer, kernel.offset, kernel.count, 1, b"\x00",
                  b"\x7f"), 2 ** 32 - 1, "records in a", "malformed record",
         _written(base, kernel.offset, b"\x7f"))
+    # 12b. A delta value code equal to its limit: 256 for int8, coded with
+    # k = 9 (a zero, then 256 in nine bits), so that no applier's early
+    # quotient check catches it and the final bound must.
+    add("a delta value code equal to its limit",
+        elements(INT8, 0, 0, 1, 9, kernel.buffer, kernel.offset, kernel.count, 1, b"\x00",
+                 b"\x00\x02"), 1, "(256) is out of range", "malformed record",
+        _written(base, kernel.offset, bytes([(base[kernel.offset] + 256) % 256])))
     # 13. A signed patch with a malformed body still gets to the record checks.
     add("signed, over the root table",
         elements(3, 0, 0, 0, 0, kernel.buffer, 16, 8, 1, b"\x00", b"\x00"), 1,

@@ -55,8 +55,8 @@ class Policy:
         key is known; never the default.
       whole_file: `signed`, `always` or `never` (WHOLE_FILE_POLICIES).
       now: seconds since 1970 from a trusted clock; None for the system
-        clock, 0 for a device without one (expiry is then judged against the
-        last release time the device applied).
+        clock, 0 for a device without one (no expiry is checked then; release
+        times still never go back).
       max_round_jump: on a device without a key, the most rounds one patch
         may advance it.
       max_patch_bytes: the largest whole-file update (and so patch) accepted.
@@ -172,10 +172,10 @@ def verify(base: Union[bytes, Source], envelope: Envelope, policy: Optional[Poli
 
 
 def check_fresh(header: patch_format.Header, last_release: int, now: int) -> None:
-    """No older release than the last one applied; nothing expired by the best clock known.
+    """No older release than the last one applied; nothing expired by the device's clock.
 
-    A device without a clock (`now` = 0) still knows that time has passed the
-    last release it applied, so an update that expired before then is refused.
+    A device without a clock (`now` = 0) checks no expiry: it still refuses
+    any release older than the last one it applied.
     """
     if header.release_time < last_release:
         raise PatchError(f"patch was released at {header.release_time}, before the last "
@@ -184,9 +184,9 @@ def check_fresh(header: patch_format.Header, last_release: int, now: int) -> Non
     if header.expires:
         if header.expires <= header.release_time:
             raise PatchError("patch expires before it is released")
-        if header.expires <= max(now, last_release):
+        if now and header.expires <= now:
             raise PatchError(f"patch expired at {header.expires} (the device's time is "
-                             f"{max(now, last_release)}): ask the server for a fresh update")
+                             f"{now}): ask the server for a fresh update")
 
 
 def check_round(header: patch_format.Header, device_round: int,

@@ -58,7 +58,10 @@ def _parse(program: str, define: Callable[[flags.FlagValues], None],
     flags.DEFINE_bool("verbose", False, "show what TensorFlow Lite prints natively",
                       flag_values=values)
     flags.DEFINE_bool("help", False, "show this help", flag_values=values)
-    positional = values(argv)[1:]
+    try:
+        positional = values(argv)[1:]
+    except ValueError as e:   # absl raises it bare for --noflag=value
+        raise PatchError(str(e)) from None
     native_output.set_verbose(values["verbose"].value)
     return values, positional
 

@@ -18,7 +18,7 @@ It is also the device's trust store, as TUF's stored root metadata is: the
 public key the device trusts (recorded at the first keyed update, replaced
 only by a key rotation that the old key signed), the ids of retired keys,
 and the release time of the last update applied (an older patch is refused,
-and a device without a clock takes it as the least "now" it can be sure of).
+clock or no clock).
 
 File format (ASCII JSON, one flat object): `{"round": r, "sha256": hex,
 "release_time": t, "key": hex, "retired": [id, ...], "pending": {...}}`;

@@ -656,7 +656,7 @@ static dpu_status open_patch(dpu_applier *a, const dpu_io *io, const dpu_trust *
   uint8_t signature[DPU_SIGNATURE_SIZE];
   uint8_t digest[32];
   dpu_sha256 body;
-  uint64_t declared, base_size, result_size, now;
+  uint64_t declared, base_size, result_size;
   uint32_t flags, at, jump, keeps;
   dpu_status s;
   unsigned i;
@@ -733,10 +733,10 @@ static dpu_status open_patch(dpu_applier *a, const dpu_io *io, const dpu_trust *
   } else if (!(options & DPU_ALLOW_UNSIGNED)) {
     return DPU_ERR_NO_KEY;
   }
-  /* fresh: never older than the last update, not expired by the best time known */
+  /* fresh: never older than the last update, not expired by the device's clock */
   if (a->info.release_time < trust->release_time) return DPU_ERR_STALE;
-  now = trust->now > trust->release_time ? trust->now : trust->release_time;
-  if (a->info.expires && (a->info.expires <= a->info.release_time || a->info.expires <= now))
+  if (a->info.expires && (a->info.expires <= a->info.release_time ||
+                          (trust->now && a->info.expires <= trust->now)))
     return DPU_ERR_EXPIRED;
   /* newer, below the reserved round, and without a key not too far ahead */
   keeps = base_size == result_size && memcmp(a->info.base_sha256, a->info.result_sha256, 32) == 0;

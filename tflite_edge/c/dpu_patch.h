@@ -195,7 +195,7 @@ typedef struct {
  * Applies the patch to the base model, writing the result through io->write_out.
  * trust: the device's round, last release time, clock and key. A patch must be
  * signed by trust->public_key (its key id and signature), released no earlier
- * than trust->release_time, unexpired at max(now, release_time), for a round
+ * than trust->release_time, unexpired by trust->now when it is set, for a round
  * above trust->round (or equal, for a patch that leaves the model as it is: a
  * key rotation) and below 2^32 - 1; without a key, within max_round_jump.
  * options: DPU_ALLOW_WHOLE_FILE to accept whole-file updates (whose result may

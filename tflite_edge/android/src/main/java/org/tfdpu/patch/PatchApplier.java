@@ -65,8 +65,8 @@ public final class PatchApplier {
 
     /**
      * Seconds since 1970 from a trusted clock; null (the default) for the
-     * system clock, 0 for a device without one (expiry is then judged against
-     * the last release time applied).
+     * system clock, 0 for a device without one (no expiry is checked then;
+     * release times still never go back).
      */
     public Options now(Long seconds) {
       this.now = seconds;
@@ -332,14 +332,13 @@ public final class PatchApplier {
     }
     if (header.expires != 0) {
       long now = options.clock();
-      long known = Long.compareUnsigned(now, lastRelease) > 0 ? now : lastRelease;
       if (Long.compareUnsigned(header.expires, header.releaseTime) <= 0) {
         throw refuse(PatchException.Reason.STALE, "patch expires before it is released");
       }
-      if (Long.compareUnsigned(header.expires, known) <= 0) {
+      if (now != 0 && Long.compareUnsigned(header.expires, now) <= 0) {
         throw refuse(PatchException.Reason.STALE, "patch expired at "
             + Long.toUnsignedString(header.expires) + " (the device's time is "
-            + Long.toUnsignedString(known) + "): ask the server for a fresh update");
+            + Long.toUnsignedString(now) + "): ask the server for a fresh update");
       }
     }
     if (header.round > Format.MAX_ROUND) {
