@@ -483,3 +483,99 @@ def test_the_c_library_verifies_the_header_it_read_once(tmp_path, keys, files):
     assert accepted == 0 and refused >= 8, line
     assert line.startswith(f"39 inputs: {39 - refused} accepted, 0 refused at the result hash, "
                            "0 refused"), line
+
+
+def test_a_malleable_signature_is_invalid_in_all_three(tmp_path, keys, files, c_signed_applier,
+                                                       jar):
+    """S + L in place of S: refused as an invalid signature (not a platform failure)."""
+    a, a_pub = keys["A"]
+    patch = bytearray(create_patch(files[0], files[1], 1, a))
+    at = patch_format.HEADER.size + 32
+    order = 2 ** 252 + 27742317777372353535851937790883648493
+    s = int.from_bytes(patch[at:at + 32], "little") + order
+    assert s < 2 ** 256
+    patch[at:at + 32] = s.to_bytes(32, "little")
+    patch[-32:] = hashlib.sha256(bytes(patch[:-32])).digest()
+    m, p, o = tmp_path / "m.tflite", tmp_path / "p", tmp_path / "o.tflite"
+    m.write_bytes(files[0])
+    p.write_bytes(bytes(patch))
+    for proc in (_py("apply", f"--base={m}", f"--patch={p}", f"--out={o}", "--no_state",
+                     f"--public_key={a_pub}"),
+                 _c(c_signed_applier, "--public_key", a_pub, m, p, o),
+                 run_jar(jar, "apply", f"--base={m}", f"--patch={p}", f"--out={o}", "--no_state",
+                         f"--public_key={a_pub}")):
+        assert proc.returncode == 2 and "signature is not valid" in proc.stderr, proc.stderr
+    assert not o.exists()
+
+
+def test_the_command_line_release_expiry_rotation_and_limits(tmp_path, keys, files):
+    """create --release_time/--expires_in, rotate --next_public_key, apply's limits."""
+    (a, a_pub), (b, b_pub) = keys["A"], keys["B"]
+    m = tmp_path / "m.tflite"
+    for r in (0, 1):
+        (tmp_path / f"f{r}.tflite").write_bytes(files[r])
+    m.write_bytes(files[0])
+    made = _py("create", f"--base={tmp_path}/f0.tflite", f"--target={tmp_path}/f1.tflite",
+               f"--out={tmp_path}/p", "--round=1", f"--sign_key={tmp_path}/A.pem",
+               f"--release_time={T0}", "--expires_in=600")
+    assert made.returncode == 0, made.stderr
+    header = patch_format.decode((tmp_path / "p").read_bytes()).header
+    assert (header.release_time, header.expires, header.key_id) == (T0, T0 + 600, a.key_id)
+    shown = _py("inspect", f"--patch={tmp_path}/p").stdout
+    assert f"released {T0}, expires {T0 + 600}" in shown
+    late = _py("apply", f"--base={m}", f"--patch={tmp_path}/p", f"--public_key={a_pub}",
+               "--initial_round=0", f"--now={T0 + 600}")
+    assert late.returncode == 2 and "expired" in late.stderr
+    rotated = _py("rotate", f"--base={m}", "--round=0", f"--sign_key={tmp_path}/A.pem",
+                  f"--next_public_key={b_pub}", f"--out={tmp_path}/r", f"--release_time={T0}")
+    assert rotated.returncode == 0 and b.key_id.hex() in rotated.stdout, rotated.stderr
+    assert _py("apply", f"--base={m}", f"--patch={tmp_path}/r", f"--public_key={a_pub}",
+               "--initial_round=0").returncode == 0
+    assert json.loads((tmp_path / "m.tflite.state").read_text())["key"] == b.public_key.hex()
+    jump = tmp_path / "j"
+    jump.write_bytes(create_patch(files[0], files[1], 17))
+    for limit, code in (("16", 2), ("17", 0)):
+        proc = _py("apply", f"--base={m}", f"--patch={jump}", f"--out={tmp_path}/o",
+                   f"--state={tmp_path}/fresh.state", "--initial_round=0", "--allow_unsigned",
+                   f"--max_round_jump={limit}")
+        assert proc.returncode == code, (limit, proc.stderr)
+        if os.path.exists(tmp_path / "fresh.state"):
+            os.unlink(tmp_path / "fresh.state")
+    tiny = _py("apply", f"--base={m}", f"--patch={jump}", f"--out={tmp_path}/o2", "--no_state",
+               "--allow_unsigned", "--max_patch_bytes=100")
+    assert tiny.returncode == 2 and "larger than this device accepts" in tiny.stderr
+
+
+def test_a_body_that_is_not_the_hashed_one_is_refused_by_all_three(tmp_path, files,
+                                                                   c_signed_applier, jar):
+    """The trailer resealed over a wrong body hash: the header's hash still binds the body."""
+    patch = bytearray(create_patch(files[0], files[1], 1))
+    patch[124] ^= 1
+    patch[-32:] = hashlib.sha256(bytes(patch[:-32])).digest()
+    m, p, o = tmp_path / "m.tflite", tmp_path / "p", tmp_path / "o.tflite"
+    m.write_bytes(files[0])
+    p.write_bytes(bytes(patch))
+    for proc in (_py("apply", f"--base={m}", f"--patch={p}", f"--out={o}", "--no_state",
+                     "--allow_unsigned"),
+                 _c(c_signed_applier, "--allow_unsigned", m, p, o),
+                 run_jar(jar, "apply", f"--base={m}", f"--patch={p}", f"--out={o}", "--no_state",
+                         "--allow_unsigned")):
+        assert proc.returncode == 2 and "body does not match" in proc.stderr, proc.stderr
+    assert not o.exists()
+
+
+def test_the_reserved_round_is_refused_even_signed(tmp_path, keys, files, c_signed_applier,
+                                                   jar):
+    a, a_pub = keys["A"]
+    m, p, o = tmp_path / "m.tflite", tmp_path / "p", tmp_path / "o.tflite"
+    m.write_bytes(files[0])
+    for round_, code in ((2 ** 32 - 1, 2), (2 ** 32 - 2, 0)):
+        p.write_bytes(hostile.seal(files[0], b"", 0, signer=a, round_=round_, release_time=T0))
+        for run in (lambda: _py("apply", f"--base={m}", f"--patch={p}", f"--out={o}",
+                                "--no_state", f"--public_key={a_pub}"),
+                    lambda: _c(c_signed_applier, "--public_key", a_pub, m, p, o),
+                    lambda: run_jar(jar, "apply", f"--base={m}", f"--patch={p}", f"--out={o}",
+                                    "--no_state", f"--public_key={a_pub}")):
+            proc = run()
+            assert proc.returncode == code, (round_, proc.stderr)
+            assert code == 0 or re.search("reserved|not newer", proc.stderr), proc.stderr

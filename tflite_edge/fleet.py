@@ -300,11 +300,12 @@ def _define(values: flags.FlagValues) -> None:
 
 
 def _releases(values) -> Releases:
-    signer = None
-    if values["sign_key"].value:
-        from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
-        signer = load_signer(values["sign_key"].value)
-    return Releases(values["run_dir"].value, signer)
+    if not values["sign_key"].present:
+        print("warning: no --sign_key: the patches built here are unsigned, and devices "
+              "refuse them unless they run with --allow_unsigned", file=sys.stderr)
+        return Releases(values["run_dir"].value, None)
+    from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
+    return Releases(values["run_dir"].value, load_signer(values["sign_key"].value or ""))
 
 
 def _plan(values) -> None:
