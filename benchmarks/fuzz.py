@@ -241,10 +241,11 @@ class Setting:
     release_time: int = 1000   # of the last update it applied
     now: int = 0         # its clock (0: none)
     key: bytes = b""     # the key, when keyed
+    unsigned_ok: bool = True   # keyless: opted in to unsigned patches (else nothing applies)
 
     def policy(self) -> Policy:
-        return Policy(self.key if self.keyed else None, not self.keyed, self.whole_file,
-                      self.now)
+        return Policy(self.key if self.keyed else None, not self.keyed and self.unsigned_ok,
+                      self.whole_file, self.now)
 
     def state(self, base: bytes) -> DeviceState:
         return DeviceState(self.round, hashlib.sha256(base).digest(), self.release_time,
@@ -252,11 +253,12 @@ class Setting:
 
     def options(self) -> int:
         whole = self.whole_file == "always" or (self.whole_file == "signed" and self.keyed)
-        return (1 if whole else 0) | (0 if self.keyed else 2)
+        return (1 if whole else 0) | (2 if not self.keyed and self.unsigned_ok else 0)
 
 
 SETTINGS = (Setting(True, "signed"), Setting(False, "always", now=2_000_000_000),
-            Setting(False, "never", round=2), Setting(True, "never", now=1_790_000_500))
+            Setting(False, "never", round=2), Setting(True, "never", now=1_790_000_500),
+            Setting(False, "always", unsigned_ok=False))
 
 
 def decoded_result(base: bytes, patch: bytes, device: Setting) -> Optional[bytes]:

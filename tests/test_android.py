@@ -207,7 +207,7 @@ def test_two_jvms_applying_at_once_never_both_succeed(jar, tmp_path):
 def test_three_appliers_agree_on_mutated_patches(jar, tmp_path):
     """A few thousand structure-aware mutations: same verdicts, same files (by hash)."""
     from benchmarks import fuzz  # pylint: disable=import-outside-toplevel
-    judged = fuzz.generate(str(tmp_path), 4500, seed=13, batch_size=1500)
+    judged = fuzz.generate(str(tmp_path), 4500, seed=13, batch_size=900)   # every setting
     c_line, _ = fuzz.run_batches([build_c("dpu_batch", tmp_path)], judged["files"])
     java_line, _ = fuzz.run_batches(["java", "-jar", jar, "batch"], judged["files"])
     counts = judged["verdicts"]

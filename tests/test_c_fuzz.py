@@ -61,10 +61,10 @@ def test_c_applier_agrees_with_the_python_one_on_mutated_patches(tmp_path):
     one: the same accepted files, the same bodies written, the same refusals.
     """
     from benchmarks import fuzz
-    judged = fuzz.generate(str(tmp_path), 6000, seed=20261125, batch_size=2000)
+    judged = fuzz.generate(str(tmp_path), 6000, seed=20261125, batch_size=1200)   # every setting
     verdicts = judged["verdicts"]
     # the mutations reach every outcome, not just the checksum
-    assert verdicts["accepted"] > 300 and verdicts["refused at the result hash"] > 30
+    assert verdicts["accepted"] > 300 and verdicts["refused at the result hash"] > 15
     batch = build_c("dpu_batch", tmp_path)
     line, _ = fuzz.run_batches([batch], judged["files"])
     assert line.startswith("6000 inputs") and "no disagreement" in line

@@ -41,6 +41,18 @@ def _c(binary, *args):
     return subprocess.run([binary, *map(str, args)], capture_output=True, text=True)
 
 
+def _three(c_binary, jar, m, p, o, *flags):
+    """One apply of `p` to `m` into `o` per applier (no device state), as callables.
+
+    Callables, so that each runs after the caller looked at the one before.
+    """
+    return [lambda: _py("apply", f"--base={m}", f"--patch={p}", f"--out={o}", "--no_state",
+                        *flags),
+            lambda: _c(c_binary, *flags, m, p, o),
+            lambda: run_jar(jar, "apply", f"--base={m}", f"--patch={p}", f"--out={o}",
+                            "--no_state", *flags)]
+
+
 @pytest.fixture()
 def keys(tmp_path):
     """Two key pairs, A and B: (signer, public key path)."""
@@ -179,17 +191,11 @@ def test_no_key_is_refused_unless_unsigned_is_allowed_and_then_reported(
     (tmp_path / "m.tflite").write_bytes(files[0])
     (tmp_path / "p").write_bytes(create_patch(files[0], files[1], 1))
     m, p, o = tmp_path / "m.tflite", tmp_path / "p", tmp_path / "o.tflite"
-    for proc in (_py("apply", f"--base={m}", f"--patch={p}", f"--out={o}", "--no_state"),
-                 _c(c_signed_applier, m, p, o),
-                 run_jar(jar, "apply", f"--base={m}", f"--patch={p}", f"--out={o}",
-                         "--no_state")):
+    for run in _three(c_signed_applier, jar, m, p, o):
+        proc = run()
         assert proc.returncode == 2 and "--allow_unsigned" in proc.stderr, proc.stderr
         assert not o.exists()
-    for run in (lambda: _py("apply", f"--base={m}", f"--patch={p}", f"--out={o}",
-                            "--no_state", "--allow_unsigned"),
-                lambda: _c(c_signed_applier, "--allow_unsigned", m, p, o),
-                lambda: run_jar(jar, "apply", f"--base={m}", f"--patch={p}", f"--out={o}",
-                                "--no_state", "--allow_unsigned")):
+    for run in _three(c_signed_applier, jar, m, p, o, "--allow_unsigned"):
         proc = run()
         assert proc.returncode == 0 and "UNSIGNED" in proc.stdout, proc.stderr
         assert "verified" not in proc.stdout and o.read_bytes() == files[1]
@@ -203,11 +209,8 @@ def test_an_empty_key_option_is_an_error_in_every_applier(tmp_path, files, keys,
     # Signed by an attacker's key: with the key switched off it would go in.
     (tmp_path / "p").write_bytes(create_patch(files[0], files[1], 1, a))
     m, p, o = tmp_path / "m.tflite", tmp_path / "p", tmp_path / "o.tflite"
-    for proc in (_py("apply", f"--base={m}", f"--patch={p}", f"--out={o}", "--no_state",
-                     "--public_key="),
-                 _c(c_signed_applier, "--public_key=", m, p, o),
-                 run_jar(jar, "apply", f"--base={m}", f"--patch={p}", f"--out={o}",
-                         "--no_state", "--public_key=")):
+    for run in _three(c_signed_applier, jar, m, p, o, "--public_key="):
+        proc = run()
         assert proc.returncode == 2 and "empty" in proc.stderr, proc.stderr
         assert not o.exists()
     with pytest.raises(PatchError, match="empty"):
@@ -387,11 +390,8 @@ def test_a_dangling_symlink_output_is_refused_by_all_three(tmp_path, files, c_si
     (tmp_path / "elsewhere").mkdir()
     os.symlink(tmp_path / "elsewhere" / "planted.tflite", tmp_path / "out.tflite")
     out = tmp_path / "out.tflite"
-    for proc in (_py("apply", f"--base={m}", f"--patch={p}", f"--out={out}", "--no_state",
-                     "--allow_unsigned"),
-                 _c(c_signed_applier, "--allow_unsigned", m, p, out),
-                 run_jar(jar, "apply", f"--base={m}", f"--patch={p}", f"--out={out}",
-                         "--no_state", "--allow_unsigned")):
+    for run in _three(c_signed_applier, jar, m, p, out, "--allow_unsigned"):
+        proc = run()
         assert proc.returncode == 2 and "symbolic link to nothing" in proc.stderr, proc.stderr
         assert os.listdir(tmp_path / "elsewhere") == [] and os.path.islink(out)
 
@@ -425,15 +425,17 @@ def test_a_huge_patch_file_costs_its_header_not_its_length(tmp_path, files, jar)
 
 
 def test_a_weight_buffer_also_used_elsewhere_is_not_writable(tmp_path, c_signed_applier, jar):
-    """The kernel's buffer made the Reshape's shape too: no applier may write it."""
+    """The kernel's buffer made the convolution's output too (same int8 type): not writable."""
     from ai_edge_litert import schema_py_generated as schema  # pylint: disable=import-outside-toplevel
     base = bytearray(hostile.tiny_model())
     kernel = writable_regions(bytes(base), len(base))[4]
     model = schema.Model.GetRootAsModel(base, 0)
     graph = model.Subgraphs(0)
-    shape_tensor = next(graph.Tensors(i) for i in range(graph.TensorsLength())
-                        if graph.Tensors(i).Buffer() == 2)
-    at = shape_tensor._tab.Pos + shape_tensor._tab.Offset(8)   # Tensor.buffer
+    conv = graph.Operators(0)
+    assert conv.OutputsLength() == 1
+    output = graph.Tensors(conv.Outputs(0))
+    assert output.Type() == 9 and output.Buffer() != 0     # int8, with a buffer field
+    at = output._tab.Pos + output._tab.Offset(8)            # Tensor.buffer
     struct.pack_into("<I", base, at, kernel.buffer)
     base = bytes(base)
     assert kernel.buffer not in writable_regions(base, len(base))
@@ -499,11 +501,8 @@ def test_a_malleable_signature_is_invalid_in_all_three(tmp_path, keys, files, c_
     m, p, o = tmp_path / "m.tflite", tmp_path / "p", tmp_path / "o.tflite"
     m.write_bytes(files[0])
     p.write_bytes(bytes(patch))
-    for proc in (_py("apply", f"--base={m}", f"--patch={p}", f"--out={o}", "--no_state",
-                     f"--public_key={a_pub}"),
-                 _c(c_signed_applier, "--public_key", a_pub, m, p, o),
-                 run_jar(jar, "apply", f"--base={m}", f"--patch={p}", f"--out={o}", "--no_state",
-                         f"--public_key={a_pub}")):
+    for run in _three(c_signed_applier, jar, m, p, o, f"--public_key={a_pub}"):
+        proc = run()
         assert proc.returncode == 2 and "signature is not valid" in proc.stderr, proc.stderr
     assert not o.exists()
 
@@ -555,11 +554,8 @@ def test_a_body_that_is_not_the_hashed_one_is_refused_by_all_three(tmp_path, fil
     m, p, o = tmp_path / "m.tflite", tmp_path / "p", tmp_path / "o.tflite"
     m.write_bytes(files[0])
     p.write_bytes(bytes(patch))
-    for proc in (_py("apply", f"--base={m}", f"--patch={p}", f"--out={o}", "--no_state",
-                     "--allow_unsigned"),
-                 _c(c_signed_applier, "--allow_unsigned", m, p, o),
-                 run_jar(jar, "apply", f"--base={m}", f"--patch={p}", f"--out={o}", "--no_state",
-                         "--allow_unsigned")):
+    for run in _three(c_signed_applier, jar, m, p, o, "--allow_unsigned"):
+        proc = run()
         assert proc.returncode == 2 and "body does not match" in proc.stderr, proc.stderr
     assert not o.exists()
 
@@ -571,11 +567,7 @@ def test_the_reserved_round_is_refused_even_signed(tmp_path, keys, files, c_sign
     m.write_bytes(files[0])
     for round_, code in ((2 ** 32 - 1, 2), (2 ** 32 - 2, 0)):
         p.write_bytes(hostile.seal(files[0], b"", 0, signer=a, round_=round_, release_time=T0))
-        for run in (lambda: _py("apply", f"--base={m}", f"--patch={p}", f"--out={o}",
-                                "--no_state", f"--public_key={a_pub}"),
-                    lambda: _c(c_signed_applier, "--public_key", a_pub, m, p, o),
-                    lambda: run_jar(jar, "apply", f"--base={m}", f"--patch={p}", f"--out={o}",
-                                    "--no_state", f"--public_key={a_pub}")):
+        for run in _three(c_signed_applier, jar, m, p, o, f"--public_key={a_pub}"):
             proc = run()
             assert proc.returncode == code, (round_, proc.stderr)
             assert code == 0 or re.search("reserved|not newer", proc.stderr), proc.stderr
