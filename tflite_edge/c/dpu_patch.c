@@ -1053,7 +1053,7 @@ const char *dpu_strerror(dpu_status status) {
     case DPU_ERR_ALREADY_APPLIED: return "patch is already applied: the model is its result";
     case DPU_ERR_MALFORMED: return "patch has a malformed record";
     case DPU_ERR_RESULT: return "patched model does not match the patch's result hash";
-    case DPU_ERR_ROUND: return "patch round is not newer than the device's model";
+    case DPU_ERR_ROUND: return "patch round is not newer than the device's model (or is the reserved last round, or too far ahead for an unsigned device)";
     case DPU_ERR_REGION: return "patch writes outside the model's weight and bias buffers";
     case DPU_ERR_MODEL: return "the model is not a valid TFLite flatbuffer";
     case DPU_ERR_WHOLE_FILE: return "patch replaces the whole model, which this device refuses";
