@@ -27,7 +27,7 @@ import numpy as np
 
 from tflite_edge import patch_format
 from tflite_edge import source as sources
-from tflite_edge.device_state import DeviceState, StateFile
+from tflite_edge.device_state import MAX_RETIRED, DeviceState, StateFile
 from tflite_edge.errors import PatchError
 from tflite_edge.model_file import ELEMENT_DTYPES
 from tflite_edge.patch_format import KIND_ROTATION, KIND_WHOLE_FILE, Envelope, Patch, Record
@@ -95,14 +95,14 @@ def trusted_key(policy: Policy, state: Optional[DeviceState]) -> Optional[bytes]
       PatchError: the caller's key is not the one the device state records
         (a retired key, or another), or no key at all without the opt-in.
     """
-    from tflite_edge.patch_format import key_id  # pylint: disable=import-outside-toplevel
     key = policy.public_key
     if state is not None and state.key is not None:
         if key is not None and bytes(key) != state.key:
-            retired = key_id(key) in state.retired
-            raise PatchError(f"the given public key (key id {key_id(key).hex()}) "
-                             f"{'was retired by a key rotation' if retired else 'is not the one this device trusts'}"
-                             f"; the device state trusts key id {key_id(state.key).hex()}")
+            given = patch_format.key_id(key)
+            how = ("was retired by a key rotation" if given in state.retired
+                   else "is not the one this device trusts")
+            raise PatchError(f"the given public key (key id {given.hex()}) {how}; the device "
+                             f"state trusts key id {patch_format.key_id(state.key).hex()}")
         key = state.key
     if key is None and not policy.allow_unsigned:
         raise PatchError("no public key: give the device's key (--public_key), or accept "
@@ -129,7 +129,6 @@ def verify(base: Union[bytes, Source], envelope: Envelope, policy: Optional[Poli
         wrong base, already applied, a malformed record or one outside the
         base's weight buffers, a refused whole-file update or rotation.
     """
-    from tflite_edge.patch_format import key_id  # pylint: disable=import-outside-toplevel
     policy = policy or Policy()
     header = envelope.header
     key = trusted_key(policy, state)
@@ -137,11 +136,11 @@ def verify(base: Union[bytes, Source], envelope: Envelope, policy: Optional[Poli
         from tflite_edge import signing  # pylint: disable=import-outside-toplevel
         if not header.signed:
             raise PatchError("patch is not signed, but a public key was given")
-        if header.key_id != key_id(key):
+        if header.key_id != patch_format.key_id(key):
             retired = state is not None and header.key_id in state.retired
             raise PatchError(f"patch is signed by {'a retired' if retired else 'another'} key "
                              f"(key id {header.key_id.hex()}; this device trusts "
-                             f"{key_id(key).hex()})")
+                             f"{patch_format.key_id(key).hex()})")
         signing.verify(key, envelope.signed_part, envelope.signature)
     check_fresh(header, state.release_time if state else 0, policy.clock())
     if header.round > patch_format.MAX_ROUND:
@@ -208,13 +207,11 @@ def check_round(header: patch_format.Header, device_round: int,
 
 def next_state(patch: Patch, state: Optional[DeviceState], policy: Policy) -> DeviceState:
     """The device's state once `patch` is applied: its round, model, release time and key."""
-    from tflite_edge.patch_format import key_id  # pylint: disable=import-outside-toplevel
-    from tflite_edge.device_state import MAX_RETIRED  # pylint: disable=import-outside-toplevel
     h = patch.header
     key = trusted_key(policy, state)
     retired = state.retired if state else ()
     if patch.next_key is not None:
-        retired = (retired + (key_id(key),))[-MAX_RETIRED:]
+        retired = (retired + (patch_format.key_id(key),))[-MAX_RETIRED:]
         key = patch.next_key
     return DeviceState(h.round, h.result_sha256,
                        max(h.release_time, state.release_time if state else 0),
@@ -463,10 +460,9 @@ def apply_patch_file(base_path: str, patch_path: str, out_path: Optional[str] = 
         applied.append(apply_to(base, envelope, None, state, write, policy=policy))
 
     def before_replace():
+        # Without a state no rotation gets this far: decode_records refuses it.
         if states:
             states.prepare(next_state(applied[0], loaded[0], policy))
-        elif applied[0].next_key is not None:   # unreachable: decode_records refuses it
-            raise PatchError("a key rotation needs a device state to keep the new key")
 
     with exclusive(lock), Source.open(base_path) as base:
         try:
