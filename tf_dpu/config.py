@@ -94,8 +94,10 @@ class RunConfig:
     deterministic: bool = True
     export_tflite: bool = False
     tflite_io: str = "int8"
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
+    # None: the built-in models' 0.9 and 1e-5 (PyTorch's, as the reference);
+    # a model of the user's keeps its own unless --bn_momentum is given.
+    bn_momentum: Optional[float] = None
+    bn_epsilon: Optional[float] = None
     qat: bool = False
     budget_bytes: Optional[int] = None
     target_gap: Optional[float] = None
@@ -113,8 +115,13 @@ class RunConfig:
     strategy: str = "default"
     logical_cpus: int = 0
 
-    def resolved(self) -> "RunConfig":
-        """Returns a validated copy with every automatic choice made explicit."""
+    def resolved(self, own_model: bool = False) -> "RunConfig":
+        """Returns a validated copy with every automatic choice made explicit.
+
+        Args:
+          own_model: the model comes from the Python API rather than `model`,
+            so what depends on its layers waits for `with_model`.
+        """
         self.validate()
         mix = self.contribution_mix
         if self.method in _FIXED_MIX:
@@ -143,9 +150,17 @@ class RunConfig:
         resolved = dataclasses.replace(self, contribution_mix=mix, reinit=reinit,
                                        lr_schedule=schedule, single_step_epochs=single,
                                        iterative_epochs=self.iterative_epochs or self.epochs)
-        if not self.model_file:   # a model file's layers are known once it is loaded
+        if not self.model_file and not own_model:
+            # A built-in model's layers are known now; a user's once it is loaded.
+            resolved = dataclasses.replace(
+                resolved, bn_momentum=0.9 if self.bn_momentum is None else self.bn_momentum,
+                bn_epsilon=1e-5 if self.bn_epsilon is None else self.bn_epsilon)
             resolved = resolved.with_model(self.model in _BATCH_NORM_MODELS
                                            or is_resnet(self.model))
+        elif self.bn_epsilon is not None:
+            raise ConfigError("--bn_epsilon is part of what your model computes; set it in the "
+                              "model's BatchNormalization layers (--bn_momentum, a training "
+                              "setting, does apply to them)")
         return resolved
 
     def with_model(self, has_batch_norm: bool) -> "RunConfig":
@@ -242,9 +257,12 @@ class RunConfig:
         if self.iterative and self.method not in ("dpu", "gcpu", "lcpu"):
             raise ConfigError("--iterative applies to dpu, gcpu and lcpu only")
         _one_of("tflite_io", self.tflite_io, TFLITE_IO)
-        if not 0.0 <= self.bn_momentum < 1.0:
+        if self.tflite_io != "int8" and not self.export_tflite:
+            raise ConfigError(f"--tflite_io={self.tflite_io} sets the int8 file's input and "
+                              "output type; add --export_tflite")
+        if self.bn_momentum is not None and not 0.0 <= self.bn_momentum < 1.0:
             raise ConfigError(f"--bn_momentum must be in [0, 1), got {self.bn_momentum!r}")
-        if not 0.0 < self.bn_epsilon <= 1.0:
+        if self.bn_epsilon is not None and not 0.0 < self.bn_epsilon <= 1.0:
             raise ConfigError(f"--bn_epsilon must be in (0, 1], got {self.bn_epsilon!r}")
         if self.export_tflite and not self.out_dir:
             raise ConfigError("--export_tflite needs --out_dir")

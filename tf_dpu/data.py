@@ -70,7 +70,8 @@ class Dataset:
     Attributes:
       name: the spec it was loaded from.
       x_train, y_train: the pool the rounds draw their growing training set from.
-      x_val, y_val: validation split (checkpoint choice), taken out of the test set.
+      x_val, y_val: validation split (checkpoint choice): an npz file's own
+        `x_val`/`y_val`, or else taken out of the test set.
       x_test, y_test: what results are reported on.
       num_classes: number of label values.
       preprocessing: how raw samples became the inputs (default: they are raw).
@@ -116,7 +117,13 @@ def load_dataset(spec: str, validation_samples: int, seed: int,
     elif spec == "digits":
         x_train, y_train, x_test, y_test, preprocessing = _digits()
     elif spec.startswith("npz:"):
-        x_train, y_train, x_test, y_test, preprocessing = _npz(spec[4:])
+        x_train, y_train, x_test, y_test, preprocessing, own_val = _npz(spec[4:])
+        if own_val is not None:
+            # The file's own validation split: the test set stays whole.
+            num_classes = check_labels(spec, y_train, np.concatenate([own_val[1], y_test]),
+                                       num_classes)
+            return Dataset(spec, x_train, y_train, own_val[0], own_val[1], x_test, y_test,
+                           num_classes, preprocessing)
     else:
         raise DataError(f"unknown data set {spec!r}; use one of {', '.join(DATASETS)}")
     if validation_samples >= len(x_test):
@@ -232,13 +239,22 @@ def _npz(path):
             if missing:
                 raise DataError(f"{path}: missing array(s) {', '.join(missing)} "
                                 "(need x_train, y_train, x_test, y_test)")
-            arrays = [archive[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+            has_val = [k for k in ("x_val", "y_val") if k in archive.files]
+            if len(has_val) == 1:
+                raise DataError(f"{path}: has {has_val[0]} without "
+                                f"{'y_val' if has_val[0] == 'x_val' else 'x_val'}")
+            keys = ["x_train", "y_train", "x_test", "y_test"] + (["x_val", "y_val"] if has_val
+                                                                  else [])
+            arrays = [archive[k] for k in keys]
     except DataError:
         raise
     except Exception as e:  # a corrupt zip, a pickled object array, ...
         raise DataError(f"{path}: not a readable npz file ({type(e).__name__}: {e})") from None
-    x_train, y_train, x_test, y_test = arrays
-    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+    x_train, y_train, x_test, y_test = arrays[:4]
+    splits = [("train", x_train, y_train), ("test", x_test, y_test)]
+    if len(arrays) == 6:
+        splits.append(("val", arrays[4], arrays[5]))
+    for name, x, y in splits:
         if x.dtype.kind not in "uif" or y.dtype.kind not in "ui":
             raise DataError(f"{path}: x_{name} must be numeric and y_{name} integer, "
                             f"got {x.dtype} and {y.dtype}")
@@ -250,23 +266,26 @@ def _npz(path):
                             f"got shapes {x.shape} and {y.shape}")
         if y.min() < 0:
             raise DataError(f"{path}: y_{name} has negative labels")
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise DataError(f"{path}: x_train samples are {x_train.shape[1:]} but x_test "
-                        f"samples are {x_test.shape[1:]}")
+    for name, x, _ in splits[1:]:
+        if x_train.shape[1:] != x.shape[1:]:
+            raise DataError(f"{path}: x_train samples are {x_train.shape[1:]} but x_{name} "
+                            f"samples are {x.shape[1:]}")
     scale = 255.0 if x_train.dtype == np.uint8 else 1.0
-    x_train = x_train.astype(np.float32) / scale
-    x_test = x_test.astype(np.float32) / scale
-    if not (np.isfinite(x_train).all() and np.isfinite(x_test).all()):
+    xs = [x.astype(np.float32) / scale for _, x, _ in splits]
+    if not all(np.isfinite(x).all() for x in xs):
         raise DataError(f"{path}: inputs contain NaN or infinite values")
-    if x_train.ndim == 3:  # grayscale images without a channel axis
-        x_train, x_test = x_train[..., None], x_test[..., None]
+    if xs[0].ndim == 3:  # grayscale images without a channel axis
+        xs = [x[..., None] for x in xs]
     # Standardize per channel (last axis) with training statistics only.
-    axes = tuple(range(x_train.ndim - 1)) if x_train.ndim >= 4 else None
-    mean = x_train.mean(axis=axes)
-    std = np.maximum(x_train.std(axis=axes), 1e-6)
-    return ((x_train - mean) / std, y_train.reshape(-1).astype(np.int32),
-            (x_test - mean) / std, y_test.reshape(-1).astype(np.int32),
-            Preprocessing(1 / scale, mean, std, "uint8" if scale == 255.0 else "float32"))
+    axes = tuple(range(xs[0].ndim - 1)) if xs[0].ndim >= 4 else None
+    mean = xs[0].mean(axis=axes)
+    std = np.maximum(xs[0].std(axis=axes), 1e-6)
+    xs = [(x - mean) / std for x in xs]
+    ys = [y.reshape(-1).astype(np.int32) for _, _, y in splits]
+    own_val = (xs[2], ys[2]) if len(splits) == 3 else None
+    return (xs[0], ys[0], xs[1], ys[1],
+            Preprocessing(1 / scale, mean, std, "uint8" if scale == 255.0 else "float32"),
+            own_val)
 
 
 class RoundSchedule:

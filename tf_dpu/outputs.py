@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -141,8 +141,12 @@ class RunWriter:
         self._round_writer = None   # (round, writer) of the per-epoch curves
 
     def write_round(self, model, weights, rounds: List[Dict], shuffle_state=None,
-                    resume_values: Optional[Dict] = None) -> None:
+                    resume_values: Optional[Dict] = None,
+                    keras3_out: Optional[Callable[[str], object]] = None) -> None:
         """Saves a round's deployed weights and resume state, then the metrics files.
+
+        `keras3_out(folder)`, for a Keras 3 model of the user's, writes the
+        round's `model.keras` once `model` holds the round's weights.
 
         metrics.json is written last: a round counts as finished only once it
         lists the round, so a resumed run never starts from a half-saved one.
@@ -150,6 +154,8 @@ class RunWriter:
         record = rounds[-1]
         folder = round_dir(self.out_dir, record["round"])
         save_weights(model, weights, folder)
+        if keras3_out is not None:
+            keras3_out(folder)
         if shuffle_state is not None:
             save_resume_state(folder, shuffle_state, resume_values or {})
         self.write_metrics(rounds)

@@ -45,10 +45,24 @@ class RunResult:
     deployed: List[np.ndarray]
     w0: List[np.ndarray]
     out_dir: Optional[str]
+    trained: object = dataclasses.field(default=None, repr=False)
+    twin: object = dataclasses.field(default=None, repr=False)
 
     @property
     def table(self) -> str:
         return format_table(self.rounds)
+
+    def keras_model(self):
+        """The deployed model after the last round, in the Keras it was given in.
+
+        A Keras 3 model (given or loaded from a Keras 3 file) comes back as a
+        copy of it in Keras 3; a built-in or `tf_keras` one as `tf_keras`.
+        """
+        self.trained.set_weights(self.deployed)
+        if self.twin is not None:
+            return self.twin.keras3_model(self.trained)
+        from tf_dpu.user_models import copy_model  # pylint: disable=import-outside-toplevel
+        return copy_model(self.trained)
 
 
 def _print(line: str) -> None:
@@ -83,7 +97,7 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
       DpuError: bad settings, data or run folder (one-line message), before
         anything is written.
     """
-    config = config.resolved()
+    config = config.resolved(own_model=model is not None)
     # Everything that can be refused is refused before the first write.
     if data is None:
         data = load_dataset(config.dataset, config.validation_samples, config.seed,
@@ -124,6 +138,8 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
                               f"{config.dataset} samples have shape {data.input_shape}")
         source = ModelSource(config, data.input_shape, data.num_classes, model)
         config = config.with_model(source.has_batch_norm)
+        if model is not None:
+            config = dataclasses.replace(config, model=source.display_name)
         if config.out_dir:
             run_folder.claim(config.out_dir, config.overwrite, keep=shared)
             if shared and config.overwrite:
@@ -276,6 +292,8 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
                                         data.x_train[schedule.indices(0)]))
             if r == 0:
                 _bound_training(export, trainer, config)
+            # Round 0 ships a whole file even when its training lost to w0.
+            record["sent"] = record["sent"] or record["sent_bytes"] > 0
             say(f"round {r}: int8 test {record['tflite_test_accuracy']:.4f}, "
                 f"{record['sent_bytes']} bytes sent (model file {record['tflite_bytes']})")
         rounds.append(record)
@@ -285,16 +303,18 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             f"{'sent' if sent else 'NOT sent (device keeps its model: ' + reason + ')'}"
             f" [{record['seconds']:.1f} s]")
         if writer:
+            keras3_out = None if source.twin is None else (
+                lambda folder: source.twin.save(model, folder))
             writer.write_round(model, deployed, rounds, trainer.shuffle_state, {
                 "deployed_val": deployed_val, "deployed_test": deployed_test,
                 "init_size": init_size, "reported_val": reported.val,
-                "reported_test": reported.test, "memory": memory})
+                "reported_test": reported.test, "memory": memory}, keras3_out)
             if ctx.checkpoints:
                 ctx.checkpoints.clear()
     if writer:
         writer.write_plot(rounds)
         writer.close()
-    return RunResult(config.to_dict(), rounds, deployed, w0, config.out_dir)
+    return RunResult(config.to_dict(), rounds, deployed, w0, config.out_dir, model, source.twin)
 
 
 class Reported:

@@ -29,10 +29,12 @@ _WIDTH = flags.DEFINE_float("width_multiplier", _D.width_multiplier,
                             "MobileNet's alpha: every layer's filters times this",
                             lower_bound=0.0, upper_bound=4.0)
 _BN_MOMENTUM = flags.DEFINE_float(
-    "bn_momentum", _D.bn_momentum, "BatchNorm moving-average momentum (0.9: PyTorch's default "
-    "and the reference's; Keras' is 0.99)", lower_bound=0.0, upper_bound=1.0)
-_BN_EPSILON = flags.DEFINE_float("bn_epsilon", _D.bn_epsilon, "BatchNorm epsilon (1e-5: "
-                                 "PyTorch's default; Keras' is 1e-3)", lower_bound=0.0)
+    "bn_momentum", _D.bn_momentum, "BatchNorm moving-average momentum (default: 0.9, PyTorch's "
+    "and the reference's, for built-in models; a --model file keeps its own unless this is "
+    "given)", lower_bound=0.0, upper_bound=1.0)
+_BN_EPSILON = flags.DEFINE_float("bn_epsilon", _D.bn_epsilon, "BatchNorm epsilon of the built-in "
+                                 "models (default 1e-5: PyTorch's; Keras' is 1e-3); a --model "
+                                 "file's is part of the model and is refused here", lower_bound=0.0)
 _METHOD = flags.DEFINE_enum("method", _D.method, cfg.METHODS, "the update method")
 _INITIALIZER = flags.DEFINE_enum(
     "initializer", _D.initializer, ("glorot", "torch"), "glorot (Keras default) | torch "

@@ -3,8 +3,10 @@
     python -m tf_dpu.train --model=my_model.keras ...
     run(config, model=my_keras_model)            # or a builder: f(input_shape, classes, seed)
 
-The model must be a `tf_keras` (Keras 2) functional or Sequential model with
-one input and one output of logits, built only from `SUPPORTED_LAYERS`, with
+The model is a Keras 3 model (`keras.Model`, or a `.keras` file saved by
+Keras 3), trained through a checked `tf_keras` twin (`tf_dpu.keras3`) and
+given back as Keras 3 each round, or a `tf_keras` (Keras 2) model. Either is
+a functional or Sequential model with one input and one output of logits, built only from `SUPPORTED_LAYERS`, with
 at least one kernel (a trainable weight of rank 2 or more) to update. Every
 violation is one line naming the layer or the shape, before anything is
 trained or written. The run trains a copy; the given model is not modified.
@@ -36,13 +38,15 @@ def load(path: str):
     import os  # pylint: disable=import-outside-toplevel
     if not os.path.isfile(path):
         raise ConfigError(f"--model={path}: no such file")
+    from tf_dpu import keras3  # pylint: disable=import-outside-toplevel
+    if keras3.saved_by_keras3(path):
+        return keras3.load(path)
     import tf_keras as keras  # pylint: disable=import-outside-toplevel
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as e:  # Keras raises anything on a bad file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"--model={path}: not a Keras 2 (tf_keras) model file ({first[:200]})"
-                          ) from None
+        raise ConfigError(f"--model={path}: not a Keras model file ({first[:200]})") from None
 
 
 def _activation_name(layer) -> str:
@@ -61,8 +65,8 @@ def validate(model, input_shape, num_classes: int, name: str = "the model") -> N
     """
     import tf_keras as keras  # pylint: disable=import-outside-toplevel
     if not isinstance(model, keras.Model):
-        raise ConfigError(f"{name} is a {type(model).__name__}, not a Keras (tf_keras) model; "
-                          "import tf_dpu before building it, or set TF_USE_LEGACY_KERAS=1")
+        raise ConfigError(f"{name} is a {type(model).__name__}, not a Keras model (Keras 3 "
+                          "or tf_keras) nor a builder f(input_shape, num_classes, seed)")
     if not getattr(model, "_is_graph_network", False):
         raise ConfigError(f"{name} is a subclassed Keras model; build it with the functional or "
                           "Sequential API (its layers and their connections must be known)")
@@ -126,6 +130,9 @@ class ModelSource:
                               "needs a builder function; a model given as weights has one")
         self.fixed = fixed
         self.name = config.model if config.model_file else "the model"
+        if model is not None and not fixed:
+            _check_builder(model)
+        self.twin = None   # a Keras 3 model's tf_keras twin (see `tf_dpu.keras3`)
         self.model = self.build(config.seed)
         self.has_batch_norm = any(type(l).__name__ == "BatchNormalization"
                                   for l in self.model.layers)
@@ -148,12 +155,48 @@ class ModelSource:
             model = self.given(self.input_shape, self.num_classes, seed)
         else:
             model = self.given
+        from tf_dpu import keras3  # pylint: disable=import-outside-toplevel
+        if keras3.is_keras3(model):
+            twin = keras3.Twin(model, self.name)
+            if seed == config.seed:
+                self.twin = twin
+            model = twin.model
         validate(model, self.input_shape, self.num_classes, self.name)
-        return model if self.given is None and not config.model_file else _renamed(
-            _copy(model) if self.fixed and not config.model_file else model)
+        if self.given is None and not config.model_file:
+            return model
+        model = _renamed(copy_model(model) if self.fixed and not config.model_file else model)
+        if config.bn_momentum is not None:
+            for layer in model.layers:
+                if type(layer).__name__ == "BatchNormalization":
+                    layer.momentum = config.bn_momentum
+        return model
+
+    @property
+    def display_name(self) -> str:
+        """What metrics, the plot and TensorBoard call the model."""
+        if self.given is None:
+            return self.config.model
+        if self.fixed:
+            given = getattr(self.given, "name", "") or "model"
+            # Keras makes names unique per process (model_1, ...): drop that suffix.
+            return given.rstrip("0123456789").rstrip("_") or given
+        return getattr(self.given, "__name__", "builder")
 
 
-def _copy(model):
+def _check_builder(builder) -> None:
+    """Refuses, in one line, a builder that cannot be called as f(input_shape, num_classes, seed)."""
+    import inspect  # pylint: disable=import-outside-toplevel
+    try:
+        inspect.signature(builder).bind((1,), 2, 0)
+    except TypeError as e:
+        raise ConfigError(f"the model builder {getattr(builder, '__name__', builder)!r} must "
+                          f"take (input_shape, num_classes, seed): {e}") from None
+    except ValueError:
+        pass   # no signature to read (a builtin): the call itself will tell
+
+
+def copy_model(model):
+    """A tf_keras model's copy: same architecture and weights."""
     import tf_keras as keras  # pylint: disable=import-outside-toplevel
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())

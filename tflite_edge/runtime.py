@@ -5,8 +5,17 @@ import numpy as np
 from tflite_edge import native_output
 
 
-def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
+def quantize_input(x: np.ndarray, scale: float, zero_point: int,
+                   dtype=np.int8) -> np.ndarray:
+    """Float samples in the integer type the model's input takes (int8, or Coral's uint8).
+
+    Args:
+      x: float samples.
+      scale, zero_point: the input tensor's quantization.
+      dtype: the input tensor's type, `np.int8` or `np.uint8`.
+    """
+    limits = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, limits.min, limits.max).astype(dtype)
 
 
 def logits(model_bytes: bytes, x: np.ndarray, batch: int = 256,
@@ -51,7 +60,8 @@ def logits(model_bytes: bytes, x: np.ndarray, batch: int = 256,
                 # the device.
                 interpreter, batch, resized = fresh(), 1, 1
                 continue
-        interpreter.set_tensor(detail["index"], quantize_input(chunk, scale, zero_point))
+        interpreter.set_tensor(detail["index"],
+                               quantize_input(chunk, scale, zero_point, detail["dtype"]))
         interpreter.invoke()
         outputs.append(interpreter.get_tensor(output["index"]).copy())
         start += len(chunk)
@@ -63,11 +73,12 @@ def micro_logits(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
     from tflite_micro.python.tflite_micro import (  # pylint: disable=import-outside-toplevel
         runtime as micro)
     interpreter = micro.Interpreter.from_bytes(bytes(model_bytes))
-    detail = interpreter.get_input_details(0)["quantization_parameters"]
+    details = interpreter.get_input_details(0)
+    detail, dtype = details["quantization_parameters"], details["dtype"]
     outputs = []
     for sample in x:   # TFLite Micro runs one sample at a time, as a microcontroller does
         interpreter.set_input(quantize_input(sample[None], detail["scales"][0],
-                                             detail["zero_points"][0]), 0)
+                                             detail["zero_points"][0], dtype), 0)
         interpreter.invoke()
         outputs.append(interpreter.get_output(0).copy())
     return np.concatenate(outputs)
