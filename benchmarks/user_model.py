@@ -1,9 +1,17 @@
 """The kind of Keras model a user brings, for the edge benchmark and the tests."""
 
 
-def user_model(input_shape=(28, 28, 1), classes=10, seed=0):
-    """The kind of model a user brings: depthwise-separable with BatchNorm and ReLU6."""
-    import tf_keras as keras  # pylint: disable=import-outside-toplevel
+def user_model(input_shape=(28, 28, 1), classes=10, seed=0, keras_version=2):
+    """The kind of model a user brings: depthwise-separable with BatchNorm and ReLU6.
+
+    Args:
+      input_shape, classes: the data set's.
+      seed: the initializers'.
+      keras_version: 2 for a `tf_keras` model, 3 for a Keras 3 one (the same
+        layers and weights, as `tf.keras` builds it from TensorFlow 2.16 on).
+    """
+    import importlib  # pylint: disable=import-outside-toplevel
+    keras = importlib.import_module({2: "tf_keras", 3: "keras"}[keras_version])
     layers = keras.layers
     init = keras.initializers.GlorotUniform(seed=seed)
     inputs = keras.Input(input_shape)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tf_dpu.data import RoundSchedule, load_dataset
+from tf_dpu.data import RoundSchedule, check_labels, load_dataset
 from tf_dpu.errors import DataError
 
 
@@ -70,8 +70,37 @@ def test_npz_uint8_images_are_scaled_and_get_a_channel(tmp_path):
     assert abs(float(d.x_train.mean())) < 1e-4 and d.input_shape == (6, 6, 1)
 
 
+def test_npz_validation_arrays_are_the_validation_split_and_the_test_set_stays_whole(
+        tmp_path):
+    rng = np.random.RandomState(0)
+    x_train = rng.randint(0, 256, (50, 6, 6), np.uint8)
+    x_val = rng.randint(0, 256, (7, 6, 6), np.uint8)
+    spec = _write(tmp_path, x_train=x_train, y_train=np.arange(50) % 3,
+                  x_test=rng.randint(0, 256, (20, 6, 6), np.uint8), y_test=np.arange(20) % 3,
+                  x_val=x_val, y_val=np.arange(7) % 3)
+    d = load_dataset(spec, 5, 0)
+    assert len(d.x_test) == 20 and len(d.x_val) == 7 and d.x_val.shape[1:] == (6, 6, 1)
+    # Standardized with the training statistics, as the other splits are.
+    scaled = x_train / 255.0
+    expected = (x_val / 255.0 - scaled.mean()) / scaled.std()
+    assert np.allclose(d.x_val[..., 0], expected, atol=1e-5)
+    assert np.array_equal(d.y_val, np.arange(7) % 3)
+
+
+def test_a_label_equal_to_num_classes_is_refused():
+    y = np.array([0, 1, 2])
+    with pytest.raises(DataError, match="test label 3 is outside"):
+        check_labels("d", y, np.array([0, 3]), 3)
+    assert check_labels("d", y, np.array([0, 2]), 3) == 3
+
+
 @pytest.mark.parametrize("arrays, message", [
     ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4, int)}, "missing array(s) x_test, y_test"),
+    ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4, int), "x_test": np.zeros((4, 2)),
+      "y_test": np.zeros(4, int), "x_val": np.zeros((2, 2))}, "has x_val without y_val"),
+    ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4, int), "x_test": np.zeros((4, 2)),
+      "y_test": np.zeros(4, int), "x_val": np.zeros((2, 3)), "y_val": np.zeros(2, int)},
+     "x_val samples are (3,)"),
     ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(3, int), "x_test": np.zeros((4, 2)),
       "y_test": np.zeros(4, int)}, "one label per row"),
     ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4, int), "x_test": np.zeros((4, 3)),

@@ -28,15 +28,23 @@ def user_file(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def keras3_file(tmp_path_factory):
+    """The same model saved by Keras 3 (what `tf.keras` is from TensorFlow 2.16 on)."""
+    path = tmp_path_factory.mktemp("keras3") / "user_model.keras"
+    user_model(seed=3, keras_version=3).save(path)
+    return str(path)
+
+
 def _files(out):
     return [open(os.path.join(out, f"round_{r:03d}", "model.tflite"), "rb").read()
             for r in range(3)]
 
 
-@pytest.mark.parametrize("name", ["mobilenet", "ds_cnn", "resnet8", "user"])
-def test_exported_batchnorm_models_are_device_ready(name, user_file, tmp_path, mnist,
-                                                    c_applier):
-    model = user_file if name == "user" else name
+@pytest.mark.parametrize("name", ["mobilenet", "ds_cnn", "resnet8", "user", "keras3"])
+def test_exported_batchnorm_models_are_device_ready(name, user_file, keras3_file, tmp_path,
+                                                    mnist, c_applier):
+    model = {"user": user_file, "keras3": keras3_file}.get(name, name)
     out = tmp_path / "run"
     proc = run_cli(*TINY, f"--model={model}", "--export_tflite", f"--out_dir={out}")
     assert proc.returncode == 0, proc.stderr
@@ -58,6 +66,7 @@ def test_exported_batchnorm_models_are_device_ready(name, user_file, tmp_path, m
     micro = runtime.micro_logits(last, raw[:100]).astype(int)
     assert np.abs(runtime.logits(last, raw[:100], reference_kernels=True) - micro).max() <= 1
     # Every patch the run sent rebuilds the next file, in Python and in C.
+    assert any(r["patch_bytes"] > 0 for r in doc["rounds"][1:]), doc["rounds"]
     device = files[0]
     for r in (1, 2):
         patch = out / f"round_{r:03d}" / "update.patch"
@@ -70,6 +79,26 @@ def test_exported_batchnorm_models_are_device_ready(name, user_file, tmp_path, m
             assert done.returncode == 0 and (tmp_path / "c_out").read_bytes() == files[r]
             assert doc["rounds"][r]["patch_bytes"] < 0.05 * len(files[0])
         assert device == files[r]
+    if name == "keras3":
+        _keras3_rounds_match_the_device(out, last, raw, mnist)
+
+
+def _keras3_rounds_match_the_device(out, last, raw, mnist):
+    """Each round's model.keras is Keras 3 and computes what the round's .tflite does."""
+    import keras
+    model = keras.saving.load_model(out / "round_002" / "model.keras")
+    assert type(model).__module__.split(".")[0] == "keras"
+    for r in range(3):
+        assert (out / f"round_{r:03d}" / "model.keras").is_file()
+    x = mnist.x_test[:300]
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    view = ModelFile(last)
+    detail = view.tensors[view.outputs[0]]
+    steps = np.round(expected / detail.scales[0]) + detail.zero_points[0]
+    device = runtime.logits(last, raw[:300]).astype(int)
+    # The int8 file rounds every layer, so logits move by a few steps; the class rarely.
+    assert np.mean(np.argmax(expected, -1) == np.argmax(device, -1)) >= 0.97
+    assert np.median(np.abs(steps - device)) <= 1, np.abs(steps - device).max()
 
 
 def test_the_python_api_takes_a_model_or_a_builder(tmp_path, small_mnist):

@@ -2,6 +2,7 @@
 
 import configparser
 import os
+import re
 import sys
 
 import pytest
@@ -48,8 +49,21 @@ def test_notebook_runs_and_shows_its_plots(name, tmp_path, monkeypatch):
         assert "C applier reproduces the server's file: True" in text
         assert "identical int8 outputs: True" in text
         assert text.count("refused") == 2
+        assert "signed" in text and "unsigned" not in text
+        # What the device computes is what the server trained, to a point.
+        found = re.search(r"int8 test accuracy ([0-9.]+), float ([0-9.]+)", text)
+        assert found and abs(float(found[1]) - float(found[2])) <= 0.01, found
+        assert float(found[1]) > 0.5   # a model, not a stale file fed the wrong inputs
+        assert re.search(r"catchup brings the device to round \d+: True", text)
     else:
         assert "DPU" in text and "bytes sent after round 0" in text
+        # The summary lines agree with the tables they summarise.
+        means = dict(re.findall(r"(\w+): mean test accuracy ([0-9.]+) %", text))
+        assert set(means) == {"fu", "dpu", "rpu"}
+        assert all(40 < float(v) <= 100 for v in means.values())
+        sent = {m: int(b.replace(",", "")) for m, b in re.findall(
+            r"(\w+): mean test accuracy [0-9.]+ % over rounds 1-\d+, ([0-9,]+) bytes", text)}
+        assert sent["dpu"] < sent["fu"] / 5, sent
         # the plot is displayed inline (training does not switch the kernel's backend)
         plots = _images(notebook)
         assert plots and "plt.show()" in plots[0].source

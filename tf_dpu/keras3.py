@@ -205,6 +205,9 @@ class Twin:
                 raise ConfigError(f"{self.name}: layer {name} is called {len(nodes)} times; "
                                   "each layer must be used once (no shared layers)")
             args, kwargs = nodes[0]["args"], nodes[0].get("kwargs", {})
+            # Keras records the training flag a layer was called with; the
+            # training loop sets it, as it does for a tf_keras model.
+            kwargs = {k: v for k, v in kwargs.items() if k != "training"}
             if any(v is not None for v in kwargs.values()):
                 raise ConfigError(f"{self.name}: layer {name} is called with "
                                   f"{sorted(kwargs)}, which is not supported")

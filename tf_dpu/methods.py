@@ -49,6 +49,8 @@ class RoundContext:
         patch fits `--budget_bytes` (None: no byte cap).
       int8_scales: per weight, the deployed file's int8 step in Keras units
         (None before round 0's file exists, or for weights not stored as int8).
+      test_accuracy: callable(weights) -> test accuracy, for what a round
+        reports about models it does not deploy (DPU's full step-1 model).
     """
 
     config: RunConfig
@@ -72,6 +74,7 @@ class RoundContext:
     memory: dict = dataclasses.field(default_factory=dict)
     byte_cap: Optional[Callable[[dict], int]] = None
     int8_scales: Optional[List[Optional[np.ndarray]]] = None
+    test_accuracy: Optional[Callable[[Weights], float]] = None
 
 
 @dataclasses.dataclass
@@ -230,14 +233,28 @@ def dpu(ctx: RoundContext) -> Candidate:
     scores = contribution.dpu_scores(final, ctx.start, trainer.contribution(), indices,
                                      config.contribution_mix, _warn(ctx))
     if config.iterative:
-        return _iterative(ctx, scores, indices, final, bn)
+        return _with_full(ctx, full, _iterative(ctx, scores, indices, final, bn))
     scores = selection.preselect(scores, config.layer_preselect)
     if config.rank == "per_bit" and ctx.int8_scales is not None:
         scores = bitcost.per_bit(scores, final, ctx.start, ctx.int8_scales,
                                  ctx.memory.get("target_size") or ctx.budget)
     if config.target_gap is not None and ctx.index > 0:
-        return _to_target(ctx, final, scores, full, bn)
-    return _fine_tune(ctx, final, ctx.select(scores), bn, "step 2", config.epochs)
+        return _with_full(ctx, full, _to_target(ctx, final, scores, full, bn))
+    return _with_full(ctx, full, _fine_tune(ctx, final, ctx.select(scores), bn, "step 2",
+                                            config.epochs))
+
+
+def _with_full(ctx: RoundContext, full: Candidate, candidate: Candidate) -> Candidate:
+    """Adds what step 1's full model reached: the round's distance to full retraining.
+
+    Step 1 trains every parameter from the deployed model for the metric, so
+    the full update a user would compare against comes at no extra training.
+    """
+    info = {"full_val_accuracy": full.val_accuracy}
+    if ctx.test_accuracy is not None:
+        info["full_test_accuracy"] = ctx.test_accuracy(full.weights)
+    candidate.info = {**info, **candidate.info}
+    return candidate
 
 
 def _to_target(ctx: RoundContext, final: Weights, scores, full: Candidate, bn) -> Candidate:

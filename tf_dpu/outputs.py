@@ -75,24 +75,36 @@ def load_weights(model, folder: str) -> List[np.ndarray]:
 
 
 def format_table(rounds: List[Dict]) -> str:
-    """The per-round table printed at the end of a run."""
-    header = (f"{'round':>5} {'train':>6} {'val':>7} {'test':>7} {'updated':>9} "
-              f"{'of':>9} {'biases':>7} {'sent':>5} {'reinit':>6} {'s':>6}")
+    """The per-round table printed at the end of a run.
+
+    `full` is the test accuracy of the round's full update (DPU's step 1;
+    blank for methods without one), `int8` the device's accuracy on the
+    deployed file and `bytes` what was sent (both blank without the export).
+    """
+    header = (f"{'round':>5} {'train':>6} {'val':>7} {'test':>7} {'full':>7} {'int8':>7} "
+              f"{'updated':>9} {'of':>9} {'biases':>7} {'sent':>5} {'bytes':>9} "
+              f"{'reinit':>6} {'s':>6}")
     lines = [header, "-" * len(header)]
+
+    def optional(r, key, form):
+        return format(r[key], form) if key in r else ""
+
     for r in rounds:
         lines.append(
             f"{r['round']:>5} {r['train_samples']:>6} {r['val_accuracy']:>7.4f} "
-            f"{r['test_accuracy']:>7.4f} {r['updated_elements']:>9} "
+            f"{r['test_accuracy']:>7.4f} {optional(r, 'full_test_accuracy', '.4f'):>7} "
+            f"{optional(r, 'tflite_test_accuracy', '.4f'):>7} {r['updated_elements']:>9} "
             f"{r['total_elements']:>9} {r['changed_biases']:>7} "
-            f"{'yes' if r['sent'] else 'no':>5} {'yes' if r['reinitialized'] else 'no':>6} "
-            f"{r['seconds']:>6.1f}")
+            f"{'yes' if r['sent'] else 'no':>5} {optional(r, 'sent_bytes', 'd'):>9} "
+            f"{'yes' if r['reinitialized'] else 'no':>6} {r['seconds']:>6.1f}")
     return "\n".join(lines)
 
 
 def plot(rounds: List[Dict], config: Dict):
     """Test accuracy and what was sent, per round, as a matplotlib `Figure`.
 
-    Left: the server's (float) test accuracy and, with the int8 export, the
+    Left: the server's (float) test accuracy, the round's full update where
+    the method trains one (DPU's step 1) and, with the int8 export, the
     device's (LiteRT on the deployed file). Right: cumulative kilobytes sent
     with the export, else cumulative kernel elements updated. Built without
     pyplot, so it never changes the process's (or a notebook's) backend; a
@@ -105,6 +117,11 @@ def plot(rounds: List[Dict], config: Dict):
     x = [r["round"] for r in rounds]
     accuracy.plot(x, [100 * r["test_accuracy"] for r in rounds], marker="o",
                   label=f"{config['method']}, server (float)")
+    full = [r for r in rounds if "full_test_accuracy" in r]
+    if full:
+        # The full update step 1 reached: how far the device is from full retraining.
+        accuracy.plot([r["round"] for r in full], [100 * r["full_test_accuracy"] for r in full],
+                      marker="^", linestyle=":", label="full update (step 1), server")
     exported = all("tflite_test_accuracy" in r for r in rounds)
     if exported:
         accuracy.plot(x, [100 * r["tflite_test_accuracy"] for r in rounds], marker="s",
@@ -161,7 +178,8 @@ class RunWriter:
         self.write_metrics(rounds)
         with self._summary.as_default(step=record["round"]):
             for key in ("val_accuracy", "test_accuracy", "updated_elements",
-                        "changed_biases", "seconds", "tflite_test_accuracy", "sent_bytes"):
+                        "changed_biases", "seconds", "tflite_test_accuracy", "sent_bytes",
+                        "full_val_accuracy", "full_test_accuracy", "full_gap_points"):
                 if key in record:
                     self._tf.summary.scalar(key, record[key])
         self._summary.flush()

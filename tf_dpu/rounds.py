@@ -220,7 +220,8 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             x_val=x_val, y_val=y_val, start=w0 if reinit or r == 0 else deployed, w0=w0,
             budget=budget, rng=np.random.RandomState([config.seed, r]),
             fresh_init=lambda r=r: source.build(config.seed + 7919 * (r + 1)).get_weights(),
-            progress=say, memory=memory)
+            progress=say, memory=memory,
+            test_accuracy=lambda weights: _accuracy_of(trainer, weights, x_test, y_test))
         # Mid-round checkpoints are time-based, so workers would hold different
         # epochs; a multi-worker run resumes at round boundaries instead.
         if writer and config.strategy != "multi_worker":
@@ -296,6 +297,10 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             record["sent"] = record["sent"] or record["sent_bytes"] > 0
             say(f"round {r}: int8 test {record['tflite_test_accuracy']:.4f}, "
                 f"{record['sent_bytes']} bytes sent (model file {record['tflite_bytes']})")
+        if "full_test_accuracy" in record:
+            # Negative: the device is behind full retraining by that many points.
+            record["full_gap_points"] = round(100 * (record["test_accuracy"]
+                                                     - record["full_test_accuracy"]), 4)
         rounds.append(record)
         say(f"round {r}: val {reported.val:.4f} test {reported.test:.4f} "
             f"{'(previous round carried forward) ' if carried else ''}"
@@ -315,6 +320,16 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
         writer.write_plot(rounds)
         writer.close()
     return RunResult(config.to_dict(), rounds, deployed, w0, config.out_dir, model, source.twin)
+
+
+def _accuracy_of(trainer, weights, x, y) -> float:
+    """Test accuracy of `weights`, leaving the model's own weights as they were."""
+    kept = trainer.model.get_weights()
+    trainer.model.set_weights(weights)
+    try:
+        return trainer.accuracy(x, y)
+    finally:
+        trainer.model.set_weights(kept)
 
 
 class Reported:

@@ -286,8 +286,10 @@ def main(argv):
     print()
     print(result.table)
     if result.out_dir:
+        per_round = ["model.weights.h5"] + (["model.keras"] if result.twin else []) + (
+            ["model.tflite", "update.patch"] if result.config["export_tflite"] else [])
         print(f"\nwrote {result.out_dir}/metrics.json, metrics.csv, accuracy.png, "
-              "round_NNN/model.weights.h5, tensorboard/")
+              f"tensorboard/, round_NNN/{{{','.join(per_round)}}}")
 
 
 def run_main():
