@@ -71,6 +71,19 @@ def _cli(*args):
                           capture_output=True, text=True)
 
 
+def test_simulate_command_and_the_plan_policy(run_dir, tmp_path):
+    done = _cli("simulate", f"--run_dir={run_dir}", "--devices=6", "--online=0.3", "--seed=2",
+                f"--out={tmp_path}/fleet.json")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "fleet.json").read_text())
+    assert results == simulate(Releases(run_dir), devices=6, online=0.3, seed=2)
+    assert all(r["on_latest"] == 6 for r in results.values())
+    full = _cli("plan", f"--run_dir={run_dir}", "--device_round=0", "--policy=full", "--json")
+    plan = json.loads(full.stdout)
+    assert plan["policy"] == "full" and len(plan["patches"]) == 1
+    assert plan["bytes"] > Releases(run_dir).latest.size
+
+
 def test_plan_command_by_round_and_by_hash(run_dir, tmp_path):
     releases = Releases(run_dir)
     device = releases.releases[0]

@@ -211,3 +211,20 @@ def test_state_file_refuses_replays_and_downgrades(exported_run, tmp_path):
 def json_round(path):
     import json
     return json.loads(path.read_text())["round"]
+
+
+def test_command_line_whole_file_patch_and_help(pair, tmp_path):
+    base, target, _ = pair
+    (tmp_path / "a.tflite").write_bytes(base)
+    (tmp_path / "b.tflite").write_bytes(target + b"\0" * 16)   # another size: no delta fits
+    made = _cli("create", f"--base={tmp_path}/a.tflite", f"--target={tmp_path}/b.tflite",
+                f"--out={tmp_path}/w.patch", "--round=1", "--whole")
+    assert made.returncode == 0, made.stderr
+    records = patch_format.decode((tmp_path / "w.patch").read_bytes()).records
+    assert [r.kind for r in records] == [patch_format.KIND_WHOLE_FILE]
+    applied = _cli("apply", f"--base={tmp_path}/a.tflite", f"--patch={tmp_path}/w.patch",
+                   "--no_state", "--allow_unsigned", "--whole_file=always")
+    assert applied.returncode == 0, applied.stderr
+    assert (tmp_path / "a.tflite").read_bytes() == target + b"\0" * 16
+    shown = _cli("--help")
+    assert shown.returncode == 0 and "create" in shown.stdout and "--whole" in shown.stdout

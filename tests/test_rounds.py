@@ -158,7 +158,8 @@ def test_a_worse_candidate_is_not_sent_and_nothing_changes_on_the_device(small_m
     layout, init, saved = _saved_rounds(result, shifted)
     files = [open(os.path.join(round_dir(result.out_dir, r), "model.tflite"), "rb").read()
              for r in range(3)]
-    assert [r["sent"] for r in result.rounds] == [False, False, False]
+    # Round 0's training lost to w0, but the device still gets its first file (w0's).
+    assert [r["sent"] for r in result.rounds] == [True, False, False]
     for record, weights in zip(result.rounds, saved):
         assert record["candidate_val_accuracy"] < record["val_accuracy"]
         assert record["sent_bytes"] == (len(files[0]) if record["round"] == 0 else 0)
