@@ -103,17 +103,21 @@ class Twin:
         else:
             raise ConfigError(f"{name} is a subclassed Keras 3 model ({kind}); build it with "
                               "the functional or Sequential API")
-        for layer_name, twin_layer in self.pairs.items():
+        for layer_name, twins in self.pairs.items():
             weights = original.get_layer(layer_name).get_weights()
-            mine = twin_layer.get_weights()
+            mine = [w for twin in twins for w in twin.get_weights()]
             if [w.shape for w in weights] != [w.shape for w in mine]:
                 raise ConfigError(f"{name}: layer {layer_name} holds weights of shapes "
                                   f"{[w.shape for w in weights]}, its Keras 2 twin "
                                   f"{[w.shape for w in mine]}")
-            twin_layer.set_weights(weights)
+            for twin in twins:   # a split layer's weights, in order, to its parts
+                count = len(twin.get_weights())
+                twin.set_weights(weights[:count])
+                weights = weights[count:]
         # Copies of the twin (the run trains one, renamed) keep its layer
-        # order: position i of any copy is the Keras 3 layer order[i].
-        names = {id(layer): layer_name for layer_name, layer in self.pairs.items()}
+        # order: position i of any copy is part of the Keras 3 layer order[i].
+        names = {id(twin): layer_name for layer_name, twins in self.pairs.items()
+                 for twin in twins}
         self.order = [names.get(id(layer)) for layer in self.model.layers]
         self._check(keras)
 
@@ -131,6 +135,38 @@ class Twin:
             raise ConfigError(f"{self.name}: its Keras 2 twin computes other outputs than the "
                               "Keras 3 model; it cannot be trained here")
 
+    def _layers(self, entry: Dict) -> List:
+        """The tf_keras layers, applied in sequence, of one Keras 3 layer entry.
+
+        Most layers have one twin. Where the exporter knows only the parts,
+        the layer becomes its parts, computing the same function:
+        SeparableConv2D is a depthwise then a 1x1 convolution, hard sigmoid
+        clip(x / 6 + 1/2, 0, 1) and hard swish x times that.
+        """
+        import tf_keras  # pylint: disable=import-outside-toplevel
+        kind, config = entry["class_name"], entry["config"]
+        name = config.get("name", entry.get("name"))
+        if kind == "SeparableConv2D" and entry.get("module", "").startswith("keras.layers"):
+            parts = dict(config, name=f"{name}_depthwise", use_bias=False, activation="linear")
+            for key in ("filters", "pointwise_initializer", "pointwise_regularizer",
+                        "pointwise_constraint", "bias_initializer", "bias_regularizer",
+                        "bias_constraint"):
+                parts.pop(key, None)
+            pointwise = {k: v for k, v in config.items()
+                         if k in ("filters", "use_bias", "activation", "dtype", "trainable",
+                                  "data_format")}
+            return [self._layer(dict(entry, class_name="DepthwiseConv2D", config=parts)),
+                    self._layer(dict(entry, class_name="Conv2D", config=dict(
+                        pointwise, name=name, kernel_size=(1, 1))))]
+        hard = config.get("activation")
+        if hard in _HARD:
+            # As an Activation layer or a layer's own activation (Keras 3
+            # writes hard swish as hard_silu).
+            parts = [] if kind == "Activation" else [self._layer(dict(entry, config=dict(
+                config, name=f"{name}_linear", activation="linear")))]
+            return parts + [_HARD[hard](tf_keras, name)]
+        return [self._layer(entry)]
+
     def _layer(self, entry: Dict):
         """A tf_keras layer from one Keras 3 layer entry of a model configuration."""
         import tf_keras  # pylint: disable=import-outside-toplevel
@@ -139,7 +175,7 @@ class Twin:
         layer_name = config.get("name", entry.get("name"))
         if kind not in SUPPORTED_LAYERS or not entry.get("module", "").startswith("keras.layers"):
             raise ConfigError(f"{self.name}: layer {layer_name} ({kind}) is not supported "
-                              f"(supported: {', '.join(SUPPORTED_LAYERS)})")
+                              f"(supported: {', '.join(SUPPORTED_LAYERS + _SPLIT)})")
         cls = getattr(tf_keras.layers, kind)
         # Options may be taken by a base class through **kwargs (BatchNorm's renorm).
         accepted = set(_BASE_KEYS).union(*(inspect.signature(c.__init__).parameters
@@ -182,9 +218,7 @@ class Twin:
         tensor = inputs = tf_keras.Input(batch_shape=tuple(shape))
         pairs = {}
         for entry in entries:
-            layer = self._layer(entry)
-            tensor = layer(tensor)
-            pairs[layer.name] = layer
+            tensor, pairs[entry["config"]["name"]] = _apply(self._layers(entry), [tensor])
         return tf_keras.Model(inputs, tensor, name=config.get("name")), pairs
 
     def _functional(self, config: Dict):
@@ -214,10 +248,8 @@ class Twin:
             if entry.get("module", "").startswith("keras.src.ops"):
                 output = self._operation(entry, args, tensors)
             else:
-                layer = self._layer(entry)
-                pairs[layer.name] = layer
                 arguments = [self._resolve(a, tensors, name) for a in args]
-                output = layer(*arguments)
+                output, pairs[name] = _apply(self._layers(entry), arguments)
             tensors[(name, 0, 0)] = output
         outputs = [tensors[tuple(o)] for o in _references(config["output_layers"])]
         return tf_keras.Model(inputs[0] if len(inputs) == 1 else inputs,
@@ -263,9 +295,12 @@ class Twin:
         copy = keras.models.clone_model(self.original)
         if len(weights_model.layers) != len(self.order):
             raise ValueError("not a copy of this model's twin")
+        gathered: Dict[str, list] = {}
         for layer_name, layer in zip(self.order, weights_model.layers):
             if layer_name is not None:
-                copy.get_layer(layer_name).set_weights(layer.get_weights())
+                gathered.setdefault(layer_name, []).extend(layer.get_weights())
+        for layer_name, weights in gathered.items():
+            copy.get_layer(layer_name).set_weights(weights)
         return copy
 
     def save(self, weights_model, folder: str) -> str:
@@ -276,6 +311,44 @@ class Twin:
         self.keras3_model(weights_model).save(tmp)
         os.replace(tmp, path)
         return path
+
+
+# Keras 3 layers the twin builds from parts (see `Twin._layers`).
+_SPLIT = ("SeparableConv2D", "Activation(hard_sigmoid)", "Activation(hard_swish)")
+
+
+class _Hard:
+    """Keras 3's hard sigmoid and hard swish from layers the exporter maps."""
+
+    @staticmethod
+    def sigmoid(tf_keras, name):
+        layers = tf_keras.layers
+
+        def build(x):
+            return layers.ReLU(max_value=1.0, name=name)(
+                layers.Rescaling(1.0 / 6.0, 0.5, name=f"{name}_affine")(x))
+        return build
+
+    @staticmethod
+    def swish(tf_keras, name):
+        layers = tf_keras.layers
+
+        def build(x):
+            gate = layers.ReLU(max_value=1.0, name=f"{name}_gate")(
+                layers.Rescaling(1.0 / 6.0, 0.5, name=f"{name}_affine")(x))
+            return layers.Multiply(name=name)([x, gate])
+        return build
+
+
+_HARD = {"hard_sigmoid": _Hard.sigmoid, "hard_swish": _Hard.swish, "hard_silu": _Hard.swish}
+
+
+def _apply(parts, arguments):
+    """Calls `parts` in sequence on `arguments`; returns the output and the parts with weights."""
+    output = parts[0](*arguments)
+    for part in parts[1:]:
+        output = part(output)
+    return output, [p for p in parts if isinstance(getattr(p, "weights", None), list)]
 
 
 def _references(value) -> List[Tuple[str, int, int]]:

@@ -22,7 +22,8 @@ SUPPORTED_LAYERS = (
     "InputLayer", "Dense", "Conv1D", "Conv2D", "DepthwiseConv2D", "BatchNormalization",
     "ReLU", "Activation", "Flatten", "Reshape", "GlobalAveragePooling1D",
     "GlobalAveragePooling2D", "AveragePooling1D", "AveragePooling2D", "MaxPooling1D",
-    "MaxPooling2D", "Add", "Concatenate", "Dropout", "ZeroPadding2D", "Rescaling")
+    "MaxPooling2D", "Add", "Concatenate", "Dropout", "ZeroPadding2D", "Rescaling",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Multiply")
 # Activations inside the model (a final softmax would turn logits into probabilities).
 SUPPORTED_ACTIVATIONS = ("linear", "relu", "relu6", "sigmoid", "tanh", "softmax")
 

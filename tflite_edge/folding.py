@@ -4,9 +4,10 @@ The converter does not copy Keras weights into the file: it transposes them
 (Dense as [out, in], Conv2D as OHWI, DepthwiseConv2D as [1, H, W, C*M]), folds
 a BatchNormalization that follows a convolution or a Dense layer into its
 kernel and bias (kernel x s, bias -> beta + (bias - mean) x s per output
-channel, s = gamma / sqrt(var + eps)), and folds an input affine (the raw-input
+channel, s = gamma / sqrt(var + eps)), folds an input affine (the raw-input
 preprocessing `x * a + b`) into a Dense layer it feeds directly, but not into
-a convolution (padding). Which fusions happened is a fact about one file, so
+a convolution (padding), and folds a constant multiply and add that follows
+(a Rescaling: hard sigmoid's x / 6 + 1/2, or a `+ 3`) into the layer before. Which fusions happened is a fact about one file, so
 each layer's map is a *hypothesis* tested against the converter's own bytes:
 quantizing the predicted values with the file's scales must reproduce its int8
 (and int32) data. A layer no hypothesis reproduces refuses the export.
@@ -61,6 +62,8 @@ class LayerMap:
       batch_norm: the folded BatchNormalization, if any.
       input_affine: (a, b) of the input preprocessing, when the converter
         folded it into this layer.
+      output_affine: (c, d), scalars, when the converter folded a following
+        Rescaling `y * c + d` into this layer.
       factor: per element of the Keras kernel, what the fold multiplies it by
         (BatchNorm scale x input scale) in round 0; the int8 bounds of later
         rounds divide by it.
@@ -82,6 +85,7 @@ class LayerMap:
     batch_norm: Optional[BatchNormFold] = None
     input_affine: Optional[Tuple[np.ndarray, np.ndarray]] = None
     factor: Optional[np.ndarray] = None
+    output_affine: Optional[Tuple[float, float]] = None
     shared_kernel: Tuple[str, ...] = ()
     shared_bias: Tuple[str, ...] = ()
 
@@ -162,9 +166,13 @@ def folded(entry: LayerMap, weights: Sequence[np.ndarray]) -> Tuple[np.ndarray,
         kernel = (kernel * per_output).astype(np.float32)
         bias = (np.asarray(weights[fold.beta], np.float32)
                 + (bias - np.asarray(weights[fold.mean], np.float32)) * scale).astype(np.float32)
+    if entry.output_affine is not None:
+        c, d = (np.float32(v) for v in entry.output_affine)
+        kernel = (kernel * c).astype(np.float32)
+        bias = (bias * c + d).astype(np.float32)
     kernel = to_tflite_layout(entry.layout, kernel)
     has_bias = entry.bias_index is not None or entry.batch_norm is not None or \
-        entry.input_affine is not None
+        entry.input_affine is not None or entry.output_affine is not None
     return kernel, (bias if has_bias else None)
 
 
@@ -183,6 +191,8 @@ def fold_factor(entry: LayerMap, weights: Sequence[np.ndarray]) -> np.ndarray:
             np.asarray(weights[fold.variance], np.float64) + fold.epsilon)
         factor = factor * (scale.reshape(shape[2], shape[3]) if entry.layout == "depthwise"
                            else scale)
+    if entry.output_affine is not None:
+        factor = factor * float(entry.output_affine[0])
     return factor
 
 
@@ -220,6 +230,22 @@ def batch_norm_after(model, layer, positions) -> Optional[BatchNormFold]:
     return BatchNormFold(norm.name, positions[norm.gamma.ref()], positions[norm.beta.ref()],
                          positions[norm.moving_mean.ref()],
                          positions[norm.moving_variance.ref()], float(norm.epsilon))
+
+
+def rescaling_after(model, layer, norm: Optional[BatchNormFold]):
+    """(c, d) of a scalar Rescaling the converter may fold into `layer` (after its BatchNorm)."""
+    activation = getattr(layer, "activation", None)
+    if activation is not None and getattr(activation, "__name__", "") != "linear":
+        return None
+    tail = model.get_layer(norm.layer) if norm is not None else layer
+    consumers = _consumers(model, tail)
+    if len(consumers) != 1 or type(consumers[0]).__name__ != "Rescaling":
+        return None
+    scale, offset = (np.asarray(v, np.float64) for v in (consumers[0].scale,
+                                                          consumers[0].offset))
+    if scale.size != 1 or offset.size != 1 or float(scale) <= 0:
+        return None   # a sign flip or per-channel constant: not a fold the map knows
+    return float(scale), float(offset)
 
 
 def _fed_by_input(model, layer) -> bool:
@@ -295,9 +321,13 @@ def build_map(model, model_file: ModelFile, input_affine=None) -> List[LayerMap]
             expanded = _expand_affine(model, layer, input_affine)
             if expanded is not None:
                 affines.append(expanded)
+        outputs = [None]
+        rescaling = rescaling_after(model, layer, norm)
+        if rescaling is not None:
+            outputs.append(rescaling)
         entry = None
         for op in [o for o in unmatched if o.opcode == _OPS[layout]]:
-            for affine in affines:
+            for affine, output in [(a, o) for a in affines for o in outputs]:
                 trial = LayerMap(layer.name, layout, positions[kernel.ref()],
                                  positions[bias.ref()] if bias is not None else None,
                                  model_file.tensors[op.inputs[1]],
@@ -305,7 +335,8 @@ def build_map(model, model_file: ModelFile, input_affine=None) -> List[LayerMap]
                                  if len(op.inputs) > 2 and op.inputs[2] >= 0 else None,
                                  tuple(weights[positions[kernel.ref()]].shape),
                                  model_file.tensors[op.outputs[0]],
-                                 model_file.tensors[op.inputs[0]], norm, affine)
+                                 model_file.tensors[op.inputs[0]], norm, affine,
+                                 output_affine=output)
                 if _reproduces(trial, weights, model_file):
                     entry = dataclasses.replace(
                         trial, factor=fold_factor(trial, weights),
