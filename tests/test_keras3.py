@@ -189,3 +189,59 @@ def test_the_command_line_runs_uint8_io_and_refuses_it_without_export(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "--tflite_io=uint8 sets the int8 file's input and output type; add " \
            "--export_tflite" in proc.stderr
+
+
+def _edge_layers_model(classes=10):
+    """MobileNetV3's building blocks in Keras 3: separable convolution, hard swish,
+    squeeze-and-excitation (global pooling, hard sigmoid, Multiply), global max pooling."""
+    inputs = keras.Input((28, 28, 1))
+    x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(inputs)
+    x = layers.Activation("hard_swish")(layers.BatchNormalization(momentum=0.9)(x))
+    x = layers.SeparableConv2D(32, 3, padding="same")(x)
+    x = layers.Activation("hard_swish")(x)
+    gate = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    gate = layers.Conv2D(4, 1, activation="relu")(gate)
+    gate = layers.Conv2D(32, 1, activation="hard_sigmoid")(gate)
+    x = layers.Multiply()([x, gate])
+    x = layers.GlobalMaxPooling2D()(x)
+    return keras.Model(inputs, layers.Dense(classes)(x), name="edge_layers")
+
+
+def test_edge_layers_train_export_and_patch_alike_in_three_appliers(tmp_path, mnist, c_applier,
+                                                                    jar):
+    from tf_dpu.rounds import run
+    from tflite_edge.apply import apply_patch
+    from tflite_edge.check import check
+    from conftest import run_jar
+    import subprocess
+    result = run(RunConfig(rounds=3, initial_samples=600, samples_per_round=300, epochs=5,
+                           batch_size=64, seed=1, reinit="off", update_ratio=0.05,
+                           optimizer="adam", learning_rate=0.01, export_tflite=True,
+                           tflite_io="uint8", out_dir=str(tmp_path / "run")),
+                 progress=None, data=mnist, model=_edge_layers_model())
+    files = [(tmp_path / "run" / f"round_{r:03d}" / "model.tflite").read_bytes()
+             for r in range(3)]
+    for target in ("edgetpu", "tflm", "litert"):
+        assert check(files[-1], target)[1], target
+    assert result.rounds[-1]["tflite_test_accuracy"] > 0.3   # it learns, through the twin
+    sent = [r for r in (1, 2) if (tmp_path / "run" / f"round_{r:03d}" / "update.patch").exists()]
+    assert sent, result.rounds
+    device = {"python": files[0], "c": files[0], "jvm": files[0]}
+    for r in range(1, 3):
+        patch = tmp_path / "run" / f"round_{r:03d}" / "update.patch"
+        if r in sent:
+            assert patch.stat().st_size < 0.1 * len(files[0])
+            device["python"] = apply_patch(device["python"], patch.read_bytes(),
+                                           allow_unsigned=True)
+            for name in ("c", "jvm"):
+                (tmp_path / name).write_bytes(device[name])
+            done = subprocess.run([c_applier, "--allow_unsigned", "--round", str(r - 1),
+                                   str(tmp_path / "c"), str(patch), str(tmp_path / "c_out")],
+                                  capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+            device["c"] = (tmp_path / "c_out").read_bytes()
+            done = run_jar(jar, "apply", f"--base={tmp_path / 'jvm'}", f"--patch={patch}",
+                           "--allow_unsigned", "--no_state")
+            assert done.returncode == 0, done.stderr
+            device["jvm"] = (tmp_path / "jvm").read_bytes()
+        assert device["python"] == device["c"] == device["jvm"] == files[r]

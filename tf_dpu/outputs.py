@@ -77,27 +77,33 @@ def load_weights(model, folder: str) -> List[np.ndarray]:
 def format_table(rounds: List[Dict]) -> str:
     """The per-round table printed at the end of a run.
 
-    `full` is the test accuracy of the round's full update (DPU's step 1;
-    blank for methods without one), `int8` the device's accuracy on the
-    deployed file and `bytes` what was sent (both blank without the export).
+    `full` is the test accuracy of the round's full update (DPU's step 1),
+    `int8` the device's accuracy on the deployed file and `bytes` what was
+    sent (both with the export); a column no round has is left out.
     """
-    header = (f"{'round':>5} {'train':>6} {'val':>7} {'test':>7} {'full':>7} {'int8':>7} "
-              f"{'updated':>9} {'of':>9} {'biases':>7} {'sent':>5} {'bytes':>9} "
-              f"{'reinit':>6} {'s':>6}")
+    columns = [  # (title, width, the cell of a round)
+        ("round", 5, lambda r: r["round"]), ("train", 6, lambda r: r["train_samples"]),
+        ("val", 7, lambda r: f"{r['val_accuracy']:.4f}"),
+        ("test", 7, lambda r: f"{r['test_accuracy']:.4f}"),
+        ("full", 7, _optional("full_test_accuracy", ".4f")),
+        ("int8", 7, _optional("tflite_test_accuracy", ".4f")),
+        ("updated", 9, lambda r: r["updated_elements"]), ("of", 9, lambda r: r["total_elements"]),
+        ("biases", 7, lambda r: r["changed_biases"]),
+        ("sent", 5, lambda r: "yes" if r["sent"] else "no"),
+        ("bytes", 9, _optional("sent_bytes", "d")),
+        ("reinit", 6, lambda r: "yes" if r["reinitialized"] else "no"),
+        ("s", 6, lambda r: f"{r['seconds']:.1f}")]
+    cells = [[str(cell(r)) for _, _, cell in columns] for r in rounds]
+    shown = [i for i, (title, _, _) in enumerate(columns)
+             if title not in ("full", "int8", "bytes") or any(row[i] for row in cells)]
+    header = " ".join(f"{columns[i][0]:>{columns[i][1]}}" for i in shown)
     lines = [header, "-" * len(header)]
-
-    def optional(r, key, form):
-        return format(r[key], form) if key in r else ""
-
-    for r in rounds:
-        lines.append(
-            f"{r['round']:>5} {r['train_samples']:>6} {r['val_accuracy']:>7.4f} "
-            f"{r['test_accuracy']:>7.4f} {optional(r, 'full_test_accuracy', '.4f'):>7} "
-            f"{optional(r, 'tflite_test_accuracy', '.4f'):>7} {r['updated_elements']:>9} "
-            f"{r['total_elements']:>9} {r['changed_biases']:>7} "
-            f"{'yes' if r['sent'] else 'no':>5} {optional(r, 'sent_bytes', 'd'):>9} "
-            f"{'yes' if r['reinitialized'] else 'no':>6} {r['seconds']:>6.1f}")
+    lines += [" ".join(f"{row[i]:>{columns[i][1]}}" for i in shown) for row in cells]
     return "\n".join(lines)
+
+
+def _optional(key: str, form: str):
+    return lambda r: format(r[key], form) if key in r else ""
 
 
 def plot(rounds: List[Dict], config: Dict):

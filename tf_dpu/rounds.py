@@ -83,11 +83,13 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
         for silence.
       data: an already loaded data set (skips `config.dataset`), e.g. for
         notebooks and tests that build their own.
-      model: your own model instead of `config.model`: a `tf_keras` model
-        (the run trains a copy; its weights are round 0's starting point w0)
-        or a builder `f(input_shape, num_classes, seed) -> keras.Model` (also
-        what `--fu_init=diff_init` draws new initializations from). Checked up
-        front (`tf_dpu.user_models`).
+      model: your own model instead of `config.model`: a Keras 3 or `tf_keras`
+        model (the run trains a copy; its weights are round 0's starting
+        point w0) or a builder `f(input_shape, num_classes, seed) -> model`
+        (also what `--fu_init=diff_init` draws new initializations from).
+        Checked up front (`tf_dpu.user_models`); what depends on its layers
+        (the bias policy of a BatchNorm model) is resolved from it, and its
+        name is the run's `model`.
 
     Returns:
       A `RunResult`; `rounds` holds one dict per round with the fields of

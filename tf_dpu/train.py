@@ -24,7 +24,7 @@ _D = cfg.RunConfig()  # the defaults live in one place: RunConfig
 _DATASET = flags.DEFINE_string("dataset", _D.dataset, "mnist | mnist1d | digits | npz:PATH")
 _MODEL = flags.DEFINE_string(
     "model", _D.model, "mlp | cnn | vgg | mobilenet | ds_cnn | resnet8 | resnet<6n+2> | a Keras "
-    "model file (PATH.keras, PATH.h5)")
+    "model file (PATH.keras saved by Keras 3 or tf_keras, PATH.h5)")
 _WIDTH = flags.DEFINE_float("width_multiplier", _D.width_multiplier,
                             "MobileNet's alpha: every layer's filters times this",
                             lower_bound=0.0, upper_bound=4.0)
