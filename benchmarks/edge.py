@@ -49,8 +49,11 @@ _EPOCHS = flags.DEFINE_integer("epochs", 10, "epochs per step")
 _SEED = flags.DEFINE_integer("seed", 1, "seed of every run")
 _INITIAL = flags.DEFINE_integer("initial_samples", 2000, "digits behind the first model")
 _PER_ROUND = flags.DEFINE_integer("samples_per_round", 250, "new digits per round")
-_MODELS = flags.DEFINE_list("models", ["mobilenet", "ds_cnn", "resnet8", "user"],
-                            "which models to run (user: the .keras model below)")
+_MODELS = flags.DEFINE_list("models", ["mobilenet", "ds_cnn", "resnet8", "user", "keras3"],
+                            "which models to run (user: the .keras model below, saved by "
+                            "tf_keras; keras3: the same model saved by Keras 3)")
+_IO = flags.DEFINE_enum("tflite_io", "int8", ["int8", "uint8"], "the files' input and output "
+                        "type (uint8: Coral's convention)")
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,13 +126,17 @@ def measure(folder: str) -> dict:
     c_applier, jar = os.path.join(folder, "dpu_apply"), jvm.build()
     user_path = os.path.join(folder, "user_model.keras")
     user_model(seed=_SEED.value).save(user_path)
+    keras3_path = os.path.join(folder, "keras3", "user_model.keras")
+    os.makedirs(os.path.dirname(keras3_path))
+    user_model(seed=_SEED.value, keras_version=3).save(keras3_path)
     rows = {}
     chosen = [(name, model) for name, model in (
         ("mobilenet", "mobilenet"), ("ds_cnn", "ds_cnn"), ("resnet8", "resnet8"),
-        ("user model (.keras)", user_path)) if name.split()[0] in _MODELS.value]
+        ("user model (.keras)", user_path), ("keras3 user model (.keras)", keras3_path))
+        if name.split()[0] in _MODELS.value]
     for name, model in chosen:
         dpu_dir = os.path.join(folder, name.split()[0] + "_dpu")
-        dpu = _run(model, "dpu", dpu_dir, export_tflite="true")
+        dpu = _run(model, "dpu", dpu_dir, export_tflite="true", tflite_io=_IO.value)
         fu = _run(model, "fu", os.path.join(folder, name.split()[0] + "_fu"))
         rounds = dpu["rounds"]
         sent = [r["patch_bytes"] for r in rounds[1:] if r["sent"]]
