@@ -41,6 +41,7 @@ import numpy as np
 from absl import app, flags
 
 import tf_dpu  # noqa: F401  (Keras 2 before TensorFlow loads)
+from benchmarks.chain import reproduce_chain
 from benchmarks.user_model import user_model
 
 _OUT = flags.DEFINE_string("out", "benchmarks/results/edge", "output path, no extension")
@@ -69,38 +70,6 @@ def _run(model: str, method: str, out_dir: str, **extra) -> dict:
         raise RuntimeError(f"{model} {method}: {done.stderr.strip()[-500:]}")
     with open(os.path.join(out_dir, "metrics.json")) as f:
         return json.load(f)
-
-
-def _chain(out_dir: str, rounds: int, c_applier: str, jar: str) -> dict:
-    """Applies every round's patch with each applier; True when all reproduce every file."""
-    from tflite_edge.apply import apply_patch  # pylint: disable=import-outside-toplevel
-    files = [open(os.path.join(out_dir, f"round_{r:03d}", "model.tflite"), "rb").read()
-             for r in range(rounds)]
-    ok = {"python": True, "c": True, "jvm": bool(jar)}
-    device = {name: files[0] for name in ok}
-    with tempfile.TemporaryDirectory() as scratch:
-        for r in range(1, rounds):
-            patch = os.path.join(out_dir, f"round_{r:03d}", "update.patch")
-            if os.path.exists(patch):
-                data = open(patch, "rb").read()
-                device["python"] = apply_patch(device["python"], data, allow_unsigned=True)
-                for name, command in (("c", [c_applier, "--allow_unsigned"]),
-                                      ("jvm", ["java", "-jar", jar, "apply", "--no_state",
-                                               "--allow_unsigned"])):
-                    if not ok[name]:
-                        continue
-                    base, out = os.path.join(scratch, "base"), os.path.join(scratch, "out")
-                    with open(base, "wb") as f:
-                        f.write(device[name])
-                    if name == "c":
-                        argv = command + [base, patch, out]
-                    else:
-                        argv = command + [f"--base={base}", f"--patch={patch}", f"--out={out}"]
-                    subprocess.run(argv, check=True, capture_output=True)
-                    device[name] = open(out, "rb").read()
-            for name in ok:
-                ok[name] = ok[name] and device[name] == files[r]
-    return ok
 
 
 def _runtimes(model_file: bytes, x_raw: np.ndarray) -> dict:
@@ -157,7 +126,7 @@ def measure(folder: str) -> dict:
             "dpu_vs_fu": round(float(np.mean(gaps)), 2),
             "dpu_vs_fu_standard_error": round(float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))), 2),
             "litert_vs_tflm": _runtimes(last, x_raw),
-            "chain": _chain(dpu_dir, len(rounds), c_applier, jar),
+            "chain": reproduce_chain(dpu_dir, len(rounds), c_applier, jar),
             "targets": {t: check(last, t)[1] for t in ("edgetpu", "tflm", "litert")},
         }
         print(name, json.dumps(rows[name]), flush=True)

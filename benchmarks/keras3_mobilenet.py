@@ -38,50 +38,19 @@ def digits_npz(path: str) -> None:
              x_test=pixels[test], y_test=digits.target[test])
 
 
-def _apply_everywhere(folder: str, files, work: str):
-    """Each round's patch applied by Python, C and the JVM; whether all rebuild every file."""
-    from benchmarks import jvm  # pylint: disable=import-outside-toplevel
-    from tflite_edge.apply import apply_patch  # pylint: disable=import-outside-toplevel
-    c_applier = os.path.join(work, "dpu_apply")
-    subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "tflite_edge", "c"),
-                    f"OUT={work}", c_applier], check=True)
-    jar = jvm.build()
-    held = {"python": files[0], "c": files[0], "jvm": files[0] if jar else None}
-    same = True
-    for r in range(1, len(files)):
-        patch = os.path.join(folder, f"round_{r:03d}", "update.patch")
-        if os.path.exists(patch):
-            with open(patch, "rb") as f:
-                held["python"] = apply_patch(held["python"], f.read(), allow_unsigned=True)
-            base, out = os.path.join(work, "base"), os.path.join(work, "out")
-            with open(base, "wb") as f:
-                f.write(held["c"])
-            subprocess.run([c_applier, "--allow_unsigned", "--round", str(r - 1), base, patch,
-                            out], check=True, capture_output=True)
-            with open(out, "rb") as f:
-                held["c"] = f.read()
-            if jar:
-                with open(base, "wb") as f:
-                    f.write(held["jvm"])
-                subprocess.run(["java", "-jar", jar, "apply", f"--base={base}",
-                                f"--patch={patch}", "--allow_unsigned", "--no_state"],
-                               check=True, capture_output=True)
-                with open(base, "rb") as f:
-                    held["jvm"] = f.read()
-        same = same and all(v == files[r] for v in held.values() if v is not None)
-    return same, bool(jar)
-
-
 def measure(work: str, epochs: int = 8, update_ratio: float = 0.05,
             learning_rate: float = 0.002) -> dict:
     """Runs the whole path in `work`; returns the figures."""
     import keras  # pylint: disable=import-outside-toplevel
+    from benchmarks import jvm  # pylint: disable=import-outside-toplevel
+    from benchmarks.chain import reproduce_chain  # pylint: disable=import-outside-toplevel
     from tf_dpu.data import load_dataset  # pylint: disable=import-outside-toplevel
     from tflite_edge import runtime  # pylint: disable=import-outside-toplevel
     from tflite_edge.check import check  # pylint: disable=import-outside-toplevel
     from tflite_edge.model_file import ModelFile  # pylint: disable=import-outside-toplevel
     data_path, model_path = os.path.join(work, "digits32.npz"), os.path.join(work, "mnv2.keras")
     digits_npz(data_path)
+    keras.utils.set_random_seed(1)   # keras.applications draws its initialization unseeded
     keras.applications.MobileNetV2(input_shape=(32, 32, 1), alpha=0.35, weights=None,
                                    classes=10, classifier_activation=None).save(model_path)
     out = os.path.join(work, "run")
@@ -100,7 +69,11 @@ def measure(work: str, epochs: int = 8, update_ratio: float = 0.05,
     for r in range(ROUNDS):
         with open(os.path.join(out, f"round_{r:03d}", "model.tflite"), "rb") as f:
             files.append(f.read())
-    same, with_jvm = _apply_everywhere(out, files, work)
+    c_applier = os.path.join(work, "dpu_apply")
+    subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "tflite_edge", "c"),
+                    f"OUT={work}", c_applier], check=True)
+    jar = jvm.build()
+    chain = reproduce_chain(out, ROUNDS, c_applier, jar)
     data = load_dataset(f"npz:{data_path}", 200, 1)
     last = keras.saving.load_model(os.path.join(out, f"round_{ROUNDS - 1:03d}", "model.keras"))
     expected = keras.ops.convert_to_numpy(last(data.x_test, training=False))
@@ -115,7 +88,7 @@ def measure(work: str, epochs: int = 8, update_ratio: float = 0.05,
                     "share_of_file": round(r["sent_bytes"] / len(files[0]), 4),
                     "float_test": r["test_accuracy"], "int8_test": r["tflite_test_accuracy"],
                     "full_test": r.get("full_test_accuracy")} for r in rounds],
-        "appliers_agree": same, "jvm_ran": with_jvm,
+        "appliers_agree": all(chain.values()), "jvm_ran": bool(jar),
         # The reloaded Keras 3 model scores what the server recorded for the round.
         "keras3_test": float(np.mean(expected.argmax(-1) == data.y_test)),
         "keras3_vs_tflite": {

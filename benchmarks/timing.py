@@ -1,7 +1,7 @@
 """Where the wall time of a whole run goes: start-up, training, the rest.
 
     python -m benchmarks.timing                      # the reference protocol, DPU, k = 1 %
-    python -m benchmarks.timing --flagfile=flags/quickstart.flags
+    python -m benchmarks.timing --run_flagfile=flags/quickstart.flags --repeats=3
 
 Runs `python -m tf_dpu.train` as a user does (a fresh process, `--quiet`
 off so each line can be timed as it arrives) and splits its wall time:
@@ -58,7 +58,9 @@ def time_run(flagfile: str, extra=()) -> dict:
 def main(argv):
     del argv
     runs = [time_run(flags.FLAGS.run_flagfile) for _ in range(flags.FLAGS.repeats)]
-    print(json.dumps(min(runs, key=lambda r: r["total_seconds"]), indent=1))
+    fastest = min(runs, key=lambda r: r["total_seconds"])
+    print(json.dumps({**fastest, "runs": len(runs),
+                      "slowest_total_seconds": max(r["total_seconds"] for r in runs)}, indent=1))
 
 
 if __name__ == "__main__":

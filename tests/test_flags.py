@@ -70,7 +70,8 @@ _NEEDS = {"qat": ["--export_tflite"], "budget_bytes": ["--export_tflite"],
           "sign_key": ["--export_tflite"], "rank": ["--export_tflite"],
           "tflite_io": ["--export_tflite"], "logical_cpus": ["--strategy=mirrored"],
           "resume": [], "iterative_decay": ["--iterative"], "iterative_epochs": ["--iterative"],
-          "fu_init": ["--method=fu"], "reinit": ["--reinit_period=2"], "reinit_period": ["--reinit=periodic"],
+          "fu_init": ["--method=fu"], "reinit": ["--reinit_period=2"],
+          "reinit_period": ["--reinit=periodic"],
           "target_confidence": ["--target_gap=1"], "max_update_ratio": ["--target_gap=1"],
           "target_search_steps": ["--target_gap=1"], "lr_gamma": ["--lr_schedule=step"]}
 

@@ -317,30 +317,20 @@ class Twin:
 _SPLIT = ("SeparableConv2D", "Activation(hard_sigmoid)", "Activation(hard_swish)")
 
 
-class _Hard:
-    """Keras 3's hard sigmoid and hard swish from layers the exporter maps."""
-
-    @staticmethod
-    def sigmoid(tf_keras, name):
-        layers = tf_keras.layers
-
-        def build(x):
-            return layers.ReLU(max_value=1.0, name=name)(
-                layers.Rescaling(1.0 / 6.0, 0.5, name=f"{name}_affine")(x))
-        return build
-
-    @staticmethod
-    def swish(tf_keras, name):
-        layers = tf_keras.layers
-
-        def build(x):
-            gate = layers.ReLU(max_value=1.0, name=f"{name}_gate")(
-                layers.Rescaling(1.0 / 6.0, 0.5, name=f"{name}_affine")(x))
-            return layers.Multiply(name=name)([x, gate])
-        return build
+def _hard_sigmoid(tf_keras, name, gate_name=None):
+    """Keras 3's hard sigmoid, clip(x / 6 + 1/2, 0, 1), from layers the exporter maps."""
+    layers = tf_keras.layers
+    return lambda x: layers.ReLU(max_value=1.0, name=gate_name or name)(
+        layers.Rescaling(1.0 / 6.0, 0.5, name=f"{name}_affine")(x))
 
 
-_HARD = {"hard_sigmoid": _Hard.sigmoid, "hard_swish": _Hard.swish, "hard_silu": _Hard.swish}
+def _hard_swish(tf_keras, name):
+    """Keras 3's hard swish: x times its hard sigmoid."""
+    gate = _hard_sigmoid(tf_keras, name, gate_name=f"{name}_gate")
+    return lambda x: tf_keras.layers.Multiply(name=name)([x, gate(x)])
+
+
+_HARD = {"hard_sigmoid": _hard_sigmoid, "hard_swish": _hard_swish, "hard_silu": _hard_swish}
 
 
 def _apply(parts, arguments):

@@ -6,8 +6,9 @@
 The model is a Keras 3 model (`keras.Model`, or a `.keras` file saved by
 Keras 3), trained through a checked `tf_keras` twin (`tf_dpu.keras3`) and
 given back as Keras 3 each round, or a `tf_keras` (Keras 2) model. Either is
-a functional or Sequential model with one input and one output of logits, built only from `SUPPORTED_LAYERS`, with
-at least one kernel (a trainable weight of rank 2 or more) to update. Every
+a functional or Sequential model with one input and one output of logits,
+built only from `SUPPORTED_LAYERS` (and, in Keras 3, the layers
+`tf_dpu.keras3` builds from them), with at least one kernel (a trainable weight of rank 2 or more) to update. Every
 violation is one line naming the layer or the shape, before anything is
 trained or written. The run trains a copy; the given model is not modified.
 """
@@ -185,7 +186,7 @@ class ModelSource:
 
 
 def _check_builder(builder) -> None:
-    """Refuses, in one line, a builder that cannot be called as f(input_shape, num_classes, seed)."""
+    """Refuses, in one line, a builder not callable as f(input_shape, num_classes, seed)."""
     import inspect  # pylint: disable=import-outside-toplevel
     try:
         inspect.signature(builder).bind((1,), 2, 0)

@@ -7,10 +7,11 @@ kernel and bias (kernel x s, bias -> beta + (bias - mean) x s per output
 channel, s = gamma / sqrt(var + eps)), folds an input affine (the raw-input
 preprocessing `x * a + b`) into a Dense layer it feeds directly, but not into
 a convolution (padding), and folds a constant multiply and add that follows
-(a Rescaling: hard sigmoid's x / 6 + 1/2, or a `+ 3`) into the layer before. Which fusions happened is a fact about one file, so
-each layer's map is a *hypothesis* tested against the converter's own bytes:
-quantizing the predicted values with the file's scales must reproduce its int8
-(and int32) data. A layer no hypothesis reproduces refuses the export.
+(a Rescaling: hard sigmoid's x / 6 + 1/2, or a `+ 3`) into the layer before.
+Which fusions happened is a fact about one file, so each layer's map is a
+*hypothesis* tested against the converter's own bytes: quantizing the
+predicted values with the file's scales must reproduce its int8 (and int32)
+data. A layer no hypothesis reproduces refuses the export.
 
 With the BatchNorm parameters and the preprocessing fixed after round 0, the
 predicted values are the Keras kernel times a constant per element, so a
@@ -216,10 +217,15 @@ def kernel_of(layer):
     return kernel if kernel is not None else getattr(layer, "kernel", None)
 
 
+def _linear(layer) -> bool:
+    """Whether `layer` has no activation of its own (so what follows can fold into it)."""
+    activation = getattr(layer, "activation", None)
+    return activation is None or getattr(activation, "__name__", "") == "linear"
+
+
 def batch_norm_after(model, layer, positions) -> Optional[BatchNormFold]:
     """The BatchNormalization the converter folds into `layer`, if the graph allows one."""
-    activation = getattr(layer, "activation", None)
-    if activation is not None and getattr(activation, "__name__", "") != "linear":
+    if not _linear(layer):
         return None
     consumers = _consumers(model, layer)
     if len(consumers) != 1 or type(consumers[0]).__name__ != "BatchNormalization":
@@ -234,8 +240,7 @@ def batch_norm_after(model, layer, positions) -> Optional[BatchNormFold]:
 
 def rescaling_after(model, layer, norm: Optional[BatchNormFold]):
     """(c, d) of a scalar Rescaling the converter may fold into `layer` (after its BatchNorm)."""
-    activation = getattr(layer, "activation", None)
-    if activation is not None and getattr(activation, "__name__", "") != "linear":
+    if not _linear(layer):
         return None
     tail = model.get_layer(norm.layer) if norm is not None else layer
     consumers = _consumers(model, tail)

@@ -1,0 +1,52 @@
+"""The benchmarks' own flags that size a run, on a tiny protocol (the full runs are minutes)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+TINY = ["--dataset=digits", "--validation_samples=100", "--rounds=2", "--initial_samples=200",
+        "--samples_per_round=100", "--epochs=1", "--seed=1"]
+
+
+def _benchmark(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=600)
+
+
+def test_timing_times_the_run_of_its_flag_file_and_keeps_the_fastest(tmp_path):
+    flagfile = tmp_path / "tiny.flags"
+    flagfile.write_text("\n".join(TINY) + "\n")
+    done = _benchmark("benchmarks.timing", f"--run_flagfile={flagfile}", "--repeats=2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    phases = json.loads(done.stdout)
+    assert phases["total_seconds"] >= phases["startup_seconds"] + phases["training_seconds"] > 0
+    assert phases["runs"] == 2 and phases["slowest_total_seconds"] >= phases["total_seconds"]
+    # The flag file's run, not the default reference one (8 rounds of 30 epochs: minutes).
+    assert phases["total_seconds"] < 120
+
+
+def test_reproduce_runs_the_methods_ratios_and_seeds_it_is_given(tmp_path):
+    flagfile = tmp_path / "tiny.flags"
+    flagfile.write_text("\n".join(TINY) + "\n")
+    for product in ("false", "true"):
+        out = tmp_path / f"product_{product}"
+        done = _benchmark("benchmarks.reproduce", f"--flagfile={flagfile}", "--seeds=1,2"
+                          if product == "false" else "--seeds=1", "--ratios=0.05",
+                          "--methods=dpu", f"--product_default={product}", f"--out={out}")
+        assert done.returncode == 0, done.stderr[-2000:]
+        found = json.loads((tmp_path / f"product_{product}.json").read_text())["runs"]
+        jobs = sorted((r["method"], r["ratio"] or 0, r["deployment"], r["seed"]) for r in found)
+        if product == "false":
+            assert jobs == [("dpu", 0.05, "partial", 1), ("dpu", 0.05, "partial", 2),
+                            ("fu", 0, "partial", 1), ("fu", 0, "partial", 2)]
+        else:   # the product defaults at k = 0.01 on the same schedule, for FU, DPU and RPU
+            assert jobs == [("dpu", 0.01, "full", 1), ("dpu", 0.05, "partial", 1),
+                            ("fu", 0, "full", 1), ("fu", 0, "partial", 1),
+                            ("rpu", 0.01, "full", 1)]
+            full = [r for r in found if r["deployment"] == "full"]
+            assert all(r["config"]["initial_deployment"] == "full" for r in full)
+        assert all(len(r["test_accuracy"]) == 2 for r in found)
+        assert len(found) == len(jobs)
