@@ -215,3 +215,76 @@ def malformed_keys() -> List[bytes]:
             (2 ** 255 - 1).to_bytes(32, "little"),
             bytes([1]) + bytes(30) + bytes([0x80]),           # x = 0 with the sign bit set
             bytes([2]) + bytes(31)]                            # y = 2 is not on the curve
+
+
+@dataclasses.dataclass(frozen=True)
+class NotRaw:
+    """A base whose weights are not raw tensors, an element patch crafted against it
+    (correct hashes: only the not-raw check can refuse it), and a signed
+    whole-file update from it, which every applier must still take."""
+
+    name: str
+    base: bytes
+    patch: bytes
+    whole_file: bytes
+    result: bytes
+    python: str   # the cause in the Python and JVM appliers' message
+
+
+NOT_RAW = "weights are not raw tensors"
+
+
+def not_raw_bases() -> List[NotRaw]:
+    """The tiny model marked, one way each, as the runtimes mark non-raw weights."""
+    import flatbuffers  # pylint: disable=import-outside-toplevel
+    from ai_edge_litert import schema_py_generated as schema  # pylint: disable=import-outside-toplevel
+
+    def pack(model) -> bytes:
+        builder = flatbuffers.Builder(4096)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+    def fresh():
+        return schema.ModelT.InitFromPackedBuf(tiny_model(), 0)
+
+    def compressed(model):
+        # TFLite Micro's lookup-table compression: a COMPRESSION_METADATA entry.
+        data = schema.BufferT()
+        data.data = [0] * 16
+        model.buffers.append(data)
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = "COMPRESSION_METADATA", len(model.buffers) - 1
+        model.metadata = (model.metadata or []) + [entry]
+
+    def compiled(model):
+        # An Edge TPU compiled model names its operator `edgetpu-custom-op`.
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = 32   # CUSTOM
+        code.customCode = "edgetpu-custom-op"
+        model.operatorCodes.append(code)
+
+    def sparse(model):
+        graph = model.subgraphs[0]
+        tensor = next(t for t in graph.tensors if t.buffer == 4)   # the Dense kernel
+        tensor.sparsity = schema.SparsityParametersT()
+        tensor.sparsity.traversalOrder = [0, 1]
+
+    signer = test_signer()
+    out = []
+    for name, mark, cause in (("TFLite Micro compressed", compressed, "compressed for TFLite"),
+                              ("Edge TPU compiled", compiled, "compiled for the Edge TPU"),
+                              ("sparse kernel", sparse, "a sparse weight tensor")):
+        model = fresh()
+        mark(model)
+        base = pack(model)
+        from tflite_edge.model_file import ModelFile  # pylint: disable=import-outside-toplevel
+        kernel = ModelFile(base).buffers[4]
+        result = _written(base, kernel.offset, bytes([(base[kernel.offset] + 1) % 256]))
+        body = elements(INT8, 0, 0, 0, 0, 4, kernel.offset, kernel.length, 1, b"\x00",
+                        result[kernel.offset:kernel.offset + 1])
+        target = tiny_model()
+        whole = seal(base, WHOLE_FILE_RECORD.pack(3, len(target)) + target, 1, target,
+                     signer=signer)
+        out.append(NotRaw(name, base, seal(base, body, 1, result, signer=signer), whole,
+                          target, cause))
+    return out

@@ -13,6 +13,15 @@ of the flatbuffer, whatever its records claim. A buffer is writable when
 * all those tensors have one element type, and the data is a whole number of
   elements aligned to their size.
 
+A base whose weights are not raw tensors is refused as a whole
+(`NOT_RAW_MESSAGE`): TFLite Micro's lookup-table compression (a
+`COMPRESSION_METADATA` entry: the buffers hold packed indices into value
+tables), an Edge TPU compiled model (an `edgetpu-custom-op` operator: the
+weights live in the compiler's payload) and sparse weight tensors (the buffer
+holds only the kept values). Their bytes are not int8 elements at known
+positions, so an element record would be meaningless there even when every
+hash matches; such devices take signed whole-file updates.
+
 The reader is deliberately small and bounds-checked at every step (the C and
 JVM appliers implement the same rules): a malformed base is a PatchError,
 never an exception from a generated parser or an out-of-range read.
@@ -29,9 +38,19 @@ WEIGHT_OPERATORS = (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED)
 WEIGHT_INPUTS = (1, 2)
 
 # Field numbers of the TFLite schema (a field's vtable slot is 4 + 2 * number).
-_MODEL_OPERATOR_CODES, _MODEL_SUBGRAPHS, _MODEL_BUFFERS = 1, 2, 4
+_MODEL_OPERATOR_CODES, _MODEL_SUBGRAPHS, _MODEL_BUFFERS, _MODEL_METADATA = 1, 2, 4, 6
+_METADATA_NAME = 0
+_CODE_CUSTOM = 1
+_TENSOR_SPARSITY = 6
 _SUBGRAPH_TENSORS, _SUBGRAPH_INPUTS, _SUBGRAPH_OUTPUTS, _SUBGRAPH_OPERATORS = 0, 1, 2, 3
 _TENSOR_TYPE, _TENSOR_BUFFER = 1, 2
+
+# The markers of bases whose weights are not raw tensors (module docstring);
+# the C and JVM appliers look for the same ones.
+COMPRESSION_METADATA = b"COMPRESSION_METADATA"
+EDGETPU_OPERATOR = b"edgetpu-custom-op"
+NOT_RAW_MESSAGE = ("the model's weights are not raw tensors ({}): element patches cannot "
+                   "rewrite them; send a signed whole-file update")
 _OPERATOR_OPCODE, _OPERATOR_INPUTS, _OPERATOR_OUTPUTS, _OPERATOR_INTERMEDIATES = 0, 1, 2, 8
 _CODE_DEPRECATED, _CODE_BUILTIN = 0, 3
 _BUFFER_DATA, _BUFFER_OFFSET, _BUFFER_SIZE = 0, 1, 2
@@ -103,9 +122,26 @@ class _Reader:
                              f"of a {length}-entry table)")
         return self.indirect(start + 4 * index)
 
+    def string_is(self, table: int, number: int, expected: bytes) -> bool:
+        """Whether a string field holds exactly `expected` (False when absent)."""
+        start, length = self.vector(table, number, 1)
+        return bool(start) and length == len(expected) and \
+            bytes(self.data[start:start + length]) == expected
+
     def ints(self, table: int, number: int):
         start, length = self.vector(table, number, 4)
         return [self._unpack("<i", start + 4 * i) for i in range(length)]
+
+
+def _refuse_not_raw(read: _Reader, model: int, codes) -> None:
+    """PatchError when the file's metadata or operators mark non-raw weights."""
+    entries = read.vector(model, _MODEL_METADATA, 4)
+    for i in range(entries[1]):
+        if read.string_is(read.table_at(entries, i), _METADATA_NAME, COMPRESSION_METADATA):
+            raise PatchError(NOT_RAW_MESSAGE.format("compressed for TFLite Micro"))
+    for i in range(codes[1]):
+        if read.string_is(read.table_at(codes, i), _CODE_CUSTOM, EDGETPU_OPERATOR):
+            raise PatchError(NOT_RAW_MESSAGE.format("compiled for the Edge TPU"))
 
 
 def writable_regions(data, size: int) -> Dict[int, Region]:
@@ -116,7 +152,8 @@ def writable_regions(data, size: int) -> Dict[int, Region]:
       size: its length.
 
     Raises:
-      PatchError: not a TFLite flatbuffer, or a malformed one.
+      PatchError: not a TFLite flatbuffer, a malformed one, or one whose
+        weights are not raw tensors.
     """
     if size < 8 or bytes(data[4:8]) != b"TFL3":
         raise PatchError("not a TFLite model (no TFL3 file identifier)")
@@ -127,6 +164,7 @@ def writable_regions(data, size: int) -> Dict[int, Region]:
     allowed: Set[int] = set()
     refused: Set[int] = set()
     types: Dict[int, Set[int]] = {}
+    _refuse_not_raw(read, model, codes)
     subgraphs = read.vector(model, _MODEL_SUBGRAPHS, 4)
     for s in range(subgraphs[1]):
         graph = read.table_at(subgraphs, s)
@@ -139,6 +177,8 @@ def writable_regions(data, size: int) -> Dict[int, Region]:
             buffer = read.scalar(tensor, _TENSOR_BUFFER, "<I")
             if buffer == 0:
                 return
+            if ok and read.field(tensor, _TENSOR_SPARSITY):
+                raise PatchError(NOT_RAW_MESSAGE.format("a sparse weight tensor"))
             (allowed if ok else refused).add(buffer)
             types.setdefault(buffer, set()).add(read.scalar(tensor, _TENSOR_TYPE, "<B"))
 

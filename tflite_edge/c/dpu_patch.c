@@ -28,6 +28,10 @@
 #define MODEL_OPERATOR_CODES 1u
 #define MODEL_SUBGRAPHS 2u
 #define MODEL_BUFFERS 4u
+#define MODEL_METADATA 6u
+#define METADATA_NAME 0u
+#define CODE_CUSTOM 1u
+#define TENSOR_SPARSITY 6u
 #define SUBGRAPH_TENSORS 0u
 #define SUBGRAPH_INPUTS 1u
 #define SUBGRAPH_OUTPUTS 2u
@@ -279,7 +283,47 @@ static dpu_status check_uses(dpu_applier *a, dpu_region_check *c, uint32_t table
     if (buffer != c->buffer) continue;
     if ((s = fb_scalar(a, tensor, TENSOR_TYPE, 1, 0, &type)) != DPU_OK) return s;
     if (!weight_operator || (j != 1u && j != 2u) || type != c->type) return DPU_ERR_REGION;
+    if ((s = fb_field(a, tensor, TENSOR_SPARSITY, &index)) != DPU_OK) return s;
+    if (index != 0) return DPU_ERR_NOT_RAW; /* the buffer holds only the kept values */
     c->used = 1;
+  }
+  return DPU_OK;
+}
+
+/* Whether the string field `number` of `table` is exactly `expected`. */
+static dpu_status fb_string_is(dpu_applier *a, uint32_t table, uint32_t number,
+                               const char *expected, int *equal) {
+  uint8_t b[24];
+  uint32_t start, length, n = (uint32_t)strlen(expected);
+  dpu_status s;
+  *equal = 0;
+  if ((s = fb_vector(a, table, number, 1, &start, &length)) != DPU_OK) return s;
+  if (start == 0 || length != n || n > sizeof(b)) return DPU_OK;
+  if ((s = base_read(a, start, b, n)) != DPU_OK) return s;
+  *equal = memcmp(b, expected, n) == 0;
+  return DPU_OK;
+}
+
+/* DPU_ERR_NOT_RAW when the model marks its weights as something other than raw
+ * tensors: TFLite Micro's lookup-table compression (a COMPRESSION_METADATA
+ * entry) or an Edge TPU compiled payload (an edgetpu-custom-op operator). */
+static dpu_status check_raw(dpu_applier *a, uint32_t model, uint32_t codes,
+                            uint32_t code_count) {
+  uint32_t entries, entry_count, i, table;
+  int equal;
+  dpu_status s;
+  if ((s = fb_vector(a, model, MODEL_METADATA, 4, &entries, &entry_count)) != DPU_OK) return s;
+  for (i = 0; i < entry_count; i++) {
+    if ((s = fb_table(a, entries, entry_count, i, &table)) != DPU_OK) return s;
+    if ((s = fb_string_is(a, table, METADATA_NAME, "COMPRESSION_METADATA", &equal)) != DPU_OK)
+      return s;
+    if (equal) return DPU_ERR_NOT_RAW;
+  }
+  for (i = 0; i < code_count; i++) {
+    if ((s = fb_table(a, codes, code_count, i, &table)) != DPU_OK) return s;
+    if ((s = fb_string_is(a, table, CODE_CUSTOM, "edgetpu-custom-op", &equal)) != DPU_OK)
+      return s;
+    if (equal) return DPU_ERR_NOT_RAW;
   }
   return DPU_OK;
 }
@@ -304,6 +348,7 @@ static dpu_status check_writable(dpu_applier *a, uint32_t buffer, uint64_t offse
   c.used = 0;
   if ((s = fb_u32(a, 0, &model)) != DPU_OK) return s;
   if ((s = fb_vector(a, model, MODEL_OPERATOR_CODES, 4, &codes, &code_count)) != DPU_OK) return s;
+  if ((s = check_raw(a, model, codes, code_count)) != DPU_OK) return s;
   if ((s = fb_vector(a, model, MODEL_SUBGRAPHS, 4, &graphs, &graph_count)) != DPU_OK) return s;
   for (g = 0; g < graph_count; g++) {
     if ((s = fb_table(a, graphs, graph_count, g, &graph)) != DPU_OK) return s;
@@ -1065,6 +1110,7 @@ const char *dpu_strerror(dpu_status status) {
     case DPU_ERR_NO_KEY: return "no public key to check the patch with, and unsigned patches are not allowed";
     case DPU_ERR_BODY: return "patch body does not match the SHA-256 in its header";
     case DPU_ERR_ROTATION: return "patch rotates the signing key in a way this device refuses";
+    case DPU_ERR_NOT_RAW: return "the model's weights are not raw tensors (compressed for TFLite Micro, compiled for the Edge TPU, or sparse): element patches cannot rewrite them; send a signed whole-file update";
   }
   return "unknown error";
 }

@@ -88,7 +88,8 @@ typedef enum {
   DPU_ERR_EXPIRED,         /* past its expiry (by the clock, or the last release) */
   DPU_ERR_NO_KEY,          /* no public key, and DPU_ALLOW_UNSIGNED not given */
   DPU_ERR_BODY,            /* the body does not hash to the header's body hash */
-  DPU_ERR_ROTATION         /* a key rotation this device cannot take */
+  DPU_ERR_ROTATION,        /* a key rotation this device cannot take */
+  DPU_ERR_NOT_RAW          /* the model's weights are compressed, compiled or sparse */
 } dpu_status;
 
 /* Options of dpu_apply and dpu_apply_in_place. */

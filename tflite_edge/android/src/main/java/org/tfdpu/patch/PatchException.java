@@ -31,6 +31,8 @@ public final class PatchException extends Exception {
     REGION,
     /** The base model is not a valid TFLite flatbuffer. */
     MODEL,
+    /** The model's weights are compressed, compiled or sparse: only whole-file updates apply. */
+    NOT_RAW,
     /** A whole-file update the device's configuration refuses. */
     WHOLE_FILE,
     /** The patched model does not hash to the declared result. */

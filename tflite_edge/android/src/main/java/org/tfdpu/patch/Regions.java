@@ -16,6 +16,11 @@ import java.util.Set;
  * 2 of a CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED operator, and those
  * tensors have one element type. Every read of the flatbuffer is bounds-checked;
  * a malformed model is a {@link PatchException.Reason#MODEL} refusal.
+ *
+ * <p>A model whose weights are not raw tensors is refused as a whole
+ * ({@link PatchException.Reason#NOT_RAW}): TFLite Micro's lookup-table
+ * compression (a {@code COMPRESSION_METADATA} entry), an Edge TPU compiled
+ * payload (an {@code edgetpu-custom-op} operator), a sparse weight tensor.
  */
 final class Regions {
   static final class Region {
@@ -39,6 +44,19 @@ final class Regions {
   private static final int CONV_2D = 3;
   private static final int DEPTHWISE_CONV_2D = 4;
   private static final int FULLY_CONNECTED = 9;
+
+  private static final byte[] COMPRESSION_METADATA = ascii("COMPRESSION_METADATA");
+  private static final byte[] EDGETPU_OPERATOR = ascii("edgetpu-custom-op");
+
+  private static byte[] ascii(String text) {
+    return text.getBytes(java.nio.charset.StandardCharsets.US_ASCII);
+  }
+
+  private static PatchException notRaw(String cause) {
+    return new PatchException(PatchException.Reason.NOT_RAW, "the model's weights are not raw "
+        + "tensors (" + cause + "): element patches cannot rewrite them; send a signed "
+        + "whole-file update");
+  }
 
   private final ModelBytes model;
   private final long size;
@@ -125,6 +143,32 @@ final class Regions {
     return indirect(vector[0] + 4 * index);
   }
 
+  /** Whether a string field holds exactly `expected` (false when absent). */
+  private boolean stringIs(long table, int number, byte[] expected)
+      throws PatchException, IOException {
+    long[] text = vector(table, number, 1);
+    if (text[0] == 0 || text[1] != expected.length) {
+      return false;
+    }
+    byte[] found = new byte[expected.length];
+    model.read(text[0], found, 0, found.length);
+    return java.util.Arrays.equals(found, expected);
+  }
+
+  private void refuseNotRaw(long root, long[] codes) throws PatchException, IOException {
+    long[] entries = vector(root, 6, 4);       // Model.metadata
+    for (long i = 0; i < entries[1]; i++) {
+      if (stringIs(tableAt(entries, i), 0, COMPRESSION_METADATA)) {
+        throw notRaw("compressed for TFLite Micro");
+      }
+    }
+    for (long i = 0; i < codes[1]; i++) {      // OperatorCode.custom_code
+      if (stringIs(tableAt(codes, i), 1, EDGETPU_OPERATOR)) {
+        throw notRaw("compiled for the Edge TPU");
+      }
+    }
+  }
+
   private long[] ints(long table, int number) throws PatchException, IOException {
     long[] vector = vector(table, number, 4);
     long[] out = new long[(int) vector[1]];
@@ -149,6 +193,7 @@ final class Regions {
     long root = unsigned(0, 4);
     long[] codes = vector(root, 1, 4);
     long[] buffers = vector(root, 4, 4);
+    refuseNotRaw(root, codes);
     long[] subgraphs = vector(root, 2, 4);
     Set<Long> allowed = new HashSet<Long>();
     Set<Long> refused = new HashSet<Long>();
@@ -212,6 +257,9 @@ final class Regions {
     long key = scalar(tensor, 2, 4, false);
     if (key == 0) {
       return;
+    }
+    if (ok && field(tensor, 6) != 0) {          // Tensor.sparsity
+      throw notRaw("a sparse weight tensor");
     }
     (ok ? allowed : refused).add(key);
     Set<Integer> kinds = types.get(key);
