@@ -47,7 +47,7 @@ public final class PatchApplier {
   /** How the device applies patches. */
   public static final class Options {
     PatchKey publicKey;
-    Ed25519Verifier verifier = new JdkEd25519Verifier();
+    Ed25519Verifier verifier = Ed25519Verifier.platformOrPure();
     Path state;
     Long initialRound;
     WholeFile wholeFile = WholeFile.SIGNED;
@@ -95,7 +95,7 @@ public final class PatchApplier {
       return this;
     }
 
-    /** The Ed25519 implementation (default: java.security). */
+    /** The Ed25519 implementation (default: java.security's, or the plain-Java one without it). */
     public Options verifier(Ed25519Verifier verifier) {
       this.verifier = verifier;
       return this;
