@@ -253,6 +253,12 @@ final class DeviceState {
         ((BigInteger) release).longValue(), key == null ? null : bytes((String) key), ids);
   }
 
+  /** Writes the state of a new device: its model, the round it belongs to, the key it trusts. */
+  static void initialise(Path path, long round, byte[] sha256, byte[] key) throws IOException {
+    AtomicFiles.write(path, (new Entry(round, sha256, 0, key,
+        new java.util.ArrayList<byte[]>()).json() + "\n").getBytes(StandardCharsets.UTF_8));
+  }
+
   /** Records the update as pending (the new model on disk, not yet in place). */
   void prepare(Entry nextState) throws IOException {
     next = nextState;
