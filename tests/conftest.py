@@ -97,6 +97,23 @@ def build_c(target: str, folder) -> str:
     return str(folder / target)
 
 
+def stack_depths(callgraph: str):
+    """From gcc's -fcallgraph-info=su output: a function giving the stack bytes of
+    the deepest call chain from an entry point (the applier must not recurse)."""
+    import re  # pylint: disable=import-outside-toplevel
+    frame = {t.split(":")[-1]: int(b) for t, b in re.findall(
+        r'node: \{ title: "([^"]+)" label: "[^"]*?\\n(\d+) bytes', callgraph)}
+    calls = {}
+    for caller, callee in re.findall(r'sourcename: "([^"]+)" targetname: "([^"]+)"', callgraph):
+        calls.setdefault(caller.split(":")[-1], set()).add(callee.split(":")[-1])
+
+    def deepest(name, seen=()):
+        assert name not in seen, "the applier must not recurse"
+        below = [deepest(c, seen + (name,)) for c in calls.get(name, ()) if c in frame]
+        return frame[name] + max(below, default=0)
+    return deepest
+
+
 @pytest.fixture(scope="session")
 def c_applier(tmp_path_factory):
     """The C applier's host driver, built with the project's strict warning flags."""

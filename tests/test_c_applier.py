@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import C_DIR, build_c
+from conftest import C_DIR, build_c, stack_depths
 
 from tflite_edge import patch_format
 from tflite_edge.create import create_patch
@@ -47,17 +47,7 @@ def test_the_stack_the_header_states_is_the_deepest_call_chain(tmp_path):
     subprocess.run(["gcc", "-std=c99", "-O2", "-fcallgraph-info=su", "-c",
                     os.path.join(C_DIR, "dpu_patch.c"), "-o", str(tmp_path / "dpu_patch.o")],
                    check=True, cwd=tmp_path)
-    text = (tmp_path / "dpu_patch.ci").read_text()
-    frame = {t.split(":")[-1]: int(b) for t, b in re.findall(
-        r'node: \{ title: "([^"]+)" label: "[^"]*?\\n(\d+) bytes', text)}
-    calls = {}
-    for caller, callee in re.findall(r'sourcename: "([^"]+)" targetname: "([^"]+)"', text):
-        calls.setdefault(caller.split(":")[-1], set()).add(callee.split(":")[-1])
-
-    def deepest(name, seen=()):
-        assert name not in seen, "the applier must not recurse"
-        below = [deepest(c, seen + (name,)) for c in calls.get(name, ()) if c in frame]
-        return frame[name] + max(below, default=0)
+    deepest = stack_depths((tmp_path / "dpu_patch.ci").read_text())
     limit, measured, key_limit = _header_says(
         r"at most (\d+) bytes on the deepest.*gcc -O2: (\d+),.*and (\d+) for dpu_check")
     chain = max(deepest("dpu_apply"), deepest("dpu_apply_in_place"))

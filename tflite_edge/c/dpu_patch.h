@@ -41,6 +41,12 @@
  * -fcallgraph-info=su; the deepest chain is a key rotation's check of the next
  * key), and 1536 for dpu_check_public_key (run when a key is provisioned), not
  * counting what the callbacks themselves use.
+ *
+ * On a Cortex-M4 (`make lib CROSS=arm-none-eabi-`: arm-none-eabi-gcc 12, -Os
+ * -mthumb, linked with --gc-sections into examples/firmware.c, which calls
+ * dpu_apply, dpu_apply_in_place and dpu_check_public_key): 10484 bytes of
+ * code and constants, 720 bytes of state (the dpu_applier), and at most 1536
+ * bytes of stack (measured: 1436), all checked by tests/test_microcontroller.py.
  */
 #ifndef DPU_PATCH_H
 #define DPU_PATCH_H
