@@ -7,10 +7,13 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: quickstart test benchmark notebooks android clean
 
-$(STAMP): setup.cfg pyproject.toml
+# Monocypher's C files (the microcontroller recipe's Ed25519, pinned by hash)
+# come from its source release on PyPI, as the Python packages do.
+$(STAMP): setup.cfg pyproject.toml tflite_edge/c/ed25519/fetch_monocypher.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,benchmarks]'
+	$(BIN)/python tflite_edge/c/ed25519/fetch_monocypher.py $(VENV)/monocypher
 	touch $(STAMP)
 
 # --overwrite: running the quick start again replaces its run folder.

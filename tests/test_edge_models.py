@@ -185,3 +185,24 @@ def test_the_target_check_command(tmp_path, exported_run):
     bad = subprocess.run([sys.executable, "-m", "tflite_edge.check", "--target=gpu", path],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_check_reports_the_tflm_arena_a_firmware_must_reserve(tmp_path):
+    """The arena `check --target=tflm` reports is the smallest TFLite Micro runs the
+    model in: it runs there, and 16 bytes less does not allocate."""
+    import re  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    from conftest import require_module  # pylint: disable=import-outside-toplevel
+    from hostile import TINY_MODEL  # pylint: disable=import-outside-toplevel
+    from tflite_edge.check import _runs_in  # pylint: disable=import-outside-toplevel
+    micro = require_module("tflite_micro.python.tflite_micro.runtime", "tflite-micro")
+    proc = subprocess.run([sys.executable, "-m", "tflite_edge.check", "--target=tflm",
+                           TINY_MODEL], capture_output=True, text=True)
+    found = re.search(r"RAM: tensor arena [\d.]+ KiB = (\d+) bytes, of which the model's "
+                      r"tensors use (\d+); flash: model [\d.]+ KiB = (\d+) bytes", proc.stdout)
+    assert found, proc.stdout + proc.stderr
+    arena, used, flash = (int(n) for n in found.groups())
+    data = open(TINY_MODEL, "rb").read()
+    assert flash == len(data) and used < arena
+    assert _runs_in(micro, data, arena) is not None
+    assert _runs_in(micro, data, arena - 16) is None

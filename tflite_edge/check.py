@@ -13,7 +13,12 @@
 * `tflm`: TensorFlow Lite for Microcontrollers: every operator in its op
   resolver (`micro_mutable_op_resolver.h`), no custom operators, static
   shapes; with the `tflite-micro` package installed, the file is also
-  loaded in its interpreter.
+  loaded and run in its interpreter, and the report gives what a firmware
+  must reserve: the tensor arena (RAM), the smallest in which TFLite Micro
+  runs the model, and the model's flash (the file, read in place). The arena
+  is measured on the host build (64-bit pointers); on a 32-bit
+  microcontroller its bookkeeping part is smaller, so the figure is an upper
+  bound there. The interpreter's and the kernels' own code add to the flash.
 * `litert`: every operator a builtin (no custom or TensorFlow "flex"
   operators), and the file loads and allocates in the LiteRT interpreter.
 
@@ -21,6 +26,7 @@ Exit status 0 when every check passes, 1 when one does not, 2 on a bad
 command line or an unreadable file.
 """
 
+import re
 import sys
 from typing import List, Tuple
 
@@ -98,6 +104,55 @@ def _operator_verdict(operator, target: str) -> str:
     return ""
 
 
+_ARENA = re.compile(r"Arena allocation total (\d+) bytes")
+
+
+def _runs_in(runtime, data: bytes, arena: int = None):
+    """The interpreter after one invocation on zeros, or None if it cannot allocate."""
+    try:
+        interpreter = runtime.Interpreter.from_bytes(data, arena_size=arena)
+        detail = interpreter.get_input_details(0)
+        interpreter.set_input(np.zeros(detail["shape"], detail["dtype"]), 0)
+        interpreter.invoke()
+        return interpreter
+    except RuntimeError:
+        if arena is None:
+            raise
+        return None
+
+
+def tflm_arena_bytes(runtime, data: bytes) -> Tuple[int, int]:
+    """(the smallest tensor arena, to 16 bytes, in which TFLite Micro runs the model;
+    what its recording allocator says the model's tensors used).
+
+    The recorded use leaves out the allocator's own bookkeeping and alignment,
+    so the arena a firmware must reserve is found by running the interpreter
+    in arenas of decreasing size.
+    """
+    report = native_output.captured(_runs_in(runtime, data).print_allocations)
+    found = _ARENA.search(report)
+    if not found:
+        raise RuntimeError("TFLite Micro reported no arena size")
+    used = int(found.group(1))
+    high = 2 * used + 4096
+    while _runs_in(runtime, data, high) is None:
+        high *= 2
+        if high > 1 << 31:
+            raise RuntimeError("TFLite Micro runs in no arena below 2 GiB")
+    low = used - 16   # fails: at least the recorded use is needed
+    while high - low > 16:
+        middle = (low + high) // 32 * 16
+        if _runs_in(runtime, data, middle) is None:
+            low = middle
+        else:
+            high = middle
+    return high, used
+
+
+def _kib(count: int) -> str:
+    return f"{count / 1024:.1f} KiB = {count} bytes"
+
+
 def _runtime_problem(data: bytes, target: str) -> Tuple[str, str]:
     """(what ran, '' or why it failed) for the targets whose runtime is installed here."""
     if target == "litert":
@@ -115,11 +170,10 @@ def _runtime_problem(data: bytes, target: str) -> Tuple[str, str]:
             return "", ""
         try:
             with native_output.muted():
-                interpreter = runtime.Interpreter.from_bytes(data)
-                detail = interpreter.get_input_details(0)
-                interpreter.set_input(np.zeros(detail["shape"], detail["dtype"]), 0)
-                interpreter.invoke()
-            return "loaded and run in TFLite Micro's interpreter", ""
+                arena, used = tflm_arena_bytes(runtime, data)
+            return ("loaded and run in TFLite Micro's interpreter; RAM: tensor arena "
+                    f"{_kib(arena)}, of which the model's tensors use {used}; flash: model "
+                    f"{_kib(len(data))}"), ""
         except Exception as e:  # the bindings raise RuntimeError with TFLM's message
             return "TFLite Micro", str(e).strip().splitlines()[0] if str(e).strip() else "failed"
     return "", ""

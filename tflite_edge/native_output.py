@@ -9,8 +9,10 @@ Errors still arrive as Python exceptions with their messages.
 """
 
 import contextlib
+import ctypes
 import os
 import sys
+import tempfile
 
 _VERBOSE = [False]
 
@@ -35,3 +37,22 @@ def muted():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def captured(call, descriptor: int = 2) -> str:
+    """Runs `call()` and returns what native code wrote to a file descriptor
+    (TFLite Micro's logging goes to stderr, 2)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(descriptor)
+    with tempfile.TemporaryFile(mode="w+") as sink:
+        try:
+            os.dup2(sink.fileno(), descriptor)
+            call()
+        finally:
+            # C's stdio may buffer a redirected stream: flush it into the sink.
+            ctypes.CDLL(None).fflush(None)
+            os.dup2(saved, descriptor)
+            os.close(saved)
+        sink.seek(0)
+        return sink.read()

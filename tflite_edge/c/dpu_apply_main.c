@@ -12,8 +12,9 @@
  *   link too: the link's target is what gets replaced). OUT may not be BASE.
  * - In-place mode (OUT must be BASE) patches the model where it lies, with the
  *   journal in MODEL.journal, and resumes after an interruption when run again.
- * --public_key (builds with -DDPU_WITH_OPENSSL) plugs OpenSSL's Ed25519 into the
- * verify callback, as firmware would plug in its own library; KEY is exactly the
+ * --public_key (builds with -DDPU_WITH_OPENSSL, or -DDPU_WITH_MONOCYPHER for the
+ * microcontroller recipe of ed25519/) plugs OpenSSL's Ed25519 (or Monocypher's)
+ * into the verify callback, as firmware would plug in its own library; KEY is exactly the
  * raw 32-byte public key, checked with dpu_check_public_key. Without it the
  * driver refuses to run unless --allow_unsigned is given.
  * --round, --release_time: the device's trust state (dpu_trust): the round of
@@ -102,6 +103,16 @@ static int verify_ed25519(void *ctx, const uint8_t public_key[32], const uint8_t
   EVP_PKEY_free(key);
   return ok ? 0 : -1;
 }
+#define DPU_WITH_SIGNATURES
+#elif defined(DPU_WITH_MONOCYPHER)
+#include "ed25519/dpu_ed25519.h"
+
+static int verify_ed25519(void *ctx, const uint8_t public_key[32], const uint8_t *message,
+                          uint32_t length, const uint8_t signature[64]) {
+  (void)ctx;
+  return dpu_ed25519_verify(public_key, message, length, signature);
+}
+#define DPU_WITH_SIGNATURES
 #endif
 
 static int fail(const char *message, const char *what) {
@@ -273,8 +284,8 @@ int main(int argc, char **argv) {
       if (!*value) return fail("--key_out is empty", NULL);
       key_out = value;
     } else if (strcmp(name, "--public_key") == 0) {
-#ifndef DPU_WITH_OPENSSL
-      return fail("this build has no signature support (build with OpenSSL)", NULL);
+#ifndef DPU_WITH_SIGNATURES
+      return fail("this build has no signature support (build with OpenSSL or Monocypher)", NULL);
 #endif
       if (!*value) return fail("the public key path is empty (an unset variable?)", NULL);
       if (load_key(value, public_key) != 0) return 2;
@@ -325,7 +336,7 @@ int main(int argc, char **argv) {
   io.verify_signature = NULL;
   io.read_journal = read_journal;
   io.write_journal = write_journal;
-#ifdef DPU_WITH_OPENSSL
+#ifdef DPU_WITH_SIGNATURES
   io.verify_signature = verify_ed25519;
 #endif
 
