@@ -50,7 +50,8 @@ def test_the_stack_the_header_states_is_the_deepest_call_chain(tmp_path):
     deepest = stack_depths((tmp_path / "dpu_patch.ci").read_text())
     limit, measured, key_limit = _header_says(
         r"at most (\d+) bytes on the deepest.*gcc -O2: (\d+),.*and (\d+) for dpu_check")
-    chain = max(deepest("dpu_apply"), deepest("dpu_apply_in_place"))
+    chain = max(deepest(entry) for entry in ("dpu_apply", "dpu_apply_in_place",
+                                             "dpu_apply_in_sectors"))
     assert chain <= limit and abs(chain - measured) <= 0.1 * measured
     assert deepest("dpu_check_public_key") <= key_limit
 
@@ -159,14 +160,17 @@ def powercut(tmp_path_factory):
     return build_c("dpu_powercut", tmp_path_factory.mktemp("powercut"))
 
 
-def _powercut(binary, base, patch, target, folder):
+def _powercut(binary, base, patch, target, folder, sector=None, figures=False):
     for name, data in (("base", base), ("patch", patch), ("target", target)):
         (folder / name).write_bytes(data)
     proc = subprocess.run([binary, str(folder / "base"), str(folder / "patch"),
-                           str(folder / "target")], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    cuts, bad = (int(w) for w in proc.stdout.split()[:4:3])
-    return cuts, bad
+                           str(folder / "target"), *([str(sector)] if sector else [])],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    numbers = [int(w) for w in proc.stdout.split() if w.isdigit()]
+    if figures:   # cuts, bad, untouched, programs not erased, model erases, changed sectors
+        return numbers
+    return numbers[0], numbers[1]
 
 
 def test_in_place_apply_survives_a_power_cut_after_every_write(powercut, files, tmp_path):
@@ -193,3 +197,53 @@ def test_in_place_power_cuts_with_whole_files_and_every_code(powercut, tmp_path)
         assert bad == 0 and cuts > 4, n
         tried += 1
     assert tried == len(make_seeds.seed_patches()) - 1
+
+
+@pytest.mark.parametrize("sector", [256, 4096])
+def test_nor_sector_mode_survives_a_cut_at_every_program_and_erase(powercut, files, tmp_path,
+                                                                   sector):
+    """dpu_apply_in_sectors on simulated NOR flash (tests/powercut.c): every cut
+    point resumes to the exact result, no byte is programmed that was not
+    erased, and only the sectors whose bytes change are erased, once each."""
+    patch = create_patch(files[0], files[1], 1)
+    cuts, bad, _, unerased, erases, changed = _powercut(powercut, files[0], patch, files[1],
+                                                        tmp_path, sector, figures=True)
+    assert bad == 0 and unerased == 0
+    assert 0 < changed < len(files[0]) / sector and erases == changed
+    # per changed sector: copy erase, copy programs, record, model erase, programs, record
+    assert cuts >= changed * (4 + 2 * sector // 64)
+
+
+def test_nor_sector_mode_with_whole_files_and_every_code(powercut, tmp_path):
+    sys.path.insert(0, os.path.join(C_DIR, "fuzz"))
+    import make_seeds  # pylint: disable=import-outside-toplevel
+    from tflite_edge.apply import apply_patch  # pylint: disable=import-outside-toplevel
+    base = make_seeds.fuzz_base()
+    tried = 0
+    for n, patch in enumerate(make_seeds.seed_patches()):
+        target = apply_patch(base, patch, whole_file="always", allow_unsigned=True)
+        if len(target) != len(base):
+            continue
+        cuts, bad, _, unerased, erases, changed = _powercut(powercut, base, patch, target,
+                                                            tmp_path, 256, figures=True)
+        assert bad == 0 and unerased == 0 and erases == changed and cuts > 4, n
+        tried += 1
+    assert tried == len(make_seeds.seed_patches()) - 1
+
+
+def test_nor_sector_mode_refuses_the_hostile_patches_untouched(powercut, tmp_path):
+    """The sector mode runs the same checks before its first erase: each crafted
+    patch is refused with its own message, and the model is never erased."""
+    import hostile  # pylint: disable=import-outside-toplevel
+    base = hostile.tiny_model()
+    tried = 0
+    for case in hostile.cases():
+        if case.signed or "whole model" in case.python:
+            continue   # (the harness runs keyless, taking whole files)
+        for name, data in (("base", base), ("patch", case.patch), ("target", base)):
+            (tmp_path / name).write_bytes(data)
+        proc = subprocess.run([powercut, str(tmp_path / "base"), str(tmp_path / "patch"),
+                               str(tmp_path / "target"), "256"], capture_output=True, text=True)
+        assert proc.returncode == 2 and case.c in proc.stderr, (case.name, proc.stderr)
+        tried += 1
+    assert tried >= 10

@@ -61,7 +61,7 @@ def measure(library, folder):
                    check=True, cwd=folder)
     deepest = stack_depths((folder / "dpu_patch.ci").read_text())
     stack = max(deepest(entry) for entry in ("dpu_apply", "dpu_apply_in_place",
-                                             "dpu_check_public_key"))
+                                             "dpu_apply_in_sectors", "dpu_check_public_key"))
     return code, state, stack
 
 

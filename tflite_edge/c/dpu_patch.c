@@ -967,6 +967,218 @@ dpu_status dpu_apply_in_place(dpu_applier *a, const dpu_io *io, const dpu_trust 
   return write_journal(a, JOURNAL_DONE, 0, 0);
 }
 
+/* ---------------------------------------------------- in place, NOR flash */
+
+/* Record phases of the sector log. */
+#define SECTOR_START 1u  /* the apply began: the base was checked */
+#define SECTOR_COPIED 2u /* the copy sector holds sector n's new bytes, with this hash */
+#define SECTOR_DONE 3u   /* sector n of the model holds its new bytes */
+#define SECTOR_ALL 4u    /* the model is the result */
+
+/* Record layout: "DPUS", patch id (32), sequence u32, phase u32, sector u32,
+ * SHA-256 of the copy sector's bytes (32), then 16 bytes of the SHA-256 of the
+ * 80 before them. */
+static uint32_t log_slots(const dpu_applier *a) {
+  return a->sector_size / DPU_SECTOR_RECORD;
+}
+
+static uint32_t log_offset(const dpu_applier *a, uint32_t sector, uint32_t slot) {
+  return a->sector_size * (1u + sector) + slot * DPU_SECTOR_RECORD;
+}
+
+/* Reads a record into a->journal: 1 if it is valid and for this patch, 0 if
+ * not, and *blank whether the slot is still erased. */
+static dpu_status read_record(dpu_applier *a, uint32_t sector, uint32_t slot, int *valid,
+                              int *blank) {
+  uint8_t digest[32];
+  dpu_sha256 sha;
+  uint32_t i;
+  uint8_t *r = a->journal;
+  *valid = *blank = 0;
+  if (a->io->read_journal(a->io->ctx, log_offset(a, sector, slot), r, DPU_SECTOR_RECORD))
+    return DPU_ERR_IO;
+  *blank = 1;
+  for (i = 0; i < DPU_SECTOR_RECORD; i++)
+    if (r[i] != 0xffu) *blank = 0;
+  dpu_sha256_init(&sha);
+  dpu_sha256_update(&sha, r, 80);
+  dpu_sha256_final(&sha, digest);
+  *valid = memcmp(r, "DPUS", 4) == 0 && memcmp(digest, r + 80, 16) == 0 &&
+           memcmp(r + 4, a->patch_id, 32) == 0;
+  return DPU_OK;
+}
+
+/* Finds this patch's newest record (left in a->journal; *phase 0 if none) and
+ * where the next one goes. */
+static dpu_status scan_log(dpu_applier *a, uint32_t *phase) {
+  uint32_t sector, slot, best_seq = 0, best_sector = 0, best_slot = 0, seq;
+  uint32_t last_used[2] = {0, 0}; /* one past the last slot written, per log sector */
+  int valid, blank;
+  dpu_status s;
+  *phase = 0;
+  for (sector = 0; sector < 2; sector++) {
+    for (slot = 0; slot < log_slots(a); slot++) {
+      if ((s = read_record(a, sector, slot, &valid, &blank)) != DPU_OK) return s;
+      if (!blank) last_used[sector] = slot + 1u;
+      seq = le32(a->journal + 36);
+      if (valid && seq > best_seq) {
+        best_seq = seq;
+        best_sector = sector;
+        best_slot = slot;
+      }
+    }
+  }
+  if (best_seq == 0) { /* a fresh start: the first record erases log sector 0 */
+    a->log_sector = 1;
+    a->log_slot = log_slots(a);
+    a->journal_seq = 0;
+    return DPU_OK;
+  }
+  if ((s = read_record(a, best_sector, best_slot, &valid, &blank)) != DPU_OK) return s;
+  a->journal_seq = best_seq;
+  a->log_sector = (uint8_t)best_sector;
+  a->log_slot = last_used[best_sector];
+  *phase = le32(a->journal + 40);
+  return DPU_OK;
+}
+
+/* Appends a record; a full log sector hands over to the other one, erased
+ * first (the record carries the whole state, so the older sector is spare). */
+static dpu_status append_record(dpu_applier *a, const dpu_sectors *sectors, uint32_t phase,
+                                uint32_t sector, const uint8_t hash[32]) {
+  dpu_sha256 sha;
+  uint8_t digest[32];
+  uint8_t *r = a->journal;
+  if (a->log_slot >= log_slots(a)) {
+    a->log_sector ^= 1u;
+    a->log_slot = 0;
+    if (sectors->erase_journal(a->io->ctx, log_offset(a, a->log_sector, 0), a->sector_size))
+      return DPU_ERR_IO;
+  }
+  memcpy(r, "DPUS", 4);
+  memcpy(r + 4, a->patch_id, 32);
+  put_le32(r + 36, ++a->journal_seq);
+  put_le32(r + 40, phase);
+  put_le32(r + 44, sector);
+  if (hash) memcpy(r + 48, hash, 32);
+  else memset(r + 48, 0, 32);
+  dpu_sha256_init(&sha);
+  dpu_sha256_update(&sha, r, 80);
+  dpu_sha256_final(&sha, digest);
+  memcpy(r + 80, digest, 16);
+  return a->io->write_journal(a->io->ctx, log_offset(a, a->log_sector, a->log_slot++), r,
+                              DPU_SECTOR_RECORD)
+             ? DPU_ERR_IO
+             : DPU_OK;
+}
+
+/* The SHA-256 of the copy sector's first `len` bytes, read back from flash
+ * (through a->chunk: a->journal may hold the record that names the hash). */
+static dpu_status hash_copy(dpu_applier *a, uint32_t len, uint8_t digest[32]) {
+  uint32_t at, take;
+  dpu_sha256_init(&a->sha);
+  for (at = 0; at < len; at += take) {
+    take = len - at < DPU_CHUNK ? len - at : DPU_CHUNK;
+    if (a->io->read_journal(a->io->ctx, at, a->chunk, take)) return DPU_ERR_IO;
+    dpu_sha256_update(&a->sha, a->chunk, take);
+  }
+  dpu_sha256_final(&a->sha, digest);
+  return DPU_OK;
+}
+
+/* Erases model sector n and programs the copy sector's bytes into it; then
+ * records it done. Repeatable: the copy sector is not touched. */
+static dpu_status commit_sector(dpu_applier *a, const dpu_sectors *sectors, uint32_t n,
+                                uint32_t len) {
+  uint32_t at, take, start = n * a->sector_size;
+  if (sectors->erase_model(a->io->ctx, start, a->sector_size)) return DPU_ERR_IO;
+  for (at = 0; at < len; at += take) {
+    take = len - at < DPU_CHUNK ? len - at : DPU_CHUNK;
+    if (a->io->read_journal(a->io->ctx, at, a->journal, take)) return DPU_ERR_IO;
+    if (a->io->write_out(a->io->ctx, start + at, a->journal, take)) return DPU_ERR_IO;
+  }
+  return append_record(a, sectors, SECTOR_DONE, n, NULL);
+}
+
+dpu_status dpu_apply_in_sectors(dpu_applier *a, const dpu_io *io, const dpu_sectors *sectors,
+                                const dpu_trust *trust, uint32_t patch_size, uint32_t model_size,
+                                uint32_t options) {
+  uint8_t digest[32];
+  uint32_t phase, n, count, out, resume = 0, size = sectors ? sectors->sector_size : 0;
+  dpu_status s;
+  if ((s = open_patch(a, io, trust, patch_size, options)) != DPU_OK) return s;
+  if (!io->read_journal || !io->write_journal || !sectors || !sectors->erase_model ||
+      !sectors->erase_journal || size < 256u || size % DPU_CHUNK != 0 ||
+      size > (1u << 24))
+    return DPU_ERR_CONFIG;
+  a->sector_size = size;
+  if (a->info.model_size != model_size) return DPU_ERR_BASE;
+  if (a->info.result_size != model_size) return DPU_ERR_SIZE;
+  if ((s = scan_log(a, &phase)) != DPU_OK) return s;
+  if (phase == SECTOR_ALL) return DPU_ERR_ALREADY_APPLIED;
+  count = (model_size + size - 1u) / size;
+  if (phase == SECTOR_COPIED || phase == SECTOR_DONE) {
+    n = le32(a->journal + 44);
+    if (n >= count) return DPU_ERR_MALFORMED;
+    if (phase == SECTOR_COPIED) {
+      /* Cut between the copy and the model: the model sector may be half
+       * erased, so it is programmed again before anything reads the model.
+       * The copy is this patch's (the record names it) and intact (its hash). */
+      uint32_t len = model_size - n * size < size ? model_size - n * size : size;
+      if ((s = hash_copy(a, len, digest)) != DPU_OK) return s;
+      if (memcmp(digest, a->journal + 48, 32) != 0) return DPU_ERR_IO; /* the flash lost bytes */
+      if ((s = commit_sector(a, sectors, n, len)) != DPU_OK) return s;
+    }
+    resume = (n + 1u) * size;
+  } else if (phase != 0 && phase != SECTOR_START) {
+    return DPU_ERR_MALFORMED;
+  }
+  if (phase == 0 && (s = check_base(a, model_size)) != DPU_OK) return s;
+  if ((s = validate_records(a)) != DPU_OK) return s;
+  if ((s = check_rotation(a, trust)) != DPU_OK) return s;
+  if (phase == 0 && (s = append_record(a, sectors, SECTOR_START, 0, NULL)) != DPU_OK) return s;
+  if ((s = begin_writing(a)) != DPU_OK) return s;
+  for (n = 0; n < count; n++) {
+    uint32_t start = n * size, end = model_size - start < size ? model_size : start + size;
+    int copying = 0;
+    for (out = start; out < end;) {
+      uint32_t take = end - out < DPU_CHUNK ? end - out : DPU_CHUNK, at;
+      a->skip = out < resume;
+      a->touched = 0;
+      if (!a->skip && io->read_base(io->ctx, out, a->chunk, take)) return DPU_ERR_IO;
+      if ((s = apply_to_chunk(a, out, take)) != DPU_OK) return s;
+      if (!a->skip && a->touched && !copying) {
+        /* Written to, but changed? (A whole file rewrites every chunk, mostly
+         * with the same bytes; a sector is erased only if its bytes change.) */
+        if (io->read_base(io->ctx, out, a->journal, take)) return DPU_ERR_IO;
+        a->touched = memcmp(a->journal, a->chunk, take) != 0;
+      }
+      if (!a->skip && a->touched && !copying) {
+        /* the sector changes: its unchanged chunks so far go to the copy first */
+        if (sectors->erase_journal(io->ctx, 0, size)) return DPU_ERR_IO;
+        for (at = start; at < out; at += DPU_CHUNK) {
+          if (io->read_base(io->ctx, at, a->journal, DPU_CHUNK)) return DPU_ERR_IO;
+          if (io->write_journal(io->ctx, at - start, a->journal, DPU_CHUNK)) return DPU_ERR_IO;
+        }
+        copying = 1;
+      }
+      if (copying && io->write_journal(io->ctx, out - start, a->chunk, take)) return DPU_ERR_IO;
+      out += take;
+    }
+    if (copying) {
+      if ((s = hash_copy(a, end - start, digest)) != DPU_OK) return s;
+      if ((s = append_record(a, sectors, SECTOR_COPIED, n, digest)) != DPU_OK) return s;
+      if ((s = commit_sector(a, sectors, n, end - start)) != DPU_OK) return s;
+    }
+  }
+  a->skip = 0;
+  dpu_sha256_init(&a->sha);
+  if ((s = hash_base(a, 0, model_size)) != DPU_OK) return s;
+  dpu_sha256_final(&a->sha, digest);
+  if (memcmp(digest, a->info.result_sha256, 32) != 0) return DPU_ERR_RESULT;
+  return append_record(a, sectors, SECTOR_ALL, 0, NULL);
+}
+
 /* ------------------------------------------------------------ public keys */
 
 /* Arithmetic modulo p = 2^255 - 19 on 16 limbs of 16 bits, held in 64-bit
@@ -1110,6 +1322,7 @@ const char *dpu_strerror(dpu_status status) {
     case DPU_ERR_NO_KEY: return "no public key to check the patch with, and unsigned patches are not allowed";
     case DPU_ERR_BODY: return "patch body does not match the SHA-256 in its header";
     case DPU_ERR_ROTATION: return "patch rotates the signing key in a way this device refuses";
+    case DPU_ERR_CONFIG: return "the applier is misconfigured (a missing callback, or a sector size that is not a multiple of the chunk, from 256 bytes to 16 MiB)";
     case DPU_ERR_NOT_RAW: return "the model's weights are not raw tensors (compressed for TFLite Micro, compiled for the Edge TPU, or sparse): element patches cannot rewrite them; send a signed whole-file update";
   }
   return "unknown error";

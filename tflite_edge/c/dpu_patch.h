@@ -34,19 +34,19 @@
  * callbacks), so that an apply cut off at any moment (power loss, reset)
  * resumes to exactly the result when dpu_apply_in_place is called again.
  *
- * RAM: one dpu_applier (sizeof(dpu_applier) bytes, 728 on x86-64 with the
+ * RAM: one dpu_applier (sizeof(dpu_applier) bytes, 736 on x86-64 with the
  * default DPU_CHUNK of 64, a multiple of 8) supplied by the caller, plus stack:
- * at most 1536 bytes on the deepest call chain of dpu_apply and
- * dpu_apply_in_place (x86-64, gcc -O2: 1448, measured by the tests with
+ * at most 1536 bytes on the deepest call chain of dpu_apply,
+ * dpu_apply_in_place and dpu_apply_in_sectors (x86-64, gcc -O2: 1512, measured by the tests with
  * -fcallgraph-info=su; the deepest chain is a key rotation's check of the next
  * key), and 1536 for dpu_check_public_key (run when a key is provisioned), not
  * counting what the callbacks themselves use.
  *
  * On a Cortex-M4 (`make lib CROSS=arm-none-eabi-`: arm-none-eabi-gcc 12, -Os
  * -mthumb, linked with --gc-sections into examples/firmware.c, which calls
- * dpu_apply, dpu_apply_in_place and dpu_check_public_key): 10484 bytes of
- * code and constants, 720 bytes of state (the dpu_applier), and at most 1536
- * bytes of stack (measured: 1436), all checked by tests/test_microcontroller.py.
+ * dpu_apply, dpu_apply_in_sectors and dpu_check_public_key): 11520 bytes of
+ * code and constants, 728 bytes of state (the dpu_applier), and at most 1536
+ * bytes of stack (measured: 1468), all checked by tests/test_microcontroller.py.
  */
 #ifndef DPU_PATCH_H
 #define DPU_PATCH_H
@@ -95,7 +95,8 @@ typedef enum {
   DPU_ERR_NO_KEY,          /* no public key, and DPU_ALLOW_UNSIGNED not given */
   DPU_ERR_BODY,            /* the body does not hash to the header's body hash */
   DPU_ERR_ROTATION,        /* a key rotation this device cannot take */
-  DPU_ERR_NOT_RAW          /* the model's weights are compressed, compiled or sparse */
+  DPU_ERR_NOT_RAW,         /* the model's weights are compressed, compiled or sparse */
+  DPU_ERR_CONFIG           /* a missing callback or a bad sector size (dpu_apply_in_sectors) */
 } dpu_status;
 
 /* Options of dpu_apply and dpu_apply_in_place. */
@@ -131,6 +132,20 @@ typedef struct {
   int (*read_journal)(void *ctx, uint32_t offset, uint8_t *buf, uint32_t len);
   int (*write_journal)(void *ctx, uint32_t offset, const uint8_t *buf, uint32_t len);
 } dpu_io;
+
+/* NOR flash, for dpu_apply_in_sectors: storage that must be erased (to 0xff),
+ * a whole sector at a time, before it can be programmed. */
+typedef struct {
+  uint32_t sector_size; /* the erase unit: a multiple of DPU_CHUNK, at least 256 */
+  /* Erase whole sectors: [offset, offset + len) of the model (offset 0 is the
+   * start of a sector) or of the journal; return 0 on success. */
+  int (*erase_model)(void *ctx, uint32_t offset, uint32_t len);
+  int (*erase_journal)(void *ctx, uint32_t offset, uint32_t len);
+} dpu_sectors;
+
+/* The journal of dpu_apply_in_sectors: a copy sector and two log sectors. */
+#define DPU_SECTOR_RECORD 96u
+#define DPU_SECTOR_JOURNAL_SIZE(sector_size) (3u * (sector_size))
 
 /* Two journal slots written alternately, so a write torn by a power cut always
  * leaves the previous entry intact. */
@@ -196,6 +211,9 @@ typedef struct {
   uint8_t patch_id[32];
   uint32_t journal_seq;
   uint8_t journal[DPU_JOURNAL_SLOT];
+  /* dpu_apply_in_sectors: the log's current sector (0 or 1) and next free slot */
+  uint32_t sector_size, log_slot;
+  uint8_t log_sector;
 } dpu_applier;
 
 /*
@@ -226,6 +244,26 @@ dpu_status dpu_apply(dpu_applier *applier, const dpu_io *io, const dpu_trust *tr
  */
 dpu_status dpu_apply_in_place(dpu_applier *applier, const dpu_io *io, const dpu_trust *trust,
                               uint32_t patch_size, uint32_t model_size, uint32_t options);
+
+/*
+ * dpu_apply_in_place for NOR flash, where a write needs its sector erased
+ * first: the model is rewritten a sector at a time, each new sector built in
+ * the journal's copy sector (programmed a chunk at a time as it is decoded,
+ * so RAM does not grow with the sector size), recorded, then erased and
+ * programmed into the model. The journal (io->read_journal/write_journal,
+ * DPU_SECTOR_JOURNAL_SIZE(sector_size) bytes, sector-aligned, erased or
+ * garbage the first time) holds the copy sector and two log sectors that take
+ * 96-byte records in turn. Nothing is ever programmed that was not erased
+ * since, and only sectors that change are erased: a model sector once per
+ * patch, the copy sector once per changed model sector. Call it again with the
+ * same patch after an interruption: it resumes (DPU_ERR_ALREADY_APPLIED when
+ * done). The model's flash starts on a sector boundary and nothing else
+ * shares its last sector (which is erased whole). Same checks, same patch
+ * rules and same results as dpu_apply_in_place.
+ */
+dpu_status dpu_apply_in_sectors(dpu_applier *applier, const dpu_io *io,
+                                const dpu_sectors *sectors, const dpu_trust *trust,
+                                uint32_t patch_size, uint32_t model_size, uint32_t options);
 
 /*
  * Checks an Ed25519 public key before the firmware trusts it: DPU_ERR_KEY when it

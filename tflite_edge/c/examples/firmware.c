@@ -1,7 +1,9 @@
 /*
  * How a firmware wires the applier: the model, the incoming patch and the
- * journal in memory-mapped flash, the new model programmed into the other
- * slot (A/B), the device's trust state in its own flash page. Built for a
+ * journal in memory-mapped NOR flash (erased a 4 KiB sector at a time), the
+ * new model programmed into the other slot (A/B) or, on a device without room
+ * for two, rewritten where it lies a sector at a time (dpu_apply_in_sectors),
+ * the device's trust state in its own flash page. Built for a
  * Cortex-M4 by the tests (tests/test_microcontroller.py), which link it to
  * measure what the applier adds to a firmware image:
  *
@@ -25,11 +27,18 @@
 #define MODEL_A ((const uint8_t *)0x08020000u)
 #define MODEL_B ((const uint8_t *)0x08060000u)
 #define PATCH_AREA ((const uint8_t *)0x080a0000u)
-#define JOURNAL_AREA ((const uint8_t *)0x080b0000u)
+#define JOURNAL_AREA ((const uint8_t *)0x080b0000u) /* DPU_SECTOR_JOURNAL_SIZE(SECTOR) */
+#define SECTOR 4096u
 
 __attribute__((weak)) int flash_program(const uint8_t *at, const uint8_t *data, uint32_t len) {
   (void)at;
   (void)data;
+  (void)len;
+  return 0;
+}
+
+__attribute__((weak)) int flash_erase(const uint8_t *at, uint32_t len) {
+  (void)at;
   (void)len;
   return 0;
 }
@@ -84,26 +93,39 @@ static int write_journal(void *ctx, uint32_t offset, const uint8_t *buf, uint32_
   return flash_program(JOURNAL_AREA + offset, buf, len);
 }
 
+static int erase_model(void *ctx, uint32_t offset, uint32_t len) {
+  return flash_erase(((struct slots *)ctx)->out + offset, len);
+}
+
+static int erase_journal(void *ctx, uint32_t offset, uint32_t len) {
+  (void)ctx;
+  return flash_erase(JOURNAL_AREA + offset, len);
+}
+
 /* All the applier's RAM: static, so the link map shows it. */
 static dpu_applier applier;
 volatile uint32_t update_round;
 
 /* Applies a received patch. With two slots (A/B) the new model goes to the
- * other slot and the boot code switches only after DPU_OK; with one, the model
- * is patched where it lies, resumable after a power cut (call again with the
- * same patch at boot until it returns DPU_OK or DPU_ERR_ALREADY_APPLIED).
+ * other slot (erased beforehand) and the boot code switches only after
+ * DPU_OK; with one, the model is rewritten where it lies, a sector at a time,
+ * resumable after a power cut (call again with the same patch at boot until
+ * it returns DPU_OK or DPU_ERR_ALREADY_APPLIED).
  * After DPU_OK the firmware stores applier.info.round and .release_time as its
  * new trust state. */
 static uint32_t apply_update(uint32_t patch_size, uint32_t model_size, uint32_t round,
                              uint64_t release_time, int in_place) {
   struct slots slots = {MODEL_A, PATCH_AREA, in_place ? MODEL_A : MODEL_B};
   dpu_io io = {&slots, read_patch, read_base, write_out, verify, read_journal, write_journal};
+  dpu_sectors flash = {SECTOR, erase_model, erase_journal};
   dpu_trust trust = {0, 0, 0, device_key, 0};
   dpu_status status;
   trust.round = round;
   trust.release_time = release_time;
   if (in_place)
-    status = dpu_apply_in_place(&applier, &io, &trust, patch_size, model_size, 0);
+    status = dpu_apply_in_sectors(&applier, &io, &flash, &trust, patch_size, model_size, 0);
+  else if (flash_erase(MODEL_B, (model_size + SECTOR - 1u) / SECTOR * SECTOR) != 0)
+    status = DPU_ERR_IO;
   else
     status = dpu_apply(&applier, &io, &trust, patch_size, model_size, 0);
   update_round = applier.info.round;
