@@ -253,6 +253,7 @@ def test_the_android_helper_swaps_models_under_running_readers(exported_run, jar
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     figures = dict(part.split("=") for part in proc.stdout.split())
+    print(proc.stdout.strip())
     assert int(figures["updates"]) == 5 and int(figures["reads"]) > 100, proc.stdout
     assert figures["opened"] == figures["closed"] == "7", proc.stdout   # 1 + 5 + the reopen
     assert (device / "model.tflite").read_bytes() == open(chain[-1], "rb").read()
