@@ -59,6 +59,17 @@ def test_search_bisects_below_the_screened_size():
     assert found.candidate == f"candidate {found.size}"
 
 
+def test_search_from_at_or_above_the_screened_pass_fine_tunes_below_it():
+    """Last round's size may already be at or above the smallest size whose rewound
+    candidate passes; fine-tuning can only help, so the search must go below it."""
+    for start in (800, 5000):
+        screen, fine_tune, calls = _passes_from(threshold=300, screened_threshold=800)
+        found, _ = search(screen, fine_tune, size_grid(100, 10000), start=start, steps=4)
+        tuned = [c[1] for c in calls if c[0] == "tune"]
+        assert tuned and tuned[0] == 400 and max(tuned) < 800, (start, tuned)
+        assert found.fine_tuned and 300 <= found.size < 800
+
+
 def test_search_grows_towards_the_cap_and_reports_a_miss():
     screen, fine_tune, calls = _passes_from(threshold=10 ** 9, screened_threshold=10 ** 9)
     found, trials = search(screen, fine_tune, size_grid(100, 5000), start=500, steps=5)
@@ -83,12 +94,24 @@ def test_a_huge_target_sends_nothing_and_a_zero_target_sends_more(small_mnist):
     assert all(r["target_met"] and r["updated_elements"] == 0 for r in lax[1:])
     strict = run(RunConfig(**SMALL, target_gap=0.0, max_update_ratio=0.05,
                            target_search_steps=2), progress=None, data=small_mnist).rounds
+    cap = int(np.ceil(0.05 * 266200))
+    searched = 0
     for r in strict[1:]:
-        assert r["updated_elements"] <= int(np.ceil(0.05 * 266200))
-        assert "target_trials" in r and r["target_full_val_accuracy"] > 0
-        if r["target_met"] and r["sent"]:
-            assert r["target_gap_points"] <= 1e-9
-        assert sum(t[2] for t in r["target_trials"]) <= 3   # 2 steps + the found size
+        trials, met = r["target_trials"], r["target_met"]
+        assert r["target_full_val_accuracy"] > 0
+        assert met == (r["target_gap_upper"] <= 1e-9)   # G = 0, z = 0: the gap itself
+        assert all(size <= cap for size, _, _ in trials)
+        assert sum(t[2] for t in trials) <= 4   # 2 steps, the found size, the cap
+        passing = [size for size, gap, _ in trials if gap <= 1e-9]
+        if not trials:   # the deployed model already passes: nothing is sent
+            assert met and r["updated_elements"] == 0 and not r["sent"]
+            continue
+        searched += 1
+        if met:   # the smallest size that passed, never more
+            assert passing and r["updated_elements"] <= min(passing)
+        else:     # nothing passed: at most the cap
+            assert not passing and r["updated_elements"] <= cap
+    assert searched > 0
 
 
 @pytest.mark.parametrize("changes, message", [
