@@ -184,7 +184,7 @@ def main(argv):
     del argv
     with tempfile.TemporaryDirectory() as folder:
         result = measure(folder)
-    from tflite_edge.apply import write_atomic  # pylint: disable=import-outside-toplevel
+    from tflite_edge.files import write_atomic  # pylint: disable=import-outside-toplevel
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
     write_atomic(_OUT.value + ".json", (json.dumps(result, indent=1) + "\n").encode())
     table = markdown(result)

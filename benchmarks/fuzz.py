@@ -48,7 +48,8 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from tflite_edge import patch_format
-from tflite_edge.apply import Policy, apply_to, patched_chunks, verify, write_atomic
+from tflite_edge.apply import Policy, apply_to, patched_chunks, verify
+from tflite_edge.files import write_atomic
 from tflite_edge.device_state import DeviceState
 from tflite_edge.errors import PatchError
 from tflite_edge.patch_format import (ELEMENTS_RECORD, HEADER, KIND_ELEMENTS, KIND_ROTATION,

@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     text = json.dumps(results, indent=2)
     print(text)
     if flags.FLAGS.out:
-        from tflite_edge.apply import write_atomic  # pylint: disable=import-outside-toplevel
+        from tflite_edge.files import write_atomic  # pylint: disable=import-outside-toplevel
         write_atomic(flags.FLAGS.out, (text + "\n").encode())
     return 0
 

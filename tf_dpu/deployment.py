@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from tf_dpu.data import Preprocessing
-from tflite_edge.apply import write_atomic
+from tflite_edge.files import write_atomic
 from tflite_edge.convert import (PatchCost, build_map, convert_int8, int8_accuracy,
                                  kernel_bounds, requantize, with_headroom)
 from tflite_edge.create import create_patch

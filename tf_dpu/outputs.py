@@ -17,7 +17,7 @@ import numpy as np
 
 # One atomic writer for the whole project: temporary file, fsync, rename, fsync
 # of the folder (re-exported here for the server's files).
-from tflite_edge.apply import write_atomic  # noqa: F401
+from tflite_edge.files import write_atomic  # noqa: F401
 
 def round_dir(out_dir: str, index: int) -> str:
     return os.path.join(out_dir, f"round_{index:03d}")

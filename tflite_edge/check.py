@@ -209,7 +209,7 @@ def _define(values: flags.FlagValues) -> None:
 
 
 def _check(values, model_path: str) -> int:
-    from tflite_edge.apply import read_file  # pylint: disable=import-outside-toplevel
+    from tflite_edge.files import read_file  # pylint: disable=import-outside-toplevel
     data = read_file(model_path, "model")
     target = values["target"].value
     lines, ok = check(data, target)

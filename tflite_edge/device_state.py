@@ -34,6 +34,8 @@ import re
 from typing import Optional, Tuple
 
 from tflite_edge.errors import PatchError
+from tflite_edge.files import write_atomic
+from tflite_edge.keys import check_public_key
 
 MAX_ROUND = 2 ** 32 - 1   # the patch header's round field is 32 bits
 MAX_RETIRED = 16          # retired key ids kept (for the message; any other key is refused too)
@@ -107,7 +109,6 @@ def _entry(value, path: str, what: str, pending_allowed: bool = False) -> Device
         raise PatchError(f"device state file {path}: {what} has a retired list that is not "
                          f"at most {MAX_RETIRED} ids of 16 hex digits")
     if key is not None:
-        from tflite_edge.signing import check_public_key  # pylint: disable=import-outside-toplevel
         try:
             check_public_key(bytes.fromhex(key))
         except PatchError as e:
@@ -232,6 +233,5 @@ class StateFile:
         return True
 
     def _write(self, doc: dict) -> None:
-        from tflite_edge.apply import write_atomic  # pylint: disable=import-outside-toplevel
         write_atomic(self.path, (json.dumps(doc) + "\n").encode())
 

@@ -32,7 +32,8 @@ import numpy as np
 from absl import flags
 
 from tflite_edge import cli
-from tflite_edge.apply import Policy, apply_to, next_state, write_atomic
+from tflite_edge.apply import Policy, apply_to, next_state
+from tflite_edge.files import write_atomic
 from tflite_edge.create import create_patch_files, create_whole_file_patch
 from tflite_edge.device_state import DeviceState
 from tflite_edge.errors import PatchError

@@ -19,10 +19,10 @@ import sys
 from absl import flags
 
 from tflite_edge import cli, patch_format
-from tflite_edge.apply import (DEFAULT_MAX_ROUND_JUMP, WHOLE_FILE_POLICIES, Policy,
-                               apply_patch_file, read_patch_file, write_atomic)
+from tflite_edge.apply import DEFAULT_MAX_ROUND_JUMP, WHOLE_FILE_POLICIES, Policy, apply_patch_file
 from tflite_edge.create import (create_patch_files, create_rotation_patch,
                                create_whole_file_patch)
+from tflite_edge.files import read_patch_file, write_atomic
 from tflite_edge.source import Source
 from tflite_edge.errors import PatchError
 from tflite_edge.positions import entropy_bound_bits

@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from tflite_edge import keys
 from tflite_edge import positions as codes
 from tflite_edge.errors import PatchError
 from tflite_edge.model_file import ELEMENT_DTYPES, TYPE_NAMES
@@ -547,9 +548,8 @@ def _rotation(data, at, end, header: Header, allowed: bool, first: bool):
     if any(data[at + 1:at + 8]):
         raise PatchError("record has non-zero reserved bytes")
     next_key = bytes(data[at + 8:at + ROTATION_RECORD.size])
-    from tflite_edge.signing import check_public_key  # pylint: disable=import-outside-toplevel
     try:
-        check_public_key(next_key)
+        keys.check_public_key(next_key)
     except PatchError as e:
         raise PatchError(f"the rotation's next key is refused: {e}") from None
     return Record(KIND_ROTATION, 0, raw=next_key), at + ROTATION_RECORD.size
