@@ -6,10 +6,12 @@ Keys written:
   train_step_vs_fit, contribution_step_vs_fit, masked_step_vs_fit:
       the custom loop's throughput over `model.fit` on the same model and data
       (plain, with local-contribution accumulation, with a 1 % mask).
-  position_bits_vs_bound, patch_vs_detools, patch_vs_bsdiff, patch_vs_gzip_full,
-  patch_vs_tflite_full, patch_vs_bound, patch_vs_entropy_bound:
+  position_bits_vs_bound, patch_vs_detools, patch_vs_bsdiff, patch_vs_best_generic,
+  patch_vs_best_generic_worst_pair, patch_vs_gzip_full, patch_vs_tflite_full,
+  patch_vs_bound, patch_vs_entropy_bound:
       the int8 patches of a real DPU run (MNIST MLP, k = 0.01, 8 rounds) against
-      the alternatives on the same file pairs (totals over rounds); the entropy
+      the alternatives on the same file pairs (totals over rounds; generic diffs
+      at their best settings, decode-checked: benchmarks.generic_diffs); the entropy
       bound is, per record, log2 C(N, n) position bits plus n x the empirical
       entropy of the coded values, plus the fixed bytes (benchmarks.patch_size).
   apply_mb_per_s_python, apply_mb_per_s_c: model megabytes patched per second.
@@ -43,18 +45,6 @@ _QUICK = flags.DEFINE_bool("quick", False, "a few minutes on 2 cores: fewer epoc
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON to this file")
 
 
-def _run_files(config, data):
-    from tf_dpu.rounds import run  # pylint: disable=import-outside-toplevel
-    result = run(config, progress=None, data=data)
-    files, patches = [], []
-    for record in result.rounds:
-        folder = os.path.join(config.out_dir, f"round_{record['round']:03d}")
-        files.append(open(os.path.join(folder, "model.tflite"), "rb").read())
-        patch = os.path.join(folder, "update.patch")
-        patches.append(open(patch, "rb").read() if os.path.exists(patch) else None)
-    return result, files, patches
-
-
 def main(argv):
     del argv
     from benchmarks import patch_size, throughput  # pylint: disable=import-outside-toplevel
@@ -67,7 +57,7 @@ def main(argv):
         config = RunConfig(rounds=8, initial_samples=500, samples_per_round=500,
                            epochs=10 if quick else 30, seed=1, export_tflite=True,
                            out_dir=os.path.join(folder, "dpu"))
-        dpu, files, patches = _run_files(config, data)
+        dpu, files, patches = patch_size.run_files(config, data)
         table = patch_size.compare(files, patches)
         results.update(patch_size.ratios(table))
         sent = [r for r in range(1, len(files)) if patches[r] is not None]

@@ -1,8 +1,11 @@
 """Bytes that cross the link, measured on real rounds, against what users do today.
 
 For every consecutive pair of deployed `.tflite` files of a DPU run: our patch,
-the whole file, gzip -9 of the whole file, the detools and bsdiff4 patches
-between the same two files, and the information bound of the positions
+the whole file, gzip -9 of the whole file, every generic binary diff at its
+best settings between the same two files, decode-checked
+(`benchmarks.generic_diffs`: detools over all its algorithms, patch types
+and compressions, bsdiff4, zstd with the base as dictionary, xz of the XOR),
+and the information bound of the positions
 (log2 C(N, n) bits for the n changed elements of each buffer) plus the raw
 value bits. That last column bounds position coding only: a tool that
 compresses the values (as detools' lzma does with value deltas) can go below it.
@@ -21,7 +24,7 @@ import time
 
 import numpy as np
 
-from benchmarks import jvm
+from benchmarks import generic_diffs, jvm
 
 from tflite_edge import patch_format
 from tflite_edge.apply import apply_patch
@@ -34,24 +37,29 @@ _C_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
                       "tflite_edge", "c")
 
 
-def _detools(base: bytes, target: bytes) -> int:
-    import detools  # pylint: disable=import-outside-toplevel
-    import io  # pylint: disable=import-outside-toplevel
-    out = io.BytesIO()
-    detools.create_patch(io.BytesIO(base), io.BytesIO(target), out, compression="lzma")
-    return len(out.getvalue())
-
-
-def _bsdiff(base: bytes, target: bytes) -> int:
-    import bsdiff4  # pylint: disable=import-outside-toplevel
-    return len(bsdiff4.diff(base, target))
-
-
 def _zeroth_order_bits(values: np.ndarray) -> float:
     """n x the empirical entropy of the values' distribution."""
     _, counts = np.unique(values, return_counts=True)
     p = counts / counts.sum()
     return float(-(counts * np.log2(p)).sum())
+
+
+def run_files(config, data):
+    """A run's result, its deployed files and its patches (None where nothing was sent)."""
+    from tf_dpu.rounds import run  # pylint: disable=import-outside-toplevel
+    result = run(config, progress=None, data=data)
+    files, patches = [], []
+    for record in result.rounds:
+        folder = os.path.join(config.out_dir, f"round_{record['round']:03d}")
+        with open(os.path.join(folder, "model.tflite"), "rb") as f:
+            files.append(f.read())
+        patch = os.path.join(folder, "update.patch")
+        if os.path.exists(patch):
+            with open(patch, "rb") as f:
+                patches.append(f.read())
+        else:
+            patches.append(None)
+    return result, files, patches
 
 
 def entropy_bound(patch: bytes) -> dict:
@@ -99,13 +107,21 @@ def compare(files, patches) -> dict:
             "round": r, "patch": len(patches[r]), "tflite": len(files[r]),
             "entropy_bound": round(entropy["bound"], 1),
             "entropy_parts": {k: [round(v[0]), round(v[1])] for k, v in entropy["parts"].items()},
-            "gzip": len(gzip.compress(files[r], 9)), "detools": _detools(files[r - 1], files[r]),
-            "bsdiff4": _bsdiff(files[r - 1], files[r]),
+            "gzip": len(gzip.compress(files[r], 9)),
+            **_generic(files[r - 1], files[r]),
             "bound": int(np.ceil((bound_positions + value_bits) / 8)),
             "position_bits": position_bits, "bound_position_bits": bound_positions})
     total = {k: sum(row[k] for row in rows) for k in rows[0]
-             if k not in ("round", "entropy_parts")} if rows else {}
+             if k not in ("round", "entropy_parts", "detools_setting", "best_tool")} if rows else {}
     return {"rows": rows, "total": total}
+
+
+def _generic(base: bytes, target: bytes) -> dict:
+    sizes = generic_diffs.compare(base, target)
+    return {"detools": sizes["detools"], "detools_setting": sizes["detools_setting"],
+            "bsdiff4": sizes["bsdiff4"], "zstd": sizes["zstd --patch-from (level 22)"],
+            "xz_xor": sizes["xz -9e of the XOR"], "best_generic": sizes["best"],
+            "best_tool": sizes["best_tool"]}
 
 
 def ratios(table: dict) -> dict:
@@ -114,6 +130,9 @@ def ratios(table: dict) -> dict:
         "position_bits_vs_bound": round(t["position_bits"] / t["bound_position_bits"], 4),
         "patch_vs_detools": round(t["patch"] / t["detools"], 4),
         "patch_vs_bsdiff": round(t["patch"] / t["bsdiff4"], 4),
+        "patch_vs_best_generic": round(t["patch"] / t["best_generic"], 4),
+        "patch_vs_best_generic_worst_pair": round(max(
+            row["patch"] / row["best_generic"] for row in table["rows"]), 4),
         "patch_vs_gzip_full": round(t["patch"] / t["gzip"], 4),
         "patch_vs_tflite_full": round(t["patch"] / t["tflite"], 4),
         "patch_vs_bound": round(t["patch"] / t["bound"], 4),
@@ -147,10 +166,13 @@ def apply_speed(base: bytes, patch: bytes, repeats: int = 20) -> dict:
 
 
 def markdown(table: dict) -> str:
-    lines = ["| round | patch | whole .tflite | gzip -9 | detools | bsdiff4 | bound |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| round | patch | whole .tflite | gzip -9 | detools (best setting) | bsdiff4 | "
+             "zstd, base as dictionary | xz of the XOR | best generic | patch / best generic "
+             "| bound |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in table["rows"] + [dict(table["total"], round="total")]:
+        setting = f" ({row['detools_setting']})" if "detools_setting" in row else ""
         lines.append(f"| {row['round']} | {row['patch']:,} | {row['tflite']:,} | "
-                     f"{row['gzip']:,} | {row['detools']:,} | {row['bsdiff4']:,} | "
-                     f"{row['bound']:,} |")
+                     f"{row['gzip']:,} | {row['detools']:,}{setting} | {row['bsdiff4']:,} | "
+                     f"{row['zstd']:,} | {row['xz_xor']:,} | {row['best_generic']:,} | "
+                     f"{row['patch'] / row['best_generic']:.3f} | {row['bound']:,} |")
     return "\n".join(lines) + "\n"

@@ -50,3 +50,17 @@ def test_reproduce_runs_the_methods_ratios_and_seeds_it_is_given(tmp_path):
             assert all(r["config"]["initial_deployment"] == "full" for r in full)
         assert all(len(r["test_accuracy"]) == 2 for r in found)
         assert len(found) == len(jobs)
+
+
+def test_generic_diffs_runs_the_rounds_and_epochs_it_is_given(tmp_path):
+    out = tmp_path / "generic"
+    done = _benchmark("benchmarks.generic_diffs", f"--out={out}", "--rounds=2", "--epochs=1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads((tmp_path / "generic.json").read_text())
+    assert found["rounds"] == 2 and found["epochs"] == 1
+    rows = found["bytes_table"]["rows"]
+    assert [r["round"] for r in rows] == [1]        # one patch: round 1 of rounds 0-1
+    assert rows[0]["best_generic"] == min(rows[0][k] for k in ("detools", "bsdiff4", "zstd",
+                                                                 "xz_xor"))
+    assert found["patch_vs_best_generic"] == round(rows[0]["patch"] / rows[0]["best_generic"], 4)
+    assert "best generic" in (tmp_path / "generic.md").read_text()

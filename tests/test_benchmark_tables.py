@@ -82,6 +82,7 @@ def test_modules_the_tests_import_define_no_flags():
     from absl import flags  # pylint: disable=import-outside-toplevel
     for name in ("benchmarks.bytes_figures", "benchmarks.user_model", "benchmarks.fuzz",
                  "benchmarks.tables", "benchmarks.patch_size", "benchmarks.jvm",
+                 "benchmarks.generic_diffs",
                  "benchmarks.bytes", "benchmarks.timing", "benchmarks.throughput",
                  "benchmarks.scaling"):
         importlib.import_module(name)
@@ -97,3 +98,43 @@ def test_scaling_models_store_every_layer_and_patch_with_every_applier():
     assert row["model_bytes"] > row["parameters"]
     assert 0 < row["patch_bytes"] < 0.05 * row["model_bytes"]
     assert row["apply_c_s"] > 0 and (row["apply_jvm_s"] or 0) >= 0
+
+
+def test_generic_diffs_at_their_best_settings_rebuild_the_target():
+    """Every generic tool's size is decode-checked; the best is the smallest of them,
+    and the bytes table and its ratios carry them."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from benchmarks import generic_diffs, patch_size  # pylint: disable=import-outside-toplevel
+    from hostile import TINY_MODEL  # pylint: disable=import-outside-toplevel
+    from tflite_edge.create import create_patch  # pylint: disable=import-outside-toplevel
+    from tflite_edge.model_file import ModelFile  # pylint: disable=import-outside-toplevel
+    base = open(TINY_MODEL, "rb").read()
+    buffer = ModelFile(base).buffers[4]
+    files, rng = [base], np.random.RandomState(1)
+    for _ in range(2):
+        target = bytearray(files[-1])
+        for i in rng.choice(buffer.length, 5, replace=False):
+            target[buffer.offset + i] = (target[buffer.offset + i] + 3) % 256
+        files.append(bytes(target))
+    sizes = generic_diffs.compare(files[0], files[1])
+    tools = {k: v for k, v in sizes.items() if k not in ("detools_setting", "best", "best_tool")}
+    assert set(tools) == {"detools", "bsdiff4", "zstd --patch-from (level 22)",
+                          "xz -9e of the XOR"}
+    assert sizes["best"] == min(tools.values()) and sizes["detools_setting"].count("/") == 2
+    patches = [None] + [create_patch(files[r - 1], files[r], r) for r in (1, 2)]
+    table = patch_size.compare(files, patches)
+    ratios = patch_size.ratios(table)
+    assert ratios["patch_vs_best_generic"] == pytest.approx(
+        table["total"]["patch"] / table["total"]["best_generic"], rel=1e-3)
+    assert ratios["patch_vs_best_generic_worst_pair"] >= ratios["patch_vs_best_generic"] - 1e-9
+    assert "detools (best setting)" in patch_size.markdown(table)
+    # A tool whose decoder does not rebuild the target is an error, never a size.
+    broken = dict(generic_diffs.OTHERS)
+    generic_diffs.OTHERS["xz -9e of the XOR"] = lambda b, t: (_ for _ in ()).throw(
+        AssertionError("does not rebuild"))
+    try:
+        with pytest.raises(AssertionError):
+            generic_diffs.compare(files[0], files[1])
+    finally:
+        generic_diffs.OTHERS.clear()
+        generic_diffs.OTHERS.update(broken)
