@@ -208,6 +208,8 @@ def test_nor_sector_mode_survives_a_cut_at_every_program_and_erase(powercut, fil
     patch = create_patch(files[0], files[1], 1)
     cuts, bad, _, unerased, erases, changed = _powercut(powercut, files[0], patch, files[1],
                                                         tmp_path, sector, figures=True)
+    print(f"{sector}-byte sectors: {cuts} cut points, {changed} sectors changed, "
+          f"{erases} erased, {unerased} bytes programmed unerased, {bad} bad results")
     assert bad == 0 and unerased == 0
     assert 0 < changed < len(files[0]) / sector and erases == changed
     # per changed sector: copy erase, copy programs, record, model erase, programs, record
