@@ -122,9 +122,27 @@ def test_the_recipe_verifier_for_cortex_m4(monocypher, tmp_path):
                            capture_output=True, text=True, check=True).stdout
     text = int(sizes.splitlines()[1].split()[0])
     stack = stack_depths(graphs)("dpu_ed25519_verify")
-    print(f"recipe verifier on Cortex-M4: code {text} B, stack {stack} B")
+    # The example firmware with the whole update path (applier and verifier)
+    # against the same firmware without it.
+    from test_microcontroller import ARM, FLAGS, _text  # pylint: disable=import-outside-toplevel
+    subprocess.run(["make", "-s", "-C", C_DIR, "lib", f"CROSS={ARM}", f"OUT={tmp_path}"],
+                   check=True)
+    example = os.path.join(C_DIR, "examples", "firmware.c")
+    link = ["--specs=nano.specs", "--specs=nosys.specs", "-Wl,--gc-sections", f"-I{C_DIR}",
+            f"-I{monocypher}", f"-I{ED25519_DIR}"]
+    subprocess.run([ARM + "gcc", *FLAGS, "-DWITH_MONOCYPHER", *link, example,
+                    os.path.join(ED25519_DIR, "dpu_ed25519.c"), str(tmp_path / "monocypher.c.o"),
+                    str(tmp_path / "libdpu_patch.a"), "-o", str(tmp_path / "full.elf")],
+                   check=True)
+    subprocess.run([ARM + "gcc", *FLAGS, "-DWITHOUT_APPLIER", *link, example,
+                    "-o", str(tmp_path / "bare.elf")], check=True)
+    whole = _text(tmp_path / "full.elf") - _text(tmp_path / "bare.elf")
+    print(f"recipe verifier on Cortex-M4: code {text} B, stack {stack} B; "
+          f"the example firmware's update path, applier and verifier: {whole} B")
     doc = open(os.path.join(ROOT, "docs", "microcontrollers.md")).read()
     stated_code, stated_stack = (int(n) for n in re.search(
         r"verifier: (\d+) bytes of code and constants, (\d+) bytes of stack", doc).groups())
+    stated_whole = int(re.search(r"applier and verifier together: (\d+) bytes", doc).group(1))
     assert abs(text - stated_code) <= 0.1 * stated_code, text
     assert abs(stack - stated_stack) <= 0.1 * stated_stack, stack
+    assert abs(whole - stated_whole) <= 0.1 * stated_whole, whole

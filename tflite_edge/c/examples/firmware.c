@@ -12,11 +12,12 @@
  *       --specs=nano.specs --specs=nosys.specs -Wl,--gc-sections \
  *       tflite_edge/c/examples/firmware.c build/libdpu_patch.a -o firmware.elf
  *
- * The flash_* functions and verify_ed25519 are the board's and the crypto
- * library's (see docs/microcontrollers.md: Monocypher in a few lines); here
- * they are weak stand-ins so that the example links on its own. With
- * -DWITHOUT_APPLIER the same image without the applier, for the size
- * difference.
+ * The flash_* functions are the board's; here they are weak stand-ins so
+ * that the example links on its own. verify_ed25519 is the recipe's
+ * Monocypher verifier with -DWITH_MONOCYPHER (add -I<monocypher folder> and
+ * build monocypher.c and ed25519/dpu_ed25519.c with it), a stand-in that
+ * refuses everything otherwise. With -DWITHOUT_APPLIER the same image
+ * without the applier, for the size difference.
  */
 #include <stdint.h>
 #include <string.h>
@@ -43,6 +44,15 @@ __attribute__((weak)) int flash_erase(const uint8_t *at, uint32_t len) {
   return 0;
 }
 
+#ifdef WITH_MONOCYPHER
+/* The recipe's verifier (ed25519/dpu_ed25519.c on Monocypher). */
+#include "ed25519/dpu_ed25519.h"
+
+int verify_ed25519(const uint8_t key[32], const uint8_t *message, uint32_t length,
+                   const uint8_t signature[64]) {
+  return dpu_ed25519_verify(key, message, length, signature);
+}
+#else
 __attribute__((weak)) int verify_ed25519(const uint8_t key[32], const uint8_t *message,
                                          uint32_t length, const uint8_t signature[64]) {
   (void)key;
@@ -51,6 +61,7 @@ __attribute__((weak)) int verify_ed25519(const uint8_t key[32], const uint8_t *m
   (void)signature;
   return -1; /* refuse everything until a real verifier is linked */
 }
+#endif
 
 volatile uint32_t update_status;
 
