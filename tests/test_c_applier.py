@@ -249,3 +249,36 @@ def test_nor_sector_mode_refuses_the_hostile_patches_untouched(powercut, tmp_pat
         assert proc.returncode == 2 and case.c in proc.stderr, (case.name, proc.stderr)
         tried += 1
     assert tried >= 10
+
+
+def test_nor_sector_mode_with_the_smallest_and_a_large_chunk_under_the_sanitizers(tmp_path):
+    """DPU_CHUNK is a build option (8 to any multiple of 8): the applier's buffers
+    must hold a sector record and a chunk read back at every size, which
+    AddressSanitizer checks on every record coding."""
+    sys.path.insert(0, os.path.join(C_DIR, "fuzz"))
+    import make_seeds  # pylint: disable=import-outside-toplevel
+    from tflite_edge.apply import apply_patch  # pylint: disable=import-outside-toplevel
+    base = make_seeds.fuzz_base()
+    for chunk in (8, 256):
+        folder = tmp_path / f"chunk{chunk}"
+        folder.mkdir()
+        proc = subprocess.run(["make", "-s", "-C", C_DIR, f"OUT={folder}",
+                               f"{folder}/dpu_powercut",
+                               f"CFLAGS=-O1 -g -DDPU_CHUNK={chunk}u -fsanitize=address,undefined "
+                               "-fno-sanitize-recover=all -fno-omit-frame-pointer"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0 and "san" in proc.stderr.lower():
+            from conftest import missing_tool  # pylint: disable=import-outside-toplevel
+            missing_tool("the compiler's AddressSanitizer/UBSan runtime")
+        assert proc.returncode == 0, proc.stderr
+        for patch in make_seeds.seed_patches():
+            target = apply_patch(base, patch, whole_file="always", allow_unsigned=True)
+            if len(target) != len(base):
+                continue
+            for name, data in (("base", base), ("patch", patch), ("target", target)):
+                (folder / name).write_bytes(data)
+            done = subprocess.run([str(folder / "dpu_powercut"), *(str(folder / n) for n in
+                                                                   ("base", "patch", "target")),
+                                   "256"], capture_output=True, text=True, timeout=300,
+                                  env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0"))
+            assert done.returncode == 0, done.stdout + done.stderr[-2000:]

@@ -210,7 +210,8 @@ typedef struct {
   uint8_t whole_file;  /* the patch is one whole-file record */
   uint8_t patch_id[32];
   uint32_t journal_seq;
-  uint8_t journal[DPU_JOURNAL_SLOT];
+  /* a journal slot, a sector-mode record, or a chunk read back (whichever is largest) */
+  uint8_t journal[DPU_JOURNAL_SLOT > DPU_SECTOR_RECORD ? DPU_JOURNAL_SLOT : DPU_SECTOR_RECORD];
   /* dpu_apply_in_sectors: the log's current sector (0 or 1) and next free slot */
   uint32_t sector_size, log_slot;
   uint8_t log_sector;
