@@ -4,8 +4,9 @@ import java.security.GeneralSecurityException;
 
 /**
  * Checks Ed25519 signatures. The default, {@link #platformOrPure()}, uses the
- * platform's "Ed25519" provider where there is one (the JDK from version 15,
- * Android from API 33) and {@link PureEd25519Verifier} elsewhere; an app may
+ * platform's "Ed25519" provider where there is one (the JDK from version 15;
+ * on Android, from API 33 where the device's providers have it) and
+ * {@link PureEd25519Verifier} elsewhere; an app may
  * plug in its own (Tink, BouncyCastle, a hardware keystore) through this
  * interface.
  */

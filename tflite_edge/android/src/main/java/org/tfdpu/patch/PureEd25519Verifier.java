@@ -6,7 +6,7 @@ import java.security.MessageDigest;
 
 /**
  * Ed25519 verification (RFC 8032, 5.1.7) in plain Java, for platforms whose
- * java.security has no "Ed25519" (Android before API 33, older JDKs).
+ * java.security has no "Ed25519" (older Android releases, JDKs before 15).
  *
  * <p>It accepts exactly what OpenSSL's verifier accepts (and so Python's
  * {@code cryptography}): S must be below L; the key is decoded as OpenSSL
