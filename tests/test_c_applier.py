@@ -282,3 +282,30 @@ def test_nor_sector_mode_with_the_smallest_and_a_large_chunk_under_the_sanitizer
                                    "256"], capture_output=True, text=True, timeout=300,
                                   env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0"))
             assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+
+def test_the_host_driver_runs_the_nor_sector_mode_on_files(c_applier, files, tmp_path):
+    """`dpu_apply --in_place --sector_size=N`: the result, a journal of at most three
+    sectors, "already applied" the second time, and bad sizes refused in one line."""
+    patch = create_patch(files[0], files[1], 1)
+    model = tmp_path / "model.tflite"
+    model.write_bytes(files[0])
+    (tmp_path / "p").write_bytes(patch)
+
+    def run(*flags):
+        return subprocess.run([c_applier, "--allow_unsigned", *flags, str(model),
+                               str(tmp_path / "p"), str(model)], capture_output=True, text=True)
+    done = run("--in_place", "--sector_size=4096")
+    assert done.returncode == 0, done.stderr
+    assert model.read_bytes() == files[1]
+    assert 4096 < (tmp_path / "model.tflite.journal").stat().st_size <= 3 * 4096
+    again = run("--in_place", "--sector_size=4096")
+    assert again.returncode == 2 and "already applied" in again.stderr
+    model.write_bytes(files[0])
+    for flags, message in ((("--in_place", "--sector_size=100"), "misconfigured"),
+                           (("--in_place", "--sector_size=0"), "at least 256"),
+                           (("--sector_size=4096",), "is for --in_place")):
+        refused = run(*flags)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert message in refused.stderr
+        assert model.read_bytes() == files[0]

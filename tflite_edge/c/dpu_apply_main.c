@@ -3,6 +3,7 @@
  *             [--now T] [--max_round_jump J] [--key_out FILE]
  *             [--whole_file signed|always|never] [--bench REPEATS] BASE PATCH OUT
  *   dpu_apply --in_place (--public_key KEY | --allow_unsigned) [--round N] ... MODEL PATCH MODEL
+ *   dpu_apply --in_place --sector_size=N ... MODEL PATCH MODEL     (NOR flash, on files)
  *   dpu_apply --check_key KEY
  *
  * It reads through the same callbacks a firmware would implement.
@@ -12,6 +13,9 @@
  *   link too: the link's target is what gets replaced). OUT may not be BASE.
  * - In-place mode (OUT must be BASE) patches the model where it lies, with the
  *   journal in MODEL.journal, and resumes after an interruption when run again.
+ *   With --sector_size it runs dpu_apply_in_sectors, the mode for NOR flash, on
+ *   the files (an erase writes 0xff), so a firmware's sector size can be tried
+ *   on a host first.
  * --public_key (builds with -DDPU_WITH_OPENSSL, or -DDPU_WITH_MONOCYPHER for the
  * microcontroller recipe of ed25519/) plugs OpenSSL's Ed25519 (or Monocypher's)
  * into the verify callback, as firmware would plug in its own library; KEY is exactly the
@@ -85,6 +89,32 @@ static int write_journal(void *ctx, uint32_t offset, const uint8_t *buf, uint32_
   FILE *f = ((files *)ctx)->journal;
   if (write_at(f, offset, buf, len) != 0) return -1;
   return fflush(f) == 0 && fsync(fileno(f)) == 0 ? 0 : -1;
+}
+
+/* An erase as NOR flash does it: 0xff over [offset, offset + len), not past
+ * `limit` bytes (the model file's end; the journal grows as needed). */
+static int erase_at(FILE *f, uint32_t offset, uint32_t len, long limit) {
+  uint8_t ones[256];
+  memset(ones, 0xff, sizeof(ones));
+  if (limit >= 0 && (long)offset + (long)len > limit)
+    len = (long)offset < limit ? (uint32_t)(limit - (long)offset) : 0u;
+  while (len > 0) {
+    uint32_t take = len < sizeof(ones) ? len : (uint32_t)sizeof(ones);
+    if (write_at(f, offset, ones, take) != 0) return -1;
+    offset += take;
+    len -= take;
+  }
+  return fflush(f) == 0 && fsync(fileno(f)) == 0 ? 0 : -1;
+}
+
+static long model_limit = -1;
+
+static int erase_model(void *ctx, uint32_t offset, uint32_t len) {
+  return erase_at(((files *)ctx)->out, offset, len, model_limit);
+}
+
+static int erase_journal(void *ctx, uint32_t offset, uint32_t len) {
+  return erase_at(((files *)ctx)->journal, offset, len, -1);
 }
 
 #ifdef DPU_WITH_OPENSSL
@@ -236,7 +266,7 @@ int main(int argc, char **argv) {
   dpu_io io;
   dpu_trust trust;
   dpu_status status;
-  uint64_t number, repeats = 1, r;
+  uint64_t number, repeats = 1, r, sector_size = 0;
   int bench = 0, in_place = 0, with_key = 0, allow_unsigned = 0, fd = -1;
   const char *whole = "signed", *key_out = NULL;
   uint32_t options = 0;
@@ -294,6 +324,9 @@ int main(int argc, char **argv) {
       whole = value;
       if (strcmp(whole, "signed") && strcmp(whole, "always") && strcmp(whole, "never"))
         return fail("--whole_file takes signed, always or never, not", whole);
+    } else if (strcmp(name, "--sector_size") == 0) {
+      if (parse_number(name, value, 1u << 24, &sector_size)) return 2;
+      if (sector_size == 0) return fail("--sector_size must be at least 256 (bytes)", value);
     } else if (strcmp(name, "--bench") == 0) {
       if (parse_number(name, value, 1000000000u, &repeats)) return 2;
       if (repeats == 0) repeats = 1;
@@ -306,7 +339,7 @@ int main(int argc, char **argv) {
   if (argc - arg != 3) {
     fprintf(stderr, "usage: dpu_apply (--public_key KEY | --allow_unsigned) [--round N] "
                     "[--release_time T] [--now T] [--key_out FILE] [--whole_file "
-                    "signed|always|never] [--in_place] BASE PATCH OUT\n");
+                    "signed|always|never] [--in_place [--sector_size N]] BASE PATCH OUT\n");
     return 2;
   }
   if (!with_key && !allow_unsigned)
@@ -316,6 +349,8 @@ int main(int argc, char **argv) {
   if (allow_unsigned) options |= DPU_ALLOW_UNSIGNED;
   if (strcmp(whole, "always") == 0 || (strcmp(whole, "signed") == 0 && with_key))
     options |= DPU_ALLOW_WHOLE_FILE;
+  if (sector_size && !in_place)
+    return fail("--sector_size is for --in_place (NOR flash): give both", NULL);
   if (in_place && !same_file(argv[arg], argv[arg + 2]))
     return fail("--in_place patches the model where it lies: OUT must be BASE", argv[arg + 2]);
   if (!in_place && same_file(argv[arg], argv[arg + 2]))
@@ -346,8 +381,18 @@ int main(int argc, char **argv) {
     if (!fs.journal) fs.journal = fopen(temporary, "w+b");
     if (!fs.journal) return fail("cannot open the journal", temporary);
     fs.out = fs.base;
-    status = dpu_apply_in_place(&applier, &io, &trust, (uint32_t)patch_size,
-                                (uint32_t)base_size, options);
+    if (sector_size) {
+      dpu_sectors sectors;
+      sectors.sector_size = (uint32_t)sector_size;
+      sectors.erase_model = erase_model;
+      sectors.erase_journal = erase_journal;
+      model_limit = base_size;
+      status = dpu_apply_in_sectors(&applier, &io, &sectors, &trust, (uint32_t)patch_size,
+                                    (uint32_t)base_size, options);
+    } else {
+      status = dpu_apply_in_place(&applier, &io, &trust, (uint32_t)patch_size,
+                                  (uint32_t)base_size, options);
+    }
     fclose(fs.journal);
     if (fclose(fs.base) != 0 && status == DPU_OK) status = DPU_ERR_IO;
     fclose(fs.patch);
