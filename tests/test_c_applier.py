@@ -163,14 +163,32 @@ def powercut(tmp_path_factory):
 def _powercut(binary, base, patch, target, folder, sector=None, figures=False):
     for name, data in (("base", base), ("patch", patch), ("target", target)):
         (folder / name).write_bytes(data)
+    # (the harness keeps its inputs until exit: no leak report from sanitizer builds)
     proc = subprocess.run([binary, str(folder / "base"), str(folder / "patch"),
                            str(folder / "target"), *([str(sector)] if sector else [])],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0"))
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     numbers = [int(w) for w in proc.stdout.split() if w.isdigit()]
     if figures:   # cuts, bad, untouched, programs not erased, model erases, changed sectors
         return numbers
     return numbers[0], numbers[1]
+
+
+def _same_size_seed_cases():
+    """(base, patch, target) for every fuzz seed patch whose result fits the model's
+    storage (in place, the result must), whole files and every record coding."""
+    sys.path.insert(0, os.path.join(C_DIR, "fuzz"))
+    import make_seeds  # pylint: disable=import-outside-toplevel
+    from tflite_edge.apply import apply_patch  # pylint: disable=import-outside-toplevel
+    base = make_seeds.fuzz_base()
+    cases = []
+    for patch in make_seeds.seed_patches():
+        target = apply_patch(base, patch, whole_file="always", allow_unsigned=True)
+        if len(target) == len(base):
+            cases.append((base, patch, target))
+    assert len(cases) == len(make_seeds.seed_patches()) - 1
+    return cases
 
 
 def test_in_place_apply_survives_a_power_cut_after_every_write(powercut, files, tmp_path):
@@ -184,19 +202,9 @@ def test_in_place_apply_survives_a_power_cut_after_every_write(powercut, files, 
 
 
 def test_in_place_power_cuts_with_whole_files_and_every_code(powercut, tmp_path):
-    sys.path.insert(0, os.path.join(C_DIR, "fuzz"))
-    import make_seeds  # pylint: disable=import-outside-toplevel
-    from tflite_edge.apply import apply_patch  # pylint: disable=import-outside-toplevel
-    base = make_seeds.fuzz_base()
-    tried = 0
-    for n, patch in enumerate(make_seeds.seed_patches()):
-        target = apply_patch(base, patch, whole_file="always", allow_unsigned=True)
-        if len(target) != len(base):
-            continue   # in place, the result must fit the model's storage
+    for n, (base, patch, target) in enumerate(_same_size_seed_cases()):
         cuts, bad = _powercut(powercut, base, patch, target, tmp_path)
         assert bad == 0 and cuts > 4, n
-        tried += 1
-    assert tried == len(make_seeds.seed_patches()) - 1
 
 
 @pytest.mark.parametrize("sector", [256, 4096])
@@ -217,20 +225,10 @@ def test_nor_sector_mode_survives_a_cut_at_every_program_and_erase(powercut, fil
 
 
 def test_nor_sector_mode_with_whole_files_and_every_code(powercut, tmp_path):
-    sys.path.insert(0, os.path.join(C_DIR, "fuzz"))
-    import make_seeds  # pylint: disable=import-outside-toplevel
-    from tflite_edge.apply import apply_patch  # pylint: disable=import-outside-toplevel
-    base = make_seeds.fuzz_base()
-    tried = 0
-    for n, patch in enumerate(make_seeds.seed_patches()):
-        target = apply_patch(base, patch, whole_file="always", allow_unsigned=True)
-        if len(target) != len(base):
-            continue
+    for n, (base, patch, target) in enumerate(_same_size_seed_cases()):
         cuts, bad, _, unerased, erases, changed = _powercut(powercut, base, patch, target,
                                                             tmp_path, 256, figures=True)
         assert bad == 0 and unerased == 0 and erases == changed and cuts > 4, n
-        tried += 1
-    assert tried == len(make_seeds.seed_patches()) - 1
 
 
 def test_nor_sector_mode_refuses_the_hostile_patches_untouched(powercut, tmp_path):
@@ -255,10 +253,6 @@ def test_nor_sector_mode_with_the_smallest_and_a_large_chunk_under_the_sanitizer
     """DPU_CHUNK is a build option (8 to any multiple of 8): the applier's buffers
     must hold a sector record and a chunk read back at every size, which
     AddressSanitizer checks on every record coding."""
-    sys.path.insert(0, os.path.join(C_DIR, "fuzz"))
-    import make_seeds  # pylint: disable=import-outside-toplevel
-    from tflite_edge.apply import apply_patch  # pylint: disable=import-outside-toplevel
-    base = make_seeds.fuzz_base()
     for chunk in (8, 256):
         folder = tmp_path / f"chunk{chunk}"
         folder.mkdir()
@@ -271,17 +265,8 @@ def test_nor_sector_mode_with_the_smallest_and_a_large_chunk_under_the_sanitizer
             from conftest import missing_tool  # pylint: disable=import-outside-toplevel
             missing_tool("the compiler's AddressSanitizer/UBSan runtime")
         assert proc.returncode == 0, proc.stderr
-        for patch in make_seeds.seed_patches():
-            target = apply_patch(base, patch, whole_file="always", allow_unsigned=True)
-            if len(target) != len(base):
-                continue
-            for name, data in (("base", base), ("patch", patch), ("target", target)):
-                (folder / name).write_bytes(data)
-            done = subprocess.run([str(folder / "dpu_powercut"), *(str(folder / n) for n in
-                                                                   ("base", "patch", "target")),
-                                   "256"], capture_output=True, text=True, timeout=300,
-                                  env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0"))
-            assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+        for base, patch, target in _same_size_seed_cases():
+            _powercut(str(folder / "dpu_powercut"), base, patch, target, folder, 256)
 
 
 def test_the_host_driver_runs_the_nor_sector_mode_on_files(c_applier, files, tmp_path):

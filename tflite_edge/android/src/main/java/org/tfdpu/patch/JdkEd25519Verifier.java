@@ -12,25 +12,12 @@ public final class JdkEd25519Verifier implements Ed25519Verifier {
   private static final byte[] PREFIX = {0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70,
       0x03, 0x21, 0x00};
 
-  // L, the order of the base point, little-endian: RFC 8032 requires S < L.
-  private static final java.math.BigInteger ORDER = java.math.BigInteger.ONE.shiftLeft(252).add(
-      new java.math.BigInteger("27742317777372353535851937790883648493"));
-
-  /** Whether S (the signature's second half) is below L, as RFC 8032 requires. */
-  static boolean canonicalS(byte[] signature) {
-    byte[] bigEndian = new byte[33];
-    for (int i = 0; i < 32; i++) {
-      bigEndian[32 - i] = signature[32 + i];
-    }
-    return new java.math.BigInteger(bigEndian).compareTo(ORDER) < 0;
-  }
-
   @Override
   public boolean verify(byte[] publicKey, byte[] message, int offset, int length,
       byte[] signature) throws GeneralSecurityException {
     // A malleable signature (S >= L) is invalid, not a platform failure: the
     // JDK throws for it, and the other appliers simply refuse it.
-    if (signature.length != 64 || !canonicalS(signature)) {
+    if (signature.length != 64 || !PureEd25519Verifier.canonicalS(signature)) {
       return false;
     }
     byte[] encoded = new byte[PREFIX.length + publicKey.length];

@@ -18,7 +18,7 @@ import java.security.MessageDigest;
  */
 public final class PureEd25519Verifier implements Ed25519Verifier {
   private static final BigInteger P = BigInteger.ONE.shiftLeft(255).subtract(BigInteger.valueOf(19));
-  private static final BigInteger L = BigInteger.ONE.shiftLeft(252).add(
+  static final BigInteger L = BigInteger.ONE.shiftLeft(252).add(
       new BigInteger("27742317777372353535851937790883648493"));
   private static final BigInteger D = BigInteger.valueOf(-121665)
       .multiply(BigInteger.valueOf(121666).modInverse(P)).mod(P);
@@ -142,6 +142,22 @@ public final class PureEd25519Verifier implements Ed25519Verifier {
     return new Point(x, y, BigInteger.ONE, x.multiply(y).mod(P));
   }
 
+  /** Whether `raw` is the canonical encoding of a curve point (RFC 8032, 5.1.3). */
+  static boolean canonicalPoint(byte[] raw) {
+    return decode(raw, true) != null;
+  }
+
+  /** Whether the point `raw` encodes (canonical) has small order: 8P is the identity. */
+  static boolean smallOrder(byte[] raw) {
+    Point eight = decode(raw, true).twice().twice().twice();
+    return eight.x.signum() == 0 && eight.y.equals(eight.z);
+  }
+
+  /** Whether S (the signature's second half, little-endian) is below L, as RFC 8032 requires. */
+  static boolean canonicalS(byte[] signature) {
+    return number(signature, 32, 32).compareTo(L) < 0;
+  }
+
   /** [a]B + [b]Q, both scalars below 2^256, in one pass over their bits (Straus). */
   private static Point doubleMultiply(BigInteger a, BigInteger b, Point q) {
     Point both = BASE.add(q);
@@ -167,8 +183,7 @@ public final class PureEd25519Verifier implements Ed25519Verifier {
     if (publicKey.length != 32 || signature.length != 64) {
       return false;
     }
-    BigInteger s = number(signature, 32, 32);
-    if (s.compareTo(L) >= 0) {
+    if (!canonicalS(signature)) {
       return false;
     }
     Point a = decode(publicKey, false);
@@ -180,7 +195,7 @@ public final class PureEd25519Verifier implements Ed25519Verifier {
     sha512.update(publicKey);
     sha512.update(message, offset, length);
     BigInteger h = number(sha512.digest(), 0, 64).mod(L);
-    byte[] expected = doubleMultiply(s, h, a.negate()).encode();
+    byte[] expected = doubleMultiply(number(signature, 32, 32), h, a.negate()).encode();
     return MessageDigest.isEqual(expected, java.util.Arrays.copyOfRange(signature, 0, 32));
   }
 }

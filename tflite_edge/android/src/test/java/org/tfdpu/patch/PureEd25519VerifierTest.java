@@ -9,21 +9,13 @@ import org.junit.jupiter.api.Test;
 /** RFC 8032, 7.1, tests 1 and 3, on the plain-Java verifier (the full comparison with
  * OpenSSL is tests/test_ed25519_java.py). */
 class PureEd25519VerifierTest {
-  private static byte[] hex(String text) {
-    byte[] out = new byte[text.length() / 2];
-    for (int i = 0; i < out.length; i++) {
-      out[i] = (byte) Integer.parseInt(text.substring(2 * i, 2 * i + 2), 16);
-    }
-    return out;
-  }
-
   private static final byte[] KEY1 =
-      hex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
-  private static final byte[] SIG1 = hex("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e0652249"
+      TestBytes.hex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
+  private static final byte[] SIG1 = TestBytes.hex("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e0652249"
       + "01555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b");
   private static final byte[] KEY3 =
-      hex("fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025");
-  private static final byte[] SIG3 = hex("6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5a"
+      TestBytes.hex("fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025");
+  private static final byte[] SIG3 = TestBytes.hex("6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5a"
       + "c3ac18ff9b538d16f290ae67f760984dc6594a7c15e9716ed28dc027beceea1ec40a");
 
   private final PureEd25519Verifier verifier = new PureEd25519Verifier();
