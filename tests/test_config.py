@@ -39,6 +39,7 @@ def test_resolution_per_method():
     assert RunConfig(method="dpu", initial_deployment="full").resolved().reinit == "off"
     assert RunConfig(method="gcpu").resolved().reinit == "off"
     assert RunConfig(optimizer="sgd").resolved().lr_schedule == "cosine"
+    assert RunConfig().resolved().lr_schedule == "thirds"
     assert RunConfig(epochs=7).resolved().single_step_epochs == 14
 
 

@@ -104,6 +104,22 @@ def test_reset_optimizer_restarts_from_a_fresh_state(small_mnist):
 
 
 def test_learning_rate_schedules():
+    # The product's default: two decays, at a third and two thirds, whatever the count.
+    assert [learning_rate_at("thirds", 1.0, e, 10) for e in range(10)] == pytest.approx(
+        [1] * 4 + [0.1] * 3 + [0.01] * 3)
+    assert [learning_rate_at("thirds", 1.0, e, 5) for e in range(5)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01])
+    assert [learning_rate_at("thirds", 1.0, e, 30) for e in range(30)] == pytest.approx(
+        [learning_rate_at("step", 1.0, e, 30) for e in range(30)])
+    for epochs in range(1, 40):
+        rates = [learning_rate_at("thirds", 1.0, e, epochs, 0.2) for e in range(epochs)]
+        assert rates[0] == 1.0 and min(rates) == pytest.approx(0.04 if epochs >= 3 else
+                                                               rates[-1])
+        assert rates == sorted(rates, reverse=True)
+        # Each level holds at least a third of the epochs (rounded down).
+        assert rates.count(1.0) >= epochs // 3
+    # The reference's StepLR decays four times in five epochs, which the default avoids.
+    assert learning_rate_at("step", 1.0, 4, 5) == pytest.approx(1e-4)
     assert [learning_rate_at("step", 1.0, e, 30) for e in (0, 9, 10, 19, 20, 29)] == pytest.approx(
         [1, 1, 0.1, 0.1, 0.01, 0.01])
     # PyTorch's StepLR(step_size=epochs // 3): 10 epochs run 3/3/3/1, 20 run 6/6/6/2.

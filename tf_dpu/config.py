@@ -14,7 +14,7 @@ PARTIAL_METHODS = ("dpu", "gcpu", "lcpu", "rpu", "pruning")
 MODELS_FIXED = ("mlp", "cnn", "vgg", "mobilenet", "ds_cnn", "resnet8")
 MODEL_FILES = (".keras", ".h5")   # a user's own Keras model
 OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("auto", "step", "cosine", "constant")
+LR_SCHEDULES = ("auto", "thirds", "step", "cosine", "constant")
 REINIT_RULES = ("auto", "doubling", "periodic", "off")
 REINIT_COMPARES = ("deployed", "start")
 AUGMENTATIONS = ("none", "crop_flip")
@@ -145,7 +145,7 @@ class RunConfig:
                       else "off")
         schedule = self.lr_schedule
         if schedule == "auto":
-            schedule = "step" if self.optimizer == "adam" else "cosine"
+            schedule = "thirds" if self.optimizer == "adam" else "cosine"
         single = self.single_step_epochs or 2 * self.epochs
         resolved = dataclasses.replace(self, contribution_mix=mix, reinit=reinit,
                                        lr_schedule=schedule, single_step_epochs=single,

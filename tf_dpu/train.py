@@ -62,9 +62,10 @@ _OPTIMIZER = flags.DEFINE_enum("optimizer", _D.optimizer, cfg.OPTIMIZERS,
 _LR = flags.DEFINE_float("learning_rate", _D.learning_rate, "initial learning rate")
 _SCHEDULE = flags.DEFINE_enum(
     "lr_schedule", _D.lr_schedule, cfg.LR_SCHEDULES,
-    "auto: step for adam, cosine for sgd; step: x --lr_gamma every epochs // 3 epochs "
-    "(PyTorch's StepLR, as the reference)")
-_LR_GAMMA = flags.DEFINE_float("lr_gamma", _D.lr_gamma, "decay factor of the step schedule "
+    "auto: thirds for adam, cosine for sgd; thirds: x --lr_gamma at 1/3 and 2/3 of the "
+    "epochs; step: x --lr_gamma every epochs // 3 epochs (PyTorch's StepLR, as the "
+    "reference; it decays 4 times in 5 epochs)")
+_LR_GAMMA = flags.DEFINE_float("lr_gamma", _D.lr_gamma, "decay factor of the thirds and step schedules "
                                "(the reference: 0.1, 0.2 for VGG)", lower_bound=0.0,
                                upper_bound=1.0)
 _ADAM_EPSILON = flags.DEFINE_float(

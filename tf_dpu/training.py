@@ -35,11 +35,17 @@ def learning_rate_at(schedule: str, base: float, epoch: int, epochs: int,
                      gamma: float = 0.1) -> float:
     """Learning rate of `epoch` (0-based) within a step of `epochs` epochs.
 
-    `step` is the reference's PyTorch `StepLR(step_size=epochs // 3, gamma)`:
-    x gamma every `epochs // 3` epochs, so 10 epochs run 3/3/3/1 (the last at
-    gamma^3) and 30 run 10/10/10. `cosine` anneals to zero, `constant` keeps
-    `base`. Each step restarts the schedule.
+    `thirds` multiplies by gamma at one third and at two thirds of the
+    epochs (10 epochs run 4/3/3, 5 run 2/2/1, 30 run 10/10/10): never more
+    than two decays, whatever the epoch count. `step` is the reference's
+    PyTorch `StepLR(step_size=epochs // 3, gamma)`: x gamma every
+    `epochs // 3` epochs, so 30 run 10/10/10 and 10 run 3/3/3/1, but 5 run
+    1/1/1/1/1 and fall to gamma^4 (why it is kept for the reference's flag
+    files only). `cosine` anneals to zero, `constant` keeps `base`. Each
+    step restarts the schedule.
     """
+    if schedule == "thirds":
+        return base * gamma ** (3 * epoch // epochs)   # 0, 1 or 2: epoch < epochs
     if schedule == "step":
         return base * gamma ** (epoch // max(1, epochs // 3))
     if schedule == "cosine":
