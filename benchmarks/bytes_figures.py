@@ -53,4 +53,17 @@ def key_figures(runs) -> dict:
         if reaching:
             ratios.append(sent / min(reaching))
     return {"bytes_target_vs_fixed_k": round(float(np.mean(ratios)), 3) if ratios else None,
-            "target_gap_test_points": round(float(np.mean(gaps)), 2) if gaps else None}
+            "target_gap_test_points": round(float(np.mean(gaps)), 2) if gaps else None,
+            "target_holds_on_test": holds_on_test(runs)}
+
+
+def holds_on_test(runs) -> dict:
+    """Per target mode: (share of rounds 1-7 within G of their own full update on test, count)."""
+    out = {}
+    for mode in dict.fromkeys(r["mode"] for r in runs
+                              if r.get("config", {}).get("target_gap") is not None):
+        gaps = [(r["config"]["target_gap"], g) for r in runs if r["mode"] == mode
+                for g in r.get("target_gap_test", [])[1:] if g is not None]
+        if gaps:
+            out[mode] = (sum(g <= target + 1e-9 for target, g in gaps) / len(gaps), len(gaps))
+    return out

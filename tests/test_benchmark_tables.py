@@ -53,6 +53,19 @@ def test_target_bytes_are_compared_with_the_cheapest_fixed_k_that_does_as_well()
     assert figures["bytes_target_vs_fixed_k"] == pytest.approx(0.5)   # 50 / 100 (k = 5 %)
 
 
+def test_how_often_a_target_holds_on_test_counts_rounds_after_round_0():
+    from benchmarks.bytes_figures import holds_on_test
+    runs = [dict(_run("target 0.5", 1, [], []), config={"target_gap": 0.5},
+                 target_gap_test=[None, 0.5, 1.2, -0.3]),
+            dict(_run("target 0.5", 2, [], []), config={"target_gap": 0.5},
+                 target_gap_test=[9.0, 0.6, None, 0.0]),
+            dict(_run("target 1.0", 1, [], []), config={"target_gap": 1.0},
+                 target_gap_test=[None, 1.0, 1.01]),
+            dict(_run("dpu k=1%", 1, [], []), config={"target_gap": None})]
+    # 0.5 holds at 0.5 and -0.3 and 0.0, not at 1.2 or 0.6; round 0 and Nones do not count.
+    assert holds_on_test(runs) == {"target 0.5": (0.6, 5), "target 1.0": (0.5, 2)}
+
+
 def test_the_entropy_bound_of_a_real_patch():
     import numpy as np
     from benchmarks.patch_size import entropy_bound

@@ -59,7 +59,7 @@ TRAINING_VALUES = {
     "rounds": ("4", 4), "samples_per_round": ("150", 150), "seed": ("9", 9),
     "sign_key": ("KEY", None), "single_step_epochs": ("5", 5), "strategy": ("mirrored", None),
     "target_confidence": ("0.8", 0.8), "target_gap": ("1.5", 1.5),
-    "target_search_steps": ("2", 2), "tflite_io": ("uint8", None),
+    "target_search_steps": ("2", 2), "target_judge_share": ("0.4", 0.4), "tflite_io": ("uint8", None),
     "update_ratio": ("0.05", 0.05), "validation_samples": ("100", 100),
     "weight_decay": ("0.001", 0.001), "width_multiplier": ("0.5", 0.5),
 }
@@ -73,7 +73,7 @@ _NEEDS = {"qat": ["--export_tflite"], "budget_bytes": ["--export_tflite"],
           "fu_init": ["--method=fu"], "reinit": ["--reinit_period=2"],
           "reinit_period": ["--reinit=periodic"],
           "target_confidence": ["--target_gap=1"], "max_update_ratio": ["--target_gap=1"],
-          "target_search_steps": ["--target_gap=1"], "lr_gamma": ["--lr_schedule=step"]}
+          "target_search_steps": ["--target_gap=1"], "target_judge_share": ["--target_gap=1"], "lr_gamma": ["--lr_schedule=step"]}
 
 
 def test_the_table_names_every_training_flag():

@@ -9,7 +9,7 @@ from conftest import run_cli
 from tf_dpu import RunConfig
 from tf_dpu.errors import ConfigError
 from tf_dpu.rounds import run
-from tf_dpu.target import Gap, paired_gap, search, size_grid
+from tf_dpu.target import Gap, judge_split, paired_gap, search, size_grid
 
 
 def test_the_gap_is_paired_on_the_same_samples():
@@ -132,3 +132,63 @@ def test_the_command_line_records_the_target(tmp_path):
     assert proc.returncode == 0, proc.stderr
     record = json.load(open(tmp_path / "run" / "metrics.json"))["rounds"][1]
     assert {"target_gap_points", "target_gap_upper", "target_met"} <= set(record)
+
+
+def test_the_target_measures_against_the_full_update_a_user_would_run(small_mnist):
+    """Step 1 under --target_gap is --method=fu --fu_init=last_round's training, epoch for epoch.
+
+    Round 1 starts both runs from the same round-0 model, so the full model
+    the target is judged against must be exactly the warm-started FU's (a
+    step 1 of --epochs only would be a weaker, flattering reference).
+    """
+    settings = dict(SMALL, rounds=2, epochs=1, single_step_epochs=3)
+    target_run = run(RunConfig(**settings, target_gap=0.0, max_update_ratio=0.02,
+                               target_search_steps=1), progress=None, data=small_mnist).rounds
+    fu_run = run(RunConfig(**settings, method="fu", fu_init="last_round"), progress=None,
+                 data=small_mnist).rounds
+    one, fu_one = target_run[1], fu_run[1]
+    assert one["target_full_val_accuracy"] == fu_one["val_accuracy"]
+    assert one["full_test_accuracy"] == fu_one["test_accuracy"]
+    # The round's own gap on test, beside the validation one, same sign.
+    assert one["target_gap_test_points"] == pytest.approx(
+        100 * (one["full_test_accuracy"] - one["test_accuracy"]), abs=1e-3)
+    assert "target_gap_test_points" not in run(RunConfig(**settings, update_ratio=0.01),
+                                               progress=None, data=small_mnist).rounds[1]
+
+
+def test_the_judge_split_is_a_random_disjoint_share():
+    select, judge = judge_split(300, 0.4, seed=5)
+    assert len(judge) == 120 and len(select) == 180
+    assert sorted(np.concatenate([select, judge]).tolist()) == list(range(300))
+    assert judge.max() > 200 and judge.min() < 100   # not a block at one end
+    assert len(judge_split(300, 0.0, seed=5)[1]) == 0
+    with pytest.raises(ConfigError, match="both need at least one"):
+        judge_split(3, 0.9, seed=5)
+
+
+def test_held_out_samples_judge_the_gap_and_the_rest_pick_epochs(small_mnist):
+    """--target_judge_share=0.375 of 200: 75 samples judge, 125 pick epochs."""
+    rounds = run(RunConfig(**dict(SMALL, rounds=3), target_gap=0.0, max_update_ratio=0.02,
+                           target_search_steps=1, target_judge_share=0.375), progress=None,
+                 data=small_mnist).rounds
+    for r in rounds:
+        # Accuracies on the selecting part are multiples of 1/125.
+        assert r["val_accuracy"] * 125 == pytest.approx(round(r["val_accuracy"] * 125))
+    for r in rounds[1:]:
+        assert r["target_judge_samples"] == 75
+        # Gaps on the judging part are multiples of 100/75 points. On the
+        # 125 selecting samples they would be multiples of 0.8, and only
+        # multiples of 4 points would also be multiples of 100/75.
+        for _, gap, _ in r["target_trials"] or [[0, r["target_gap_points"], 0]]:
+            assert gap * 0.75 == pytest.approx(round(gap * 0.75), abs=1e-3)
+    assert any(round(gap * 0.75) % 3 for r in rounds[1:] for _, gap, _ in r["target_trials"])
+
+
+def test_a_judge_share_without_a_target_or_leaving_nothing_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="add --target_gap"):
+        RunConfig(target_judge_share=0.5).resolved()
+    proc = run_cli("--dataset=digits", "--validation_samples=2", "--target_gap=1", "--rounds=2",
+                   "--target_judge_share=0.1", f"--out_dir={tmp_path}/run", "--quiet")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "--target_judge_share=0.1 of 2 validation samples" in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -104,6 +104,7 @@ class RunConfig:
     target_confidence: float = 0.0
     max_update_ratio: float = 0.2
     target_search_steps: int = 3
+    target_judge_share: float = 0.0
     int8_headroom: float = 1.5
     int8_bounds: bool = True
     sign_key: Optional[str] = None
@@ -312,6 +313,12 @@ class RunConfig:
             raise ConfigError(f"--max_update_ratio must be in (0, 1], got "
                               f"{self.max_update_ratio!r}")
         _positive("target_search_steps", self.target_search_steps)
+        if not 0.0 <= self.target_judge_share < 1.0:
+            raise ConfigError(f"--target_judge_share must be in [0, 1), got "
+                              f"{self.target_judge_share!r}")
+        if self.target_judge_share and self.target_gap is None:
+            raise ConfigError("--target_judge_share holds validation samples out to judge "
+                              "--target_gap; add --target_gap")
         if self.sign_key and not self.export_tflite:
             raise ConfigError("--sign_key signs exported patches; add --export_tflite")
         _one_of("strategy", self.strategy, STRATEGIES)

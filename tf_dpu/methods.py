@@ -51,6 +51,8 @@ class RoundContext:
         (None before round 0's file exists, or for weights not stored as int8).
       test_accuracy: callable(weights) -> test accuracy, for what a round
         reports about models it does not deploy (DPU's full step-1 model).
+      x_judge, y_judge: validation samples that only judge `--target_gap`
+        (`--target_judge_share`; None: x_val, y_val judge it).
     """
 
     config: RunConfig
@@ -75,6 +77,8 @@ class RoundContext:
     byte_cap: Optional[Callable[[dict], int]] = None
     int8_scales: Optional[List[Optional[np.ndarray]]] = None
     test_accuracy: Optional[Callable[[Weights], float]] = None
+    x_judge: Optional[tf.Tensor] = None
+    y_judge: Optional[tf.Tensor] = None
 
 
 @dataclasses.dataclass
@@ -226,8 +230,12 @@ def dpu(ctx: RoundContext) -> Candidate:
     trainer.reset_optimizer()
     trainer.reset_contribution()
     # Step 1 is there for the metric (and, for --target_gap, as the full
-    # update to measure against), not for a deployable candidate.
-    full = run_step(ctx, "step 1", config.epochs, accumulate=True, bn_training=bn)
+    # update to measure against), not for a deployable candidate. A target
+    # is only as honest as its reference: under --target_gap step 1 runs
+    # the epochs of the full update a user would run instead
+    # (--method=fu --fu_init=last_round), not a shortened one.
+    epochs = config.single_step_epochs if config.target_gap is not None else config.epochs
+    full = run_step(ctx, "step 1", epochs, accumulate=True, bn_training=bn)
     final = trainer.model.get_weights()
     indices = _candidates(ctx)
     scores = contribution.dpu_scores(final, ctx.start, trainer.contribution(), indices,
@@ -262,9 +270,14 @@ def _to_target(ctx: RoundContext, final: Weights, scores, full: Candidate, bn) -
     config, trainer = ctx.config, ctx.trainer
     length = len(final)
 
+    # Samples that picked each step's best epoch flatter the models they
+    # picked; held-out ones (--target_judge_share) judge the gap unbiased.
+    x_judge, y_judge = ((ctx.x_val, ctx.y_val) if ctx.x_judge is None
+                        else (ctx.x_judge, ctx.y_judge))
+
     def correct_of(weights):
         trainer.model.set_weights(weights)
-        return trainer.correct(ctx.x_val, ctx.y_val)
+        return trainer.correct(x_judge, y_judge)
 
     def verdict(correct):
         return target.paired_gap(full_correct, correct, config.target_gap,
@@ -272,7 +285,7 @@ def _to_target(ctx: RoundContext, final: Weights, scores, full: Candidate, bn) -
 
     full_correct = correct_of(full.weights)
     kept = verdict(correct_of(ctx.start))
-    info = {"target_full_val_accuracy": full.val_accuracy}
+    info = {"target_full_val_accuracy": full.val_accuracy, "target_judge_samples": int(y_judge.shape[0])}
     if kept.passes:
         ctx.progress(f"round {ctx.index}: the deployed model is within "
                      f"{config.target_gap:g} points of the full update (gap {kept.gap:+.2f}, "

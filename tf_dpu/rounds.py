@@ -26,6 +26,7 @@ from tf_dpu.data import Dataset, RoundSchedule, check_dataset, load_dataset
 from tf_dpu.user_models import ModelSource
 from tf_dpu.checkpoints import EpochCheckpoints
 from tf_dpu.errors import ConfigError
+from tf_dpu.target import judge_split
 from tf_dpu.outputs import (RunWriter, format_table, load_resume_state, load_weights,
                             round_dir, save_weights)
 from tf_dpu.training import Trainer
@@ -108,6 +109,7 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
         data = check_dataset(data, config.num_classes)
     schedule = RoundSchedule(len(data.x_train), config.initial_samples,
                              config.samples_per_round, config.rounds, config.seed)
+    split = judge_split(len(data.x_val), config.target_judge_share, config.seed)
     signer = None
     if config.sign_key:
         from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
@@ -147,11 +149,11 @@ def run(config: RunConfig, progress: Optional[Callable[[str], None]] = _print,
             if shared and config.overwrite:
                 run_folder.prune_workers(config.out_dir, task.workers - task.has_chief)
         return _run(config, strategy, progress or (lambda line: None), data, schedule, signer,
-                    source)
+                    source, split)
 
 
 def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
-         schedule: RoundSchedule, signer, source: ModelSource) -> RunResult:
+         schedule: RoundSchedule, signer, source: ModelSource, split) -> RunResult:
     model = source.model
     layout = Layout(model)
     augment = None
@@ -166,7 +168,10 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
     w0 = model.get_weights()
     total = layout.size(KERNEL)
     budget = config.budget(total)
-    x_val, y_val = _tensors(data.x_val, data.y_val)
+    select, judge = split
+    x_val, y_val = _tensors(data.x_val[select], data.y_val[select])
+    x_judge, y_judge = (_tensors(data.x_val[judge], data.y_val[judge]) if len(judge)
+                        else (None, None))
     x_test, y_test = _tensors(data.x_test, data.y_test)
     finished = _finished_rounds(config) if config.resume else []
     if config.strategy == "multi_worker":
@@ -182,7 +187,8 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
         export = TfliteExport(model, data.x_test, data.y_test, signer, config.int8_headroom,
                               data.preprocessing, config.tflite_io)
     say(f"{config.method} on {config.dataset} ({len(data.x_train)} pool, "
-        f"{len(data.x_val)} val, {len(data.x_test)} test), model {config.model}: "
+        f"{len(data.x_val)} val{f' ({len(judge)} of them judge the target)' if len(judge) else ''}, "
+        f"{len(data.x_test)} test), model {config.model}: "
         f"I = {total} kernel elements, budget ceil(k*I) = {budget} per partial round")
 
     model.set_weights(w0)
@@ -223,7 +229,8 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             budget=budget, rng=np.random.RandomState([config.seed, r]),
             fresh_init=lambda r=r: source.build(config.seed + 7919 * (r + 1)).get_weights(),
             progress=say, memory=memory,
-            test_accuracy=lambda weights: _accuracy_of(trainer, weights, x_test, y_test))
+            test_accuracy=lambda weights: _accuracy_of(trainer, weights, x_test, y_test),
+            x_judge=x_judge, y_judge=y_judge)
         # Mid-round checkpoints are time-based, so workers would hold different
         # epochs; a multi-worker run resumes at round boundaries instead.
         if writer and config.strategy != "multi_worker":
@@ -303,6 +310,9 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             # Negative: the device is behind full retraining by that many points.
             record["full_gap_points"] = round(100 * (record["test_accuracy"]
                                                      - record["full_test_accuracy"]), 4)
+            if "target_gap_points" in record:
+                # The target's gap as validation judged it, now on test (same sign).
+                record["target_gap_test_points"] = -record["full_gap_points"]
         rounds.append(record)
         say(f"round {r}: val {reported.val:.4f} test {reported.test:.4f} "
             f"{'(previous round carried forward) ' if carried else ''}"

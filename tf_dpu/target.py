@@ -32,6 +32,8 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
+from tf_dpu.errors import ConfigError
+
 
 @dataclasses.dataclass
 class Gap:
@@ -61,6 +63,33 @@ def paired_gap(full_correct: np.ndarray, candidate_correct: np.ndarray, target: 
     upper = gap + confidence * se
     # A hair of tolerance: accuracies are multiples of 1/n and G may be one.
     return Gap(100 * gap, 100 * upper, 100 * upper <= target + 1e-9)
+
+
+def judge_split(samples: int, share: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Splits validation indices into (select, judge) for `--target_judge_share`.
+
+    The judge is a random subset, so a validation split stored in class
+    order still gives both parts every class.
+
+    Args:
+      samples: the validation split's size.
+      share: the fraction that judges the gap, in [0, 1).
+      seed: the run's seed.
+
+    Returns:
+      Sorted indices that select (best epochs, whether a round is sent) and
+      sorted indices that judge the gap; the judge is empty when share is 0.
+
+    Raises:
+      ConfigError: a share that leaves either part empty.
+    """
+    judges = int(round(share * samples))
+    if share and not 0 < judges < samples:
+        raise ConfigError(f"--target_judge_share={share:g} of {samples} validation samples "
+                         f"leaves {judges} to judge and {samples - judges} to select; both "
+                         "need at least one (raise --validation_samples)")
+    order = np.random.RandomState([seed, 17]).permutation(samples)
+    return np.sort(order[judges:]), np.sort(order[:judges])
 
 
 def size_grid(smallest: int, cap: int) -> List[int]:

@@ -16,6 +16,7 @@ from tf_dpu import config as cfg
 from tf_dpu import flag_files, run_folder
 from tf_dpu.data import RoundSchedule, load_dataset
 from tf_dpu.errors import DpuError
+from tf_dpu.target import judge_split
 from tflite_edge import native_output
 from tflite_edge.errors import PatchError
 
@@ -150,6 +151,10 @@ _MAX_UPDATE_RATIO = flags.DEFINE_float(
 _TARGET_STEPS = flags.DEFINE_integer(
     "target_search_steps", 3, "--target_gap: the most sizes fine-tuned per round (each costs "
     "--epochs epochs)", lower_bound=1)
+_TARGET_JUDGE_SHARE = flags.DEFINE_float(
+    "target_judge_share", 0.0, "--target_gap: the share of the validation samples held out "
+    "to judge the gap only (the rest pick each step's best epoch and whether a round is "
+    "sent); 0: the same samples do both", lower_bound=0.0, upper_bound=1.0)
 _SIGN_KEY = flags.DEFINE_string("sign_key", None,
                                 "Ed25519 private key (PEM) that signs every patch")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/latest", "where the run is written (a new or "
@@ -219,6 +224,7 @@ def config_from_flags() -> cfg.RunConfig:
         int8_headroom=_HEADROOM.value, budget_bytes=_BUDGET_BYTES.value, qat=_QAT.value,
         target_gap=_TARGET_GAP.value, target_confidence=_TARGET_CONFIDENCE.value,
         max_update_ratio=_MAX_UPDATE_RATIO.value, target_search_steps=_TARGET_STEPS.value,
+        target_judge_share=_TARGET_JUDGE_SHARE.value,
         sign_key=_SIGN_KEY.value, out_dir=_OUT_DIR.value or None, resume=_RESUME.value,
         checkpoint_seconds=_CHECKPOINT_SECONDS.value, strategy=_STRATEGY.value,
         logical_cpus=_LOGICAL_CPUS.value)
@@ -264,6 +270,7 @@ def main(argv):
                             config.num_classes)
         RoundSchedule(len(data.x_train), config.initial_samples, config.samples_per_round,
                       config.rounds, config.seed)
+        judge_split(len(data.x_val), config.target_judge_share, config.seed)
         if config.out_dir and config.strategy != "multi_worker":   # workers: in run()
             run_folder.check(config.out_dir, config.resume, config.overwrite)
         _import_tensorflow_quietly()
