@@ -1,12 +1,13 @@
 """What users pay for: the device's accuracy against the bytes that crossed the link.
 
-    python -m benchmarks.bytes --out=benchmarks/results/bytes          # about an hour on 2 cores
+    python -m benchmarks.bytes --out=benchmarks/results/bytes          # about 70 minutes on 2 cores
     python -m benchmarks.bytes --quick --out=/tmp/bytes_quick           # MNIST MLP, 2 seeds
 
 For each setting (bundled MNIST with the MLP and the CNN, MNIST-1D, digits),
 seeds 1-3, product defaults (full round 0, no restarts, 8 rounds, 10 epochs
 per step, Adam under the `thirds` schedule): FU from the same initialization and warm-started from the last
-round (the whole int8 file every round), DPU at fixed k = 0.25 ... 20 %, RPU
+round (the whole int8 file every round), the warm-started FU sent as its
+int8 delta (real patches; the "send everything, coded" baseline), DPU at fixed k = 0.25 ... 20 %, RPU
 at 1 %, DPU with `--rank=per_bit` at 1 %, and `--target_gap` at 0.5 (also
 judged on held-out validation samples, and with `--target_confidence=1`)
 and 1 point. Partial methods export int8 files and send real patches (training
@@ -30,7 +31,8 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks.bytes_figures import FU_NAMES, TARGET, accuracy, gaps_and_bytes, key_figures
+from benchmarks.bytes_figures import (FU_DELTA, FU_NAMES, TARGET, accuracy,
+                                     gaps_and_bytes, key_figures, pareto)
 from benchmarks.tables import check_one_protocol, mean_se, write_results
 
 from tf_dpu import RunConfig
@@ -61,6 +63,7 @@ NEW_MODES = {"dpu per_bit k=1%": dict(method="dpu", rank="per_bit", update_ratio
 
 def modes(quick: bool, ratios=None):
     out = dict(FU_MODES)
+    out[FU_DELTA] = dict(method="fu", fu_init="last_round")
     for k in ratios or (QUICK["ratios"] if quick else RATIOS):
         out[f"dpu k={100 * k:g}%"] = dict(method="dpu", update_ratio=k)
     extra = ("target 0.5",) if quick else tuple(NEW_MODES)
@@ -71,7 +74,7 @@ def modes(quick: bool, ratios=None):
 def run_one(setting: str, name: str, changes: dict, seed: int, data, epochs: int = 10) -> dict:
     from tf_dpu.rounds import run  # pylint: disable=import-outside-toplevel
     dataset, model, initial, per_round = SETTINGS[setting]
-    fu = changes["method"] == "fu"
+    fu = name in FU_NAMES
     with tempfile.TemporaryDirectory() as folder:
         config = RunConfig(dataset=dataset, model=model, rounds=8, initial_samples=initial,
                            samples_per_round=per_round, epochs=epochs, seed=seed,
@@ -100,7 +103,7 @@ def markdown(runs) -> str:
              "mean ± standard error over seeds.", ""]
     for setting in dict.fromkeys(r["setting"] for r in runs):
         partial = [r["config"] for r in runs if r["setting"] == setting
-                   and not r["mode"].startswith("fu")]
+                   and r["mode"] not in FU_NAMES]
         check_one_protocol(partial, varying=("method", "update_ratio", "contribution_mix",
                                              "reinit", "fu_init", "seed", "out_dir", "rank",
                                              "target_gap", "export_tflite", "int8_bounds",
@@ -120,6 +123,10 @@ def markdown(runs) -> str:
                                if (r["setting"], r["mode"]) == (setting, mode)])
             lines.append(f"| {mode} | {np.mean(sent):,.0f} | {np.mean(sent) / (7 * size):.3f} "
                          f"| {mean_se([g for g, _ in values])} | {seconds:.0f} |")
+        lines += ["", f"Cheapest within G points of the better FU ({setting}):", "",
+                  "| G | mode | bytes, rounds 1-7 |", "|---:|---|---:|"]
+        lines += [f"| {gap:g} | {mode} | {sent:,.0f} |" if mode else f"| {gap:g} | none | |"
+                  for gap, (mode, sent) in pareto(runs, setting).items()]
         lines.append("")
     figures = key_figures(runs)
     lines.append(f"`bytes_target_vs_fixed_k` = {figures['bytes_target_vs_fixed_k']}, "

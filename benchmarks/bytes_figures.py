@@ -6,11 +6,15 @@ import numpy as np
 # and the mode whose bytes are compared with the cheapest fixed k.
 FU_NAMES = ("fu same_init", "fu last_round")
 TARGET = "target 0.5"
+# Warm-started FU sent as its int8 delta (real patches, trained inside the
+# int8 range like the partial methods): the "send everything, coded" baseline.
+FU_DELTA = "fu last_round, delta patch"
+PARETO_GAPS = (0.5, 1.0, 2.0)
 
 
 def accuracy(run):
     """What the device runs: FU's float model (re-converted whole), else the int8 file."""
-    key = "test_accuracy" if run["mode"].startswith("fu") else "device_accuracy"
+    key = "test_accuracy" if run["mode"] in FU_NAMES else "device_accuracy"
     return np.array(run[key])
 
 
@@ -55,6 +59,24 @@ def key_figures(runs) -> dict:
     return {"bytes_target_vs_fixed_k": round(float(np.mean(ratios)), 3) if ratios else None,
             "target_gap_test_points": round(float(np.mean(gaps)), 2) if gaps else None,
             "target_holds_on_test": holds_on_test(runs)}
+
+
+def pareto(runs, setting) -> dict:
+    """Per gap G in points: (the cheapest mode within G of the better FU, its mean bytes).
+
+    A mode qualifies when its mean gap over seeds is -G or better; modes that
+    ship whole files qualify too, so the answer is never worse than FU.
+    """
+    means = {}
+    for mode in dict.fromkeys(r["mode"] for r in runs if r["setting"] == setting):
+        values = gaps_and_bytes(runs, setting, mode)
+        if values:
+            means[mode] = (np.mean([g for g, _ in values]), np.mean([b for _, b in values]))
+    out = {}
+    for gap in PARETO_GAPS:
+        reaching = [(b, mode) for mode, (g, b) in means.items() if g >= -gap]
+        out[gap] = min(reaching)[::-1] if reaching else (None, None)
+    return out
 
 
 def holds_on_test(runs) -> dict:

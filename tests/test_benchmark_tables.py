@@ -53,6 +53,21 @@ def test_target_bytes_are_compared_with_the_cheapest_fixed_k_that_does_as_well()
     assert figures["bytes_target_vs_fixed_k"] == pytest.approx(0.5)   # 50 / 100 (k = 5 %)
 
 
+def test_the_pareto_table_names_the_cheapest_mode_within_each_gap():
+    from benchmarks.bytes_figures import pareto
+    runs = []
+    for seed in (1, 2):
+        runs += [_run("fu same_init", seed, [0.5, 0.90, 0.90], [1000] * 3),
+                 _run("fu last_round", seed, [0.5, 0.91, 0.91], [1000] * 3),
+                 _run("fu last_round, delta patch", seed, [0.5, 0.909, 0.909], [1000, 300, 300]),
+                 _run("dpu k=1%", seed, [0.5, 0.88, 0.88], [1000, 10, 10]),       # -3 points
+                 _run("dpu k=5%", seed, [0.5, 0.899, 0.899], [1000, 50, 50]),     # -1.1
+                 _run("target 0.5", seed, [0.5, 0.903, 0.903], [1000, 60, 60])]   # -0.7
+    assert pareto(runs, "s") == {0.5: ("fu last_round, delta patch", 600),
+                                 1.0: ("target 0.5", 120), 2.0: ("dpu k=5%", 100)}
+    assert pareto(runs[:2], "s")[0.5] == ("fu last_round", 2000)
+
+
 def test_how_often_a_target_holds_on_test_counts_rounds_after_round_0():
     from benchmarks.bytes_figures import holds_on_test
     runs = [dict(_run("target 0.5", 1, [], []), config={"target_gap": 0.5},
