@@ -1,10 +1,17 @@
 """`--target_gap`: the smallest update that keeps the device within G points of a full one.
 
-Step 1 of a DPU round trains the whole model from the deployed one: that is
-what a warm-started full update would give, so the server knows each round
-how good sending everything would be. The round then sends the fewest
-elements whose fine-tuned candidate is within G points of it on validation,
-or nothing when the deployed model already is.
+Step 1 of a DPU round trains the whole model from the deployed one; under
+a target it runs the epochs of `--method=fu --fu_init=last_round` (the
+one-step `--single_step_epochs`), so its model is the warm-started full
+update a user would otherwise send, epoch for epoch, and the server knows
+each round how good sending everything would be. The round then sends the
+fewest elements whose fine-tuned candidate is within G points of it on
+validation, or nothing when the deployed model already is.
+
+Which samples judge. The validation samples that pick each step's best
+epoch flatter the models they picked, and the smallest size that passes is
+the one they flatter most. `--target_judge_share` holds a random share of
+the validation split out to judge the gap only (`judge_split`).
 
 Noise. The validation split is small (300 samples here: one sample is a
 third of a point), so both sides are compared on the *same* samples: the
