@@ -65,10 +65,13 @@ def test_signer():
 
 
 def seal(base: bytes, body: bytes, count: int, result: Optional[bytes] = None, *,
-         version: int = patch_format.VERSION, signer=None, base_size: Optional[int] = None,
+         version: int = 3, signer=None, base_size: Optional[int] = None,
          result_size: Optional[int] = None, round_: int = 1, release_time: int = 1,
          expires: int = 0, key_id: Optional[bytes] = None, flags: Optional[int] = None) -> bytes:
     """A patch around `body` whose lengths, hashes, checksum and signature are all correct.
+
+    Version 3 by default (`elements` builds its records); `compact` builds
+    version 4's.
 
     `result` is the file the header declares (default: the base unchanged);
     `signer` a `signing.Signer` (its key id goes in unless `key_id` is given).
@@ -94,6 +97,17 @@ def elements(etype, coding, k, value_coding, value_k, buffer, offset, count, cha
     return ELEMENTS_RECORD.pack(KIND_ELEMENTS, etype, coding, k, value_coding, value_k, buffer,
                                 offset, count, changed, len(positions), len(values)) \
         + positions + values
+
+
+def compact(etype, coding, k, value_coding, value_k, numbers, positions: bytes,
+            values: bytes) -> bytes:
+    """A version-4 elements record; `numbers` are the varint bytes (buffer, n, P, V)."""
+    return patch_format.COMPACT_RECORD.pack(patch_format.KIND_COMPACT, etype, coding, k,
+                                            value_coding, value_k) + numbers + positions + values
+
+
+def varints(*values) -> bytes:
+    return b"".join(patch_format.write_varint(v) for v in values)
 
 
 def _written(base: bytes, offset: int, data: bytes) -> bytes:
@@ -195,7 +209,86 @@ def cases() -> List[Hostile]:
     add("signed, over the root table",
         elements(3, 0, 0, 0, 0, kernel.buffer, 16, 8, 1, b"\x00", b"\x00"), 1,
         _OUTSIDE_PY, _OUTSIDE_C, _written(base, 16, b"\x00"), signer=signer)
+    out += _version_4_cases(base, kernel, add)
     return out
+
+
+def _version_4_cases(base: bytes, kernel, add) -> List[Hostile]:
+    """Version 4: the compact record, its numbers, and the adaptive streams."""
+    from tflite_edge import adaptive  # pylint: disable=import-outside-toplevel
+    one = _written(base, kernel.offset, bytes([(base[kernel.offset] + 1) % 256]))
+    raw_one = one[kernel.offset:kernel.offset + 1]
+    first = adaptive.encode_positions([0])
+    plus_one = adaptive.encode_values([2])
+
+    def v4(name, body, python, c="malformed record", result=one, count=1):
+        add(name, body, count, python, c, result, version=4)
+
+    # Each layout belongs to its version.
+    add("a compact record in a version-3 patch",
+        compact(INT8, 0, 0, 0, 0, varints(kernel.buffer, 1, 1, 1), b"\x00", raw_one), 1,
+        "unknown record kind 5", "malformed record", one)
+    v4("a version-3 record in a version-4 patch",
+       elements(INT8, 0, 0, 0, 0, kernel.buffer, kernel.offset, kernel.count, 1, b"\x00",
+                raw_one), "unknown record kind 1")
+    add("an adaptive position code in a version-3 patch",
+        elements(INT8, 3, 0, 0, 0, kernel.buffer, kernel.offset, kernel.count, 1, first,
+                 raw_one), 1, "adaptive codes need patch format version 4",
+        "malformed record", one)
+    # The buffer index alone names where a compact record writes.
+    v4("a compact record over the Reshape's shape constant",
+       compact(INT32, 2, 0, 0, 0, varints(2, 2, 0, 8), b"", struct.pack("<ii", 1, 1 << 30)),
+       _OUTSIDE_PY, _OUTSIDE_C, _written(base, 708, struct.pack("<ii", 1, 1 << 30)))
+    v4("a compact record naming buffer 0",
+       compact(INT8, 0, 0, 0, 0, varints(0, 1, 1, 1), b"\x00", raw_one), _OUTSIDE_PY,
+       _OUTSIDE_C)
+    # Numbers: one spelling each, and 32 bits at most.
+    v4("a number with a redundant zero byte",
+       compact(INT8, 0, 0, 0, 0, bytes([kernel.buffer | 0x80, 0]) + varints(1, 1, 1), b"\x00",
+               raw_one), "not in its shortest form")
+    v4("a number above 2^32 - 1",
+       compact(INT8, 0, 0, 0, 0, varints(kernel.buffer) + b"\xff\xff\xff\xff\x1f"
+               + varints(1, 1), b"\x00", raw_one), "exceeds 2^32 - 1")
+    v4("a six-byte number",
+       compact(INT8, 0, 0, 0, 0, varints(kernel.buffer) + b"\x81\x80\x80\x80\x80\x00"
+               + varints(1, 1), b"\x00", raw_one), "longer than five bytes")
+    # Adaptive streams: exactly the encoder's bytes, codes within their limits.
+    v4("an adaptive stream that does not start with zero",
+       compact(INT8, 3, 0, 0, 0, varints(kernel.buffer, 1, len(first), 1),
+               b"\x01" + first[1:], raw_one), "does not start with a zero byte")
+    v4("an adaptive stream with a byte after its last code",
+       compact(INT8, 3, 0, 0, 0, varints(kernel.buffer, 1, len(first) + 1, 1),
+               first + b"\x00", raw_one), "after its last code")
+    deltas = [2 * (i % 7) + 1 + (i % 3 == 0) for i in range(kernel.count)]   # never zero
+    values = adaptive.encode_values(deltas)
+    v4("an adaptive stream cut short",
+       compact(INT8, 2, 0, 2, 0, varints(kernel.buffer, kernel.count, 0, len(values) - 4), b"",
+               values[:-4]), "ends before its last code", result=None)
+    past = adaptive.encode_positions([kernel.count + 200])
+    v4("an adaptive position past the buffer",
+       compact(INT8, 3, 0, 0, 0, varints(kernel.buffer, 1, len(past), 1), past, raw_one),
+       "adaptive code", result=_written(base, kernel.offset + kernel.count + 200, raw_one))
+    too_far = _value_stream(128, 0)
+    v4("an adaptive int8 delta of +128",
+       compact(INT8, 3, 0, 2, 0, varints(kernel.buffer, 1, len(first), len(too_far)), first,
+               too_far), "does not fit a 1-byte element",
+       result=_written(base, kernel.offset, bytes([(base[kernel.offset] + 128) % 256])))
+    v4("a compact record changing more elements than its buffer holds",
+       compact(INT8, 2, 0, 2, 0, varints(kernel.buffer, kernel.count + 1, 0, len(plus_one)),
+               b"", plus_one), f"record changes {kernel.count + 1} of {kernel.count}")
+    v4("position coding 4",
+       compact(INT8, 4, 0, 0, 0, varints(kernel.buffer, 1, 1, 1), b"\x00", raw_one),
+       "unknown position coding 4")
+    return []   # added through `add`
+
+
+def _value_stream(magnitude: int, sign: int) -> bytes:
+    """An adaptive value stream of one delta, even one no element can take."""
+    from tflite_edge import adaptive  # pylint: disable=import-outside-toplevel
+    encoder = adaptive.Encoder()
+    encoder.ladder(adaptive.Ladder(), magnitude - 1)
+    encoder.bit([adaptive.HALF, adaptive.HALF], 0, sign)
+    return encoder.finish()
 
 
 def small_order_keys() -> List[bytes]:

@@ -30,7 +30,7 @@ def pair(exported_run):
 def test_patch_turns_base_into_target_and_only_touches_weights(pair):
     base, target, patch = pair
     assert apply_patch(base, patch, allow_unsigned=True) == target
-    parsed = patch_format.decode(patch)
+    parsed = patch_format.decode(patch, base)
     model = ModelFile(base)
     weights = {model.buffers[t.buffer].offset for op in model.operators
                if op.opcode in (3, 4, 9) for t in (model.tensors[i] for i in op.inputs[1:3])}

@@ -305,7 +305,7 @@ def _write_part(chunk: bytearray, start: int, end: int, record: Record) -> None:
     target = view[at:at + (last - first) * size].reshape(-1, size)
     where = record.positions[lo:hi] - first
     values = record.values[lo:hi]
-    if record.value_coding == patch_format.VALUES_DELTA:
+    if record.value_coding in (patch_format.VALUES_DELTA, patch_format.VALUES_ADAPTIVE):
         old = target[where].copy().view(dtype).ravel()
         values = patch_format.add_deltas(old, values)
     target[where] = np.ascontiguousarray(values).view(np.uint8).reshape(-1, size)

@@ -22,7 +22,8 @@ from tflite_edge.source import Source
 
 
 def create_patch(base: bytes, target: bytes, round_index: int, signer=None,
-                 release_time: Optional[int] = None, expires: int = 0) -> bytes:
+                 release_time: Optional[int] = None, expires: int = 0,
+                 version: int = patch_format.VERSION) -> bytes:
     """Returns the patch bytes that turn `base` into `target` (both in memory).
 
     Weight and bias buffers are diffed element by element in their tensor's
@@ -37,32 +38,36 @@ def create_patch(base: bytes, target: bytes, round_index: int, signer=None,
         devices unless they opt in).
       release_time: seconds since 1970 (default: now, or SOURCE_DATE_EPOCH).
       expires: seconds since 1970 after which devices refuse it; 0: never.
+      version: the patch format, 4 (adaptive codes, compact records) or 3
+        for devices whose appliers read nothing newer.
 
     Raises:
       PatchError: the files do not share structure, or differ outside their
         weight and bias buffers.
     """
     return _create(Source.of(base), Source.of(target), round_index, signer, release_time,
-                   expires)
+                   expires, version)
 
 
 def create_patch_files(base_path: str, target_path: str, round_index: int,
                        signer=None, release_time: Optional[int] = None,
-                       expires: int = 0) -> bytes:
+                       expires: int = 0, version: int = patch_format.VERSION) -> bytes:
     """Like `create_patch`, reading both files a chunk at a time (small memory)."""
     with Source.open(base_path) as base, Source.open(target_path) as target:
-        return _create(base, target, round_index, signer, release_time, expires)
+        return _create(base, target, round_index, signer, release_time, expires, version)
 
 
 def _create(base: Source, target: Source, round_index: int, signer, release_time,
-            expires) -> bytes:
+            expires, version) -> bytes:
     records = diff_records(base, target)
     return patch_format.encode_hashed(round_index, base.size, base.sha256(), target.size,
-                                      target.sha256(), records, signer, release_time, expires)
+                                      target.sha256(), records, signer, release_time, expires,
+                                      version)
 
 
 def create_rotation_patch(base: Source, round_index: int, signer, next_key: bytes,
-                          release_time: Optional[int] = None, expires: int = 0) -> bytes:
+                          release_time: Optional[int] = None, expires: int = 0,
+                          version: int = patch_format.VERSION) -> bytes:
     """A patch that changes no weight and hands the device over to `next_key`.
 
     Signed by the current key (`signer`); a device that applies it trusts
@@ -76,12 +81,13 @@ def create_rotation_patch(base: Source, round_index: int, signer, next_key: byte
         raise PatchError("the next key is the current key")
     record = Record(patch_format.KIND_ROTATION, 0, raw=bytes(next_key))
     return patch_format.encode_hashed(round_index, base.size, base.sha256(), base.size,
-                                      base.sha256(), [record], signer, release_time, expires)
+                                      base.sha256(), [record], signer, release_time, expires,
+                                      version)
 
 
 def create_whole_file_patch(base: Source, target: Source, round_index: int,
                             signer=None, release_time: Optional[int] = None,
-                            expires: int = 0) -> bytes:
+                            expires: int = 0, version: int = patch_format.VERSION) -> bytes:
     """A patch that replaces `base` with `target` wholesale (any size, any structure).
 
     It is verified like any other patch (signature, round, base hash, result
@@ -89,7 +95,8 @@ def create_whole_file_patch(base: Source, target: Source, round_index: int,
     """
     record = Record(KIND_WHOLE_FILE, 0, raw=target.read(0, target.size))
     return patch_format.encode_hashed(round_index, base.size, base.sha256(), target.size,
-                                      target.sha256(), [record], signer, release_time, expires)
+                                      target.sha256(), [record], signer, release_time, expires,
+                                      version)
 
 
 def diff_records(base_source: Source, target_source: Source) -> List[Record]:

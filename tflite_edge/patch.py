@@ -15,6 +15,7 @@ Any failure prints one line and exits with status 2; the base file is left as it
 
 import os
 import sys
+from typing import Optional
 
 from absl import flags
 
@@ -31,7 +32,8 @@ from tflite_edge.positions import entropy_bound_bits
 def _define(values: flags.FlagValues) -> None:
     def string(name, text):
         flags.DEFINE_string(name, None, text, flag_values=values)
-    string("base", "the model the patch applies to (apply), or diffs from (create)")
+    string("base", "the model the patch applies to (apply), diffs from (create) or was made "
+           "from (inspect: shows where a version-4 record writes)")
     string("target", "the model the patch must produce")
     string("out", "the patch to write (create); the output model (apply; default: "
            "replace --base safely)")
@@ -70,6 +72,10 @@ def _define(values: flags.FlagValues) -> None:
     flags.DEFINE_integer("expires_in", None, "create, rotate: devices refuse the patch this "
                          "many seconds after its release (default: never)", lower_bound=1,
                          flag_values=values)
+    flags.DEFINE_enum("patch_format", str(patch_format.VERSION),
+                      [str(v) for v in patch_format.VERSIONS], "create, rotate: the patch "
+                      "format to write: 4 (adaptive codes, compact records) or 3 for devices "
+                      "whose appliers read nothing newer", flag_values=values)
     flags.DEFINE_bool("whole", False, "create: replace the whole file (any size or "
                       "structure) instead of diffing weights", flag_values=values)
     flags.DEFINE_enum("whole_file", "signed", WHOLE_FILE_POLICIES, "apply: accept whole-file "
@@ -92,9 +98,13 @@ def _target_round(values: flags.FlagValues) -> int:
     raise PatchError(f"give --round: {target} is not in a round_NNN folder")
 
 
-def describe(data: bytes) -> str:
-    """A human-readable summary of a patch (header, records, sizes, bound)."""
-    patch = patch_format.decode(data)
+def describe(data: bytes, base: Optional[bytes] = None) -> str:
+    """A human-readable summary of a patch (header, records, sizes, bound).
+
+    With the base, a version-4 record shows where it writes, its positions
+    are decoded and the positions' information bound is given.
+    """
+    patch = patch_format.decode(data, base)
     h = patch.header
     lines = [f"patch format v{h.version}, round {h.round}, {patch.size} bytes, "
              + (f"signed by key id {h.key_id.hex()}" if h.signed else "unsigned"),
@@ -106,7 +116,7 @@ def describe(data: bytes) -> str:
     position_bytes = bound = 0.0
     for record in patch.records:
         lines.append("  " + record.describe())
-        if record.kind == patch_format.KIND_ELEMENTS:
+        if record.kind == patch_format.KIND_ELEMENTS and record.positions is not None:
             position_bytes += record.position_bytes
             bound += entropy_bound_bits(record.count, len(record.positions)) / 8
     if bound:
@@ -133,6 +143,10 @@ def _release(values):
     return release, (release + expires_in if expires_in else 0)
 
 
+def _version(values) -> int:
+    return int(values["patch_format"].value)
+
+
 def _create(values) -> None:
     signer = _signer(values)
     release, expires = _release(values)
@@ -140,9 +154,10 @@ def _create(values) -> None:
     if values["whole"].value:
         with Source.open(base) as b, Source.open(target, "target") as t:
             data = create_whole_file_patch(b, t, _target_round(values), signer, release,
-                                           expires)
+                                           expires, _version(values))
     else:
-        data = create_patch_files(base, target, _target_round(values), signer, release, expires)
+        data = create_patch_files(base, target, _target_round(values), signer, release, expires,
+                                  _version(values))
     write_atomic(out, data)
     print(f"wrote {out}: {len(data)} bytes, {'signed' if signer else 'UNSIGNED'}")
 
@@ -156,7 +171,7 @@ def _rotate(values) -> None:
     release, expires = _release(values)
     with Source.open(values["base"].value) as base:
         data = create_rotation_patch(base, values["round"].value, signer, next_key, release,
-                                     expires)
+                                     expires, _version(values))
     write_atomic(values["out"].value, data)
     print(f"wrote {values['out'].value}: {len(data)} bytes, key id {signer.key_id.hex()} "
           f"hands over to {patch_format.key_id(next_key).hex()}")
@@ -182,7 +197,11 @@ def _apply(values) -> None:
 
 
 def _inspect(values) -> None:
-    print(describe(read_patch_file(values["patch"].value)))
+    base = None
+    if values["base"].value is not None:
+        with Source.open(values["base"].value) as model:
+            base = model.read(0, model.size)
+    print(describe(read_patch_file(values["patch"].value), base))
 
 
 def _keygen(values) -> None:
@@ -193,16 +212,17 @@ def _keygen(values) -> None:
 
 COMMANDS = {
     "create": cli.Command("diff two models into a patch", ("base", "target", "out"),
-                          ("round", "sign_key", "whole", "release_time", "expires_in"),
-                          _create),
+                          ("round", "sign_key", "whole", "release_time", "expires_in",
+                           "patch_format"), _create),
     "rotate": cli.Command("a patch, signed by the current key, that hands over to the next",
                           ("base", "round", "sign_key", "next_public_key", "out"),
-                          ("release_time", "expires_in"), _rotate),
+                          ("release_time", "expires_in", "patch_format"), _rotate),
     "apply": cli.Command("verify a patch and apply it to a model", ("base", "patch"),
                          ("out", "public_key", "state", "no_state", "initial_round",
                           "whole_file", "allow_unsigned", "now", "max_round_jump",
                           "max_patch_bytes"), _apply),
-    "inspect": cli.Command("show a patch's header and records", ("patch",), (), _inspect),
+    "inspect": cli.Command("show a patch's header and records", ("patch",), ("base",),
+                           _inspect),
     "keygen": cli.Command("generate an Ed25519 key pair", ("private", "public"), (), _keygen),
 }
 

@@ -22,26 +22,36 @@ import hashlib
 import os
 import struct
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from tflite_edge import keys
+from tflite_edge import adaptive, keys
 from tflite_edge import positions as codes
 from tflite_edge.errors import PatchError
 from tflite_edge.model_file import ELEMENT_DTYPES, TYPE_NAMES
-from tflite_edge.regions import Region
+from tflite_edge.regions import Region, writable_regions
 
 MAGIC = b"DPUP"
-VERSION = 3
+VERSION = 4                  # what the server writes unless told otherwise
+VERSIONS = (3, 4)            # what the appliers read
 FLAG_SIGNED = 1
 HEADER = struct.Struct("<4sHHIQQ32s32sIIQQ8s32s")   # 156 bytes
 ELEMENTS_RECORD = struct.Struct("<BBBBBBxxIQIIII")   # 36 bytes, then positions, values
 WHOLE_FILE_RECORD = struct.Struct("<B3xQ")           # 12 bytes, then the whole result
 ROTATION_RECORD = struct.Struct("<B7x32s")           # 40 bytes: the next public key
-KIND_ELEMENTS, KIND_WHOLE_FILE, KIND_ROTATION = 1, 3, 4   # kind 2 (version 1's raw bytes) is retired
-VALUES_RAW, VALUES_DELTA = 0, 1
-VALUE_CODING_NAMES = {VALUES_RAW: "raw", VALUES_DELTA: "delta"}
+# Version 4's elements record: the first six bytes of version 3's, then four
+# varints (buffer, changed count, position and value stream lengths); the
+# buffer's offset and element count come from the base.
+COMPACT_RECORD = struct.Struct("<BBBBBB")
+KIND_ELEMENTS, KIND_WHOLE_FILE, KIND_ROTATION, KIND_COMPACT = 1, 3, 4, 5
+# kind 2 (version 1's raw bytes) is retired
+ELEMENT_KINDS = {3: KIND_ELEMENTS, 4: KIND_COMPACT}   # per version
+# The smallest record of each version, which bounds the record count.
+SMALLEST_RECORD = {3: WHOLE_FILE_RECORD.size, 4: COMPACT_RECORD.size + 4}
+VALUES_RAW, VALUES_DELTA, VALUES_ADAPTIVE = 0, 1, 2
+VALUE_CODING_NAMES = {VALUES_RAW: "raw", VALUES_DELTA: "delta", VALUES_ADAPTIVE: "adaptive"}
+MAX_VARINT = 2 ** 32 - 1
 SIGNATURE_SIZE = 64
 CHECKSUM_SIZE = 32
 KEY_ID_SIZE = 8
@@ -136,6 +146,11 @@ class Record:
     value_coding: int = VALUES_RAW
     value_parameter: int = 0
     value_bytes: int = 0
+    changed: Optional[int] = None   # only for a record read without its base
+
+    @property
+    def changed_count(self) -> int:
+        return len(self.positions) if self.positions is not None else self.changed
 
     @property
     def span(self) -> int:
@@ -152,8 +167,10 @@ class Record:
         if self.kind == KIND_ROTATION:
             return f"key rotation: the next key is {self.raw.hex()} (key id " \
                    f"{hashlib.sha256(self.raw).hexdigest()[:16]})"
-        return (f"buffer {self.buffer:>3} offset {self.offset:>9}  "
-                f"{TYPE_NAMES[self.element_type]:>7} {len(self.positions):>8}/{self.count:<8} "
+        where = f"offset {self.offset:>9}" if self.offset >= 0 else "(read without its base)"
+        of = f"{self.count:<8}" if self.offset >= 0 else f"{'?':<8}"
+        return (f"buffer {self.buffer:>3} {where}  "
+                f"{TYPE_NAMES[self.element_type]:>7} {self.changed_count:>8}/{of} "
                 f"positions {codes.CODING_NAMES[self.coding]:>6}"
                 f"{f'(k={self.parameter})' if self.coding == codes.RICE else '':<7} "
                 f"{self.position_bytes:>7} B  values "
@@ -197,14 +214,26 @@ def add_deltas(old: np.ndarray, zigzag: np.ndarray) -> np.ndarray:
     return ((a + step) & modulus_mask).astype(f"u{size}").view(old.dtype)
 
 
-def encode_record(record: Record) -> bytes:
+def encode_record(record: Record, version: int = VERSION) -> bytes:
+    """One record in `version`'s layout, each stream in its smallest coding.
+
+    Version 4 adds the adaptive codes to the choices and writes the compact
+    elements header; version 3 writes what its appliers read.
+    """
     if record.kind == KIND_WHOLE_FILE:
         return WHOLE_FILE_RECORD.pack(KIND_WHOLE_FILE, len(record.raw)) + record.raw
     if record.kind == KIND_ROTATION:
         return ROTATION_RECORD.pack(KIND_ROTATION, record.raw)
+    if version not in VERSIONS:
+        raise PatchError(f"cannot write patch format version {version} (versions "
+                         f"{' and '.join(map(str, VERSIONS))} exist)")
     pos = np.asarray(record.positions, np.int64)
     record.coding, record.parameter, _ = codes.choose(pos, record.count)
     coded = codes.encode(pos, record.count, record.coding, record.parameter)
+    if version >= 4 and record.coding != codes.ALL:
+        learned = adaptive.encode_positions(pos)
+        if len(learned) < len(coded):
+            record.coding, record.parameter, coded = codes.ADAPTIVE, 0, learned
     record.position_bytes = len(coded)
     dtype = ELEMENT_DTYPES[record.element_type]
     new = np.asarray(record.values, dtype)
@@ -221,7 +250,19 @@ def encode_record(record: Record) -> bytes:
         if (bits + 7) // 8 < len(values):
             record.value_coding, record.value_parameter = VALUES_DELTA, parameter
             values = codes.rice_encode_blocks(deltas(), parameter)
+        if version >= 4:
+            learned = adaptive.encode_values(np.concatenate(list(deltas())))
+            if len(learned) < len(values):
+                record.value_coding, record.value_parameter = VALUES_ADAPTIVE, 0
+                values = learned
     record.value_bytes = len(values)
+    if version >= 4:
+        return (COMPACT_RECORD.pack(KIND_COMPACT, record.element_type, record.coding,
+                                    record.parameter, record.value_coding,
+                                    record.value_parameter)
+                + b"".join(write_varint(v) for v in (record.buffer, len(pos), len(coded),
+                                                     len(values)))
+                + coded + values)
     return ELEMENTS_RECORD.pack(KIND_ELEMENTS, record.element_type, record.coding,
                                 record.parameter, record.value_coding, record.value_parameter,
                                 record.buffer, record.offset, record.count, len(pos), len(coded),
@@ -229,7 +270,8 @@ def encode_record(record: Record) -> bytes:
 
 
 def encode(header_round: int, base: bytes, result: bytes, records: List[Record],
-           signer=None, release_time: Optional[int] = None, expires: int = 0) -> bytes:
+           signer=None, release_time: Optional[int] = None, expires: int = 0,
+           version: int = VERSION) -> bytes:
     """Builds a patch file.
 
     Args:
@@ -241,9 +283,11 @@ def encode(header_round: int, base: bytes, result: bytes, records: List[Record],
       release_time: seconds since 1970 (default: `default_release_time()`).
       expires: seconds since 1970 after which devices with a clock refuse
         the patch; 0 for never.
+      version: 4, or 3 for appliers that read nothing newer.
     """
     return encode_hashed(header_round, len(base), hashlib.sha256(base).digest(), len(result),
-                         hashlib.sha256(result).digest(), records, signer, release_time, expires)
+                         hashlib.sha256(result).digest(), records, signer, release_time, expires,
+                         version)
 
 
 def default_release_time() -> int:
@@ -254,7 +298,8 @@ def default_release_time() -> int:
 
 def encode_hashed(header_round: int, base_size: int, base_sha256: bytes, result_size: int,
                   result_sha256: bytes, records: List[Record], signer=None,
-                  release_time: Optional[int] = None, expires: int = 0) -> bytes:
+                  release_time: Optional[int] = None, expires: int = 0,
+                  version: int = VERSION) -> bytes:
     """Builds a patch file from the two models' sizes and SHA-256 digests (see `encode`)."""
     if not 0 <= header_round <= MAX_ROUND:
         raise PatchError(f"round {header_round} is outside [0, {MAX_ROUND}] (the last "
@@ -264,9 +309,9 @@ def encode_hashed(header_round: int, base_size: int, base_sha256: bytes, result_
         raise PatchError(f"the patch would expire ({expires}) before its release "
                          f"({release_time})")
     records = sorted(records, key=lambda r: (r.kind != KIND_ROTATION, r.offset))
-    body = b"".join(encode_record(r) for r in records)
+    body = b"".join(encode_record(r, version) for r in records)
     header = Header(header_round, base_size, result_size, base_sha256, result_sha256,
-                    len(records), len(body), FLAG_SIGNED if signer else 0,
+                    len(records), len(body), FLAG_SIGNED if signer else 0, version,
                     release_time=release_time, expires=expires,
                     key_id=signer.key_id if signer else bytes(KEY_ID_SIZE),
                     body_sha256=hashlib.sha256(body).digest())
@@ -325,15 +370,15 @@ def parse_header(data) -> Header:
         body_length, release_time, expires, key_id, body_sha = HEADER.unpack_from(data)
     if bytes(magic) != MAGIC:
         raise PatchError("not a DPU patch (bad magic)")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise PatchError(f"patch format version {version} is not supported (this applier "
-                         f"reads version {VERSION})")
+                         f"reads versions {' and '.join(map(str, VERSIONS))})")
     if flags & ~FLAG_SIGNED:
         raise PatchError(f"unknown patch flags 0x{flags:x}")
     if not flags & FLAG_SIGNED and any(key_id):
         raise PatchError("an unsigned patch names a signing key")
-    # The smallest record is a 12-byte whole-file header.
-    if count > MAX_RECORDS or count * WHOLE_FILE_RECORD.size > body_length:
+    # Each record takes at least its version's smallest record header.
+    if count > MAX_RECORDS or count * SMALLEST_RECORD[version] > body_length:
         raise PatchError(f"patch announces {count} records in a {body_length}-byte body")
     return Header(round_, base_size, result_size, bytes(base_sha), bytes(result_sha), count,
                   body_length, flags, version, release_time, expires, bytes(key_id),
@@ -489,16 +534,18 @@ def decode_records(envelope: Envelope, regions: Regions = None,
             record, at = _whole_file(data, at, end, h, allow_whole_file)
         elif kind == KIND_ROTATION:
             record, at = _rotation(data, at, end, h, allow_rotation, not records)
-        elif kind == KIND_ELEMENTS:
+        elif kind == ELEMENT_KINDS[h.version]:
             if known is None and regions is not None:
                 known = regions()
             record, at = _elements(data, at, end, h, known)
         else:
-            raise PatchError(f"unknown record kind {kind}")
+            raise PatchError(f"unknown record kind {kind} in a version-{h.version} patch")
+        records.append(record)
+        if record.offset < 0:
+            continue   # inspected without its base: where it writes is unknown
         if record.offset < previous_end:
             raise PatchError("records overlap or are not sorted by offset")
         previous_end = record.offset + record.span
-        records.append(record)
     if at != end:
         raise PatchError(f"patch body has {end - at} stray bytes after its records")
     if not (records and records[0].kind == KIND_WHOLE_FILE) and h.base_size != h.result_size:
@@ -509,14 +556,19 @@ def decode_records(envelope: Envelope, regions: Regions = None,
     return Patch(h, records, envelope.signed_part, envelope.signature, envelope.size)
 
 
-def decode(data: bytes) -> Patch:
-    """Parses a patch without its base (for inspection and tests).
+def decode(data: bytes, base: Optional[bytes] = None) -> Patch:
+    """Parses a patch for inspection and tests, against its base if given.
 
+    Without the base, a version-4 elements record shows its numbers only:
+    the base says where it writes and how many elements its buffer holds.
     Applying a patch goes through `tflite_edge.apply`, which checks the
     signature, the round and the base before the records are decoded, and
     the records against the base's weight buffers.
     """
-    return decode_records(open_envelope(data))
+    regions = None
+    if base is not None:
+        regions = lambda: writable_regions(base, len(base))  # noqa: E731
+    return decode_records(open_envelope(data), regions)
 
 
 def _whole_file(data, at, end, header: Header, allowed: bool):
@@ -555,13 +607,72 @@ def _rotation(data, at, end, header: Header, allowed: bool, first: bool):
     return Record(KIND_ROTATION, 0, raw=next_key), at + ROTATION_RECORD.size
 
 
+def read_varint(data, at: int, end: int) -> Tuple[int, int]:
+    """An unsigned LEB128 number below 2^32 in its shortest form, and the offset after it.
+
+    Raises:
+      PatchError: it runs past `end`, is longer than five bytes, exceeds
+        2^32 - 1 or has a redundant trailing zero byte (one number, one
+        spelling, in every applier).
+    """
+    value = shift = 0
+    for i in range(5):
+        if at + i >= end:
+            raise PatchError("patch body ends inside a record header")
+        byte = data[at + i]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            if i and not byte:
+                raise PatchError("a record number is not in its shortest form")
+            if value > MAX_VARINT:
+                raise PatchError("a record number exceeds 2^32 - 1")
+            return value, at + i + 1
+    raise PatchError("a record number is longer than five bytes")
+
+
+def write_varint(value: int) -> bytes:
+    """The shortest unsigned LEB128 form of 0 <= value < 2^32."""
+    if not 0 <= value <= MAX_VARINT:
+        raise PatchError(f"{value} does not fit a record number")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
 def _elements(data, at, end, header: Header, known: Optional[Dict[int, Region]]):
-    if at + ELEMENTS_RECORD.size > end:
-        raise PatchError("patch body ends inside a record header")
-    (_, etype, coding, parameter, value_coding, value_parameter, buffer, offset, n,
-     changed, pos_len, value_len) = ELEMENTS_RECORD.unpack_from(data, at)
-    if data[at + 6] or data[at + 7]:
-        raise PatchError("record has non-zero reserved bytes")
+    """An elements record: version 3's fixed layout or version 4's compact one."""
+    kind = data[at]
+    if kind == KIND_COMPACT:
+        if at + COMPACT_RECORD.size > end:
+            raise PatchError("patch body ends inside a record header")
+        _, etype, coding, parameter, value_coding, value_parameter = \
+            COMPACT_RECORD.unpack_from(data, at)
+        after = at + COMPACT_RECORD.size
+        numbers = []
+        for _ in range(4):
+            number, after = read_varint(data, after, end)
+            numbers.append(number)
+        buffer, changed, pos_len, value_len = numbers
+        offset = n = None   # from the base: the buffer's data
+        if known is not None and buffer in known:
+            offset, n = known[buffer].offset, known[buffer].count
+    else:
+        if at + ELEMENTS_RECORD.size > end:
+            raise PatchError("patch body ends inside a record header")
+        (_, etype, coding, parameter, value_coding, value_parameter, buffer, offset, n,
+         changed, pos_len, value_len) = ELEMENTS_RECORD.unpack_from(data, at)
+        if data[at + 6] or data[at + 7]:
+            raise PatchError("record has non-zero reserved bytes")
+        after = at + ELEMENTS_RECORD.size
+    # Adaptive codes exist from version 4 on: a version-3 patch means the
+    # same to every applier, old or new.
+    if header.version < 4 and (coding == codes.ADAPTIVE or value_coding == VALUES_ADAPTIVE):
+        raise PatchError(f"adaptive codes need patch format version 4, not {header.version}")
     # A Rice parameter is 0..31, and 0 for codes without one (the spec's rule,
     # so that every applier reads a record the same way).
     if parameter > codes.MAX_RICE_PARAMETER or (coding != codes.RICE and parameter) \
@@ -569,7 +680,7 @@ def _elements(data, at, end, header: Header, known: Optional[Dict[int, Region]])
             or (value_coding != VALUES_DELTA and value_parameter):
         raise PatchError(f"record has a Rice parameter out of range ({parameter}, "
                          f"{value_parameter})")
-    at += ELEMENTS_RECORD.size
+    at = after
     if etype not in ELEMENT_DTYPES:
         raise PatchError(f"record has unknown element type {etype}")
     size = ELEMENT_DTYPES[etype].itemsize
@@ -577,9 +688,19 @@ def _elements(data, at, end, header: Header, known: Optional[Dict[int, Region]])
         region = known.get(buffer)
         if region is None or region.offset != offset or region.count != n \
                 or region.type != etype:
-            raise PatchError(f"record for buffer {buffer} ({n} {TYPE_NAMES[etype]} at offset "
-                             f"{offset}) is not one of this model's weight or bias buffers; "
-                             "a patch may write nowhere else")
+            where = f"{n} {TYPE_NAMES[etype]} at offset {offset}" if n is not None \
+                else TYPE_NAMES[etype]
+            raise PatchError(f"record for buffer {buffer} ({where}) is not one of this "
+                             "model's weight or bias buffers; a patch may write nowhere else")
+    elif offset is None:
+        # Inspected without its base: where it writes, and so its streams,
+        # are unknown; the record's numbers are all there is to show.
+        if at + pos_len + value_len > end:
+            raise PatchError("patch body ends inside a record's data")
+        return Record(KIND_ELEMENTS, -1, buffer, etype, 0, coding=coding, parameter=parameter,
+                      position_bytes=pos_len, value_coding=value_coding,
+                      value_parameter=value_parameter, value_bytes=value_len,
+                      changed=changed), at + pos_len + value_len
     elif offset % size or offset + n * size > header.base_size:
         raise PatchError(f"record at offset {offset} is misaligned or runs past the end of "
                          f"the {header.base_size}-byte model")
@@ -591,21 +712,25 @@ def _elements(data, at, end, header: Header, known: Optional[Dict[int, Region]])
     # decoded: a value costs a whole element raw or at least k + 1 bits as
     # a delta, so a record cannot make the decoder allocate more than a
     # small multiple of the patch's own size.
+    # Adaptive codes may spend far less than a bit per code; their counts are
+    # bounded by the buffer's element count (changed <= n), which is real.
     if value_coding == VALUES_RAW:
         if value_len != changed * size:
             raise PatchError("raw values do not match the record's element count")
     elif value_coding == VALUES_DELTA and size <= 4:
         if changed * (1 + value_parameter) > 8 * value_len:
             raise PatchError(f"a value stream of {value_len} bytes cannot hold {changed} codes")
-    else:
+    elif value_coding != VALUES_ADAPTIVE or size > 4:
         raise PatchError(f"unknown value coding {value_coding}")
-    pos = codes.decode(data[at:at + pos_len], n, changed, coding, parameter)
+    pos = codes.decode(bytes(data[at:at + pos_len]), n, changed, coding, parameter)
     at += pos_len
     if value_coding == VALUES_RAW:
         values = np.frombuffer(data, ELEMENT_DTYPES[etype], changed, at).copy()
-    else:
+    elif value_coding == VALUES_DELTA:
         values = codes.rice_decode(data[at:at + value_len], changed, value_parameter,
                                    1 << (8 * size))
+    else:
+        values = adaptive.decode_values(bytes(data[at:at + value_len]), changed, size)
     at += value_len
     return Record(KIND_ELEMENTS, offset, buffer, etype, n, pos, values, coding=coding,
                   parameter=parameter, position_bytes=pos_len, value_coding=value_coding,

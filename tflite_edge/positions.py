@@ -1,8 +1,11 @@
-"""Position codes: Golomb-Rice on gaps, or a bitmap, whichever is smaller.
+"""Position codes: Golomb-Rice on gaps, a bitmap, or (format 4) adaptive gaps.
 
-Both are bit streams packed least-significant bit first. Positions of n
-changes among N elements cost at least log2(C(N, n)) bits; Rice-coded gaps
-come within a few percent of it at 0.1-10 % density, a bitmap wins above ~30 %.
+Rice codes and bitmaps are bit streams packed least-significant bit first.
+Positions of n changes among N elements cost log2(C(N, n)) bits if every
+set of positions were equally likely; Rice-coded gaps come within a few
+percent of that at 0.1-10 % density, a bitmap wins above ~30 %. Real
+changes cluster, and the adaptive code (`tflite_edge.adaptive`) learns
+each record's gap distribution and goes below that bound.
 """
 
 import array
@@ -11,10 +14,11 @@ from typing import Iterable, Iterator, Tuple
 
 import numpy as np
 
+from tflite_edge import adaptive
 from tflite_edge.errors import PatchError
 
-RICE, BITMAP, ALL = 0, 1, 2
-CODING_NAMES = {RICE: "rice", BITMAP: "bitmap", ALL: "all"}
+RICE, BITMAP, ALL, ADAPTIVE = 0, 1, 2, 3
+CODING_NAMES = {RICE: "rice", BITMAP: "bitmap", ALL: "all", ADAPTIVE: "adaptive"}
 MAX_RICE_PARAMETER = 31
 _UINT32 = next(code for code in "IL" if array.array(code).itemsize == 4)
 RICE_PIECE = 1 << 14   # stream bytes unpacked at a time when decoding
@@ -165,6 +169,8 @@ def choose(positions: np.ndarray, count: int) -> Tuple[int, int, int]:
 def encode(positions: np.ndarray, count: int, coding: int, parameter: int) -> bytes:
     if coding == ALL:
         return b""
+    if coding == ADAPTIVE:
+        return adaptive.encode_positions(positions)
     if coding == BITMAP:
         bits = np.zeros(count, np.uint8)
         bits[positions] = 1
@@ -194,6 +200,8 @@ def decode(data: bytes, count: int, changed: int, coding: int, parameter: int) -
         if len(positions) != changed:
             raise PatchError(f"bitmap marks {len(positions)} elements, record claims {changed}")
         return positions.astype(np.int64)
+    if coding == ADAPTIVE:
+        return adaptive.decode_positions(data, count, changed)
     if coding != RICE:
         raise PatchError(f"unknown position coding {coding}")
     positions = rice_decode(data, changed, parameter, count).astype(np.int64)

@@ -1,0 +1,257 @@
+"""Adaptive codes of format 4: a binary range coder with learned bit probabilities.
+
+The gaps between changed positions and the sizes of the int8 changes follow
+no fixed law: positions cluster (a few input features and units take most
+changes), so gaps mix many short ones with a long tail, which one Rice
+parameter per record codes poorly. Each value here is written as a ladder:
+its length class n = bitlen(v + 1) in unary, then the bits below the
+leading one, the first three of them under probabilities learned per class
+and bit, the rest at one half. Every bit is range-coded with a probability
+that adapts as the record is decoded, so the code learns each record's own
+distribution, both sides holding the same counts.
+
+The coder is the carry-less binary range coder familiar from LZMA: 32-bit
+range, 12-bit probabilities that move 1/32 of the way to each bit seen,
+one byte shifted out whenever the range falls below 2^24. A stream is
+exactly the encoder's output: the decoder must consume every byte and no
+more, and its first byte is zero. `PATCH_FORMAT.md` ("Adaptive codes") is
+the specification the C and JVM appliers implement bit for bit.
+"""
+
+from typing import List, Sequence
+
+import numpy as np
+
+from tflite_edge.errors import PatchError
+
+PROBABILITY_BITS = 12
+ONE = 1 << PROBABILITY_BITS          # probabilities are of a zero bit, in 1/4096
+HALF = ONE // 2
+ADAPT_SHIFT = 5
+TOP = 1 << 24
+MASK32 = 0xFFFFFFFF
+CLASSES = 33                         # bitlen(v + 1) for v < 2^32
+TREE_BITS = 3                        # mantissa bits coded under learned probabilities
+TREE_NODES = (1 << TREE_BITS) - 1
+MIN_STREAM = 5                       # the flush alone writes five bytes
+
+
+class Ladder:
+    """The probabilities of one ladder code: unary classes, then a mantissa tree per class."""
+
+    __slots__ = ("unary", "tree")
+
+    def __init__(self):
+        self.unary = [HALF] * CLASSES
+        self.tree = [[HALF] * TREE_NODES for _ in range(CLASSES)]
+
+
+class Encoder:
+    """Range-codes bits into `out` (a bytearray)."""
+
+    def __init__(self):
+        self.out = bytearray()
+        self.low = 0
+        self.range = MASK32
+        self.cache = 0
+        self.pending = 1
+
+    def _shift_low(self):
+        if self.low < 0xFF000000 or self.low > MASK32:
+            carry = self.low >> 32
+            byte = self.cache
+            while True:
+                self.out.append((byte + carry) & 0xFF)
+                byte = 0xFF
+                self.pending -= 1
+                if not self.pending:
+                    break
+            self.cache = (self.low >> 24) & 0xFF
+        self.pending += 1
+        self.low = (self.low & 0x00FFFFFF) << 8
+
+    def bit(self, probabilities: List[int], index: int, bit: int) -> None:
+        """Codes `bit` with probabilities[index] (of a zero), then adapts it."""
+        p = probabilities[index]
+        bound = (self.range >> PROBABILITY_BITS) * p
+        if bit:
+            self.low += bound
+            self.range -= bound
+            probabilities[index] = p - (p >> ADAPT_SHIFT)
+        else:
+            self.range = bound
+            probabilities[index] = p + ((ONE - p) >> ADAPT_SHIFT)
+        while self.range < TOP:
+            self.range = (self.range << 8) & MASK32
+            self._shift_low()
+
+    def fixed(self, bit: int) -> None:
+        """Codes `bit` at probability one half, learning nothing."""
+        bound = (self.range >> PROBABILITY_BITS) * HALF
+        if bit:
+            self.low += bound
+            self.range -= bound
+        else:
+            self.range = bound
+        while self.range < TOP:
+            self.range = (self.range << 8) & MASK32
+            self._shift_low()
+
+    def ladder(self, model: Ladder, value: int) -> None:
+        """Codes value >= 0 (below 2^32) as its class in unary, then its mantissa."""
+        n = (value + 1).bit_length()
+        unary = model.unary
+        for i in range(n - 1):
+            self.bit(unary, i, 1)
+        self.bit(unary, n - 1, 0)
+        rest = value + 1 - (1 << (n - 1))
+        tree, node = model.tree[n - 1], 1
+        for j in range(n - 2, -1, -1):
+            bit = (rest >> j) & 1
+            if node <= TREE_NODES:
+                self.bit(tree, node - 1, bit)
+                node = 2 * node + bit
+            else:
+                self.fixed(bit)
+
+    def finish(self) -> bytes:
+        for _ in range(5):
+            self._shift_low()
+        return bytes(self.out)
+
+
+class Decoder:
+    """Decodes what `Encoder` wrote; every inconsistency is a PatchError."""
+
+    def __init__(self, data: bytes):
+        if len(data) < MIN_STREAM or data[0] != 0:
+            raise PatchError("an adaptive stream is shorter than 5 bytes or does not start "
+                             "with a zero byte")
+        self.data = data
+        self.code = int.from_bytes(data[1:5], "big")
+        self.range = MASK32
+        self.at = 5
+        if self.code >= self.range:
+            raise PatchError("an adaptive stream starts outside its range")
+
+    def _normalize(self):
+        while self.range < TOP:
+            if self.at >= len(self.data):
+                raise PatchError("an adaptive stream ends before its last code")
+            self.range = (self.range << 8) & MASK32
+            self.code = ((self.code << 8) | self.data[self.at]) & MASK32
+            self.at += 1
+
+    def bit(self, probabilities: List[int], index: int) -> int:
+        p = probabilities[index]
+        bound = (self.range >> PROBABILITY_BITS) * p
+        if self.code < bound:
+            self.range = bound
+            probabilities[index] = p + ((ONE - p) >> ADAPT_SHIFT)
+            bit = 0
+        else:
+            self.code -= bound
+            self.range -= bound
+            probabilities[index] = p - (p >> ADAPT_SHIFT)
+            bit = 1
+        self._normalize()
+        return bit
+
+    def fixed(self) -> int:
+        bound = (self.range >> PROBABILITY_BITS) * HALF
+        if self.code < bound:
+            self.range = bound
+            bit = 0
+        else:
+            self.code -= bound
+            self.range -= bound
+            bit = 1
+        self._normalize()
+        return bit
+
+    def ladder(self, model: Ladder, limit: int) -> int:
+        """A value below `limit` (at most 2^32); a longer class or larger value is refused."""
+        classes = limit.bit_length()   # the longest class a value below limit can have
+        unary, n = model.unary, 1
+        while self.bit(unary, n - 1):
+            n += 1
+            if n > classes:
+                raise PatchError("an adaptive code is longer than its limit allows")
+        tree, node, rest = model.tree[n - 1], 1, 0
+        for _ in range(n - 1):
+            if node <= TREE_NODES:
+                bit = self.bit(tree, node - 1)
+                node = 2 * node + bit
+            else:
+                bit = self.fixed()
+            rest = 2 * rest + bit
+        value = (1 << (n - 1)) + rest - 1
+        if value >= limit:
+            raise PatchError(f"an adaptive code decodes {value}, not below {limit}")
+        return value
+
+    def finish(self) -> None:
+        """The stream must end exactly where its codes do."""
+        if self.at != len(self.data):
+            raise PatchError(f"an adaptive stream has {len(self.data) - self.at} bytes after "
+                             "its last code")
+
+
+def encode_positions(positions: Sequence[int]) -> bytes:
+    """Sorted distinct positions as ladder-coded gaps (g_i = p_i - p_(i-1) - 1, p_(-1) = -1)."""
+    encoder, model, previous = Encoder(), Ladder(), -1
+    for position in np.asarray(positions, np.int64).tolist():
+        encoder.ladder(model, position - previous - 1)
+        previous = position
+    return encoder.finish()
+
+
+def decode_positions(data: bytes, count: int, changed: int) -> np.ndarray:
+    """`changed` strictly increasing positions below `count`.
+
+    Raises:
+      PatchError: a malformed stream, or a position at or past `count`.
+    """
+    decoder, model = Decoder(data), Ladder()
+    out = np.empty(changed, np.int64)
+    previous = -1
+    for i in range(changed):
+        previous += decoder.ladder(model, count - previous - 1) + 1
+        out[i] = previous
+    decoder.finish()
+    return out
+
+
+def encode_values(zigzag: Sequence[int]) -> bytes:
+    """Zigzag-mapped deltas (never 0: a changed element moves) as magnitude and sign."""
+    encoder, model, signs, sign = Encoder(), Ladder(), [HALF, HALF], 0
+    for z in np.asarray(zigzag, np.uint64).tolist():
+        if z == 0:
+            raise ValueError("an adaptive value code has no zero delta")
+        magnitude = (z + 1) >> 1
+        encoder.ladder(model, magnitude - 1)
+        # Neighbouring changes tend to move the same way.
+        encoder.bit(signs, sign, z & 1)
+        sign = z & 1
+    return encoder.finish()
+
+
+def decode_values(data: bytes, changed: int, element_size: int) -> np.ndarray:
+    """`changed` zigzag-mapped deltas of elements of `element_size` (<= 4) bytes.
+
+    Raises:
+      PatchError: a malformed stream, or a delta outside the element's width.
+    """
+    decoder, model, signs, sign = Decoder(data), Ladder(), [HALF, HALF], 0
+    width = 1 << (8 * element_size)
+    out = np.empty(changed, np.uint64)
+    for i in range(changed):
+        magnitude = decoder.ladder(model, width >> 1) + 1
+        sign = decoder.bit(signs, sign)
+        zigzag = 2 * magnitude - 1 if sign else 2 * magnitude
+        if zigzag >= width:
+            raise PatchError(f"an adaptive delta {zigzag} does not fit a "
+                             f"{element_size}-byte element")
+        out[i] = zigzag
+    decoder.finish()
+    return out
