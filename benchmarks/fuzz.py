@@ -66,11 +66,46 @@ VERDICTS = ("accepted", "refused at the result hash", "refused")
 _ELEMENT_FIELDS = [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1), (8, 4),
                    (12, 8), (20, 4), (24, 4), (28, 4), (32, 4)]
 _WHOLE_FILE_FIELDS = [(0, 1), (1, 1), (4, 8)]
+_COMPACT_FIELDS = [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]
 # (offset, width) of header fields (after the magic), as mutation targets:
 # version, flags, round, sizes, record count, release time, expiry, key id.
 _HEADER_FIELDS = [(4, 2), (6, 2), (8, 4), (12, 8), (20, 8), (92, 4), (100, 8), (108, 8),
                   (116, 8)]
 NO_SWITCH = 0xffffffff
+
+
+def _compact_numbers(data, at: int) -> Tuple[List[int], int]:
+    """A compact record's four numbers and where its streams start (None: not readable)."""
+    numbers, after = [], at + patch_format.COMPACT_RECORD.size
+    for _ in range(4):
+        try:
+            number, after = patch_format.read_varint(data, after, len(data))
+        except PatchError:
+            return None, len(data)
+        numbers.append(number)
+    return numbers, after
+
+
+def _streams_start(record: bytearray) -> int:
+    """Where a record's data (streams, or a whole file's bytes) begins."""
+    if record[0] == patch_format.KIND_COMPACT:
+        return _compact_numbers(record, 0)[1]
+    return ELEMENTS_RECORD.size if record[0] == KIND_ELEMENTS else WHOLE_FILE_RECORD.size
+
+
+def record_length(data, at: int) -> int:
+    """The length a record at `at` declares (the rest of `data` if it cannot say)."""
+    kind, rest = data[at], len(data) - at
+    if kind == KIND_WHOLE_FILE and rest >= WHOLE_FILE_RECORD.size:
+        return WHOLE_FILE_RECORD.size + struct.unpack_from("<Q", data, at + 4)[0]
+    if kind == KIND_ROTATION:
+        return ROTATION_RECORD.size
+    if kind == patch_format.KIND_COMPACT:
+        numbers, after = _compact_numbers(data, at)
+        return rest if numbers is None else after - at + numbers[2] + numbers[3]
+    if rest >= ELEMENTS_RECORD.size:
+        return ELEMENTS_RECORD.size + sum(struct.unpack_from("<II", data, at + 28))
+    return rest
 
 
 def _split(patch: bytes) -> Tuple[bytearray, List[bytearray], bool]:
@@ -81,13 +116,7 @@ def _split(patch: bytes) -> Tuple[bytearray, List[bytearray], bool]:
     at = HEADER.size + (patch_format.SIGNATURE_SIZE if signed else 0)
     end, records = at + body_length, []
     for _ in range(count):
-        if patch[at] == KIND_WHOLE_FILE:
-            length = WHOLE_FILE_RECORD.size + struct.unpack_from("<Q", patch, at + 4)[0]
-        elif patch[at] == KIND_ROTATION:
-            length = ROTATION_RECORD.size
-        else:
-            pos_len, value_len = struct.unpack_from("<II", patch, at + 28)
-            length = ELEMENTS_RECORD.size + pos_len + value_len
+        length = record_length(patch[:end], at)
         records.append(bytearray(patch[at:at + length]))
         at += length
     assert at == end, "seed patches must be valid"
@@ -147,6 +176,18 @@ class Mutator:
         current = int.from_bytes(data[at:at + width], "little")
         data[at:at + width] = self._interesting(width, current).to_bytes(width, "little")
 
+    def _set_number(self, record: bytearray) -> None:
+        """Sets one of a compact record's numbers to an interesting value (any length)."""
+        numbers, after = _compact_numbers(record, 0)
+        if numbers is None:
+            return
+        which = self.rng.randint(4)
+        numbers[which] = self._interesting(4, numbers[which])
+        spelled = b"".join(patch_format.write_varint(n) for n in numbers)
+        if self.rng.rand() < 0.1:   # a spelling the format forbids
+            spelled = spelled[:-1] + bytes([spelled[-1] | 0x80, 0])
+        record[patch_format.COMPACT_RECORD.size:after] = spelled
+
     def mutate(self) -> Tuple[bytearray, bytes, bool]:
         """(header, body, keep the header's record count) of one mutated patch."""
         rng = self.rng
@@ -158,19 +199,24 @@ class Mutator:
             action = rng.randint(9)
             if action <= 2 and records:                       # a record field
                 record = records[rng.randint(len(records))]
-                fields = _WHOLE_FILE_FIELDS if record[0] == KIND_WHOLE_FILE else _ELEMENT_FIELDS
+                if record[0] == patch_format.KIND_COMPACT and rng.rand() < 0.5:
+                    self._set_number(record)
+                    continue
+                fields = {KIND_WHOLE_FILE: _WHOLE_FILE_FIELDS,
+                          patch_format.KIND_COMPACT: _COMPACT_FIELDS}.get(record[0],
+                                                                        _ELEMENT_FIELDS)
                 at, width = fields[rng.randint(len(fields))]
                 self._set(record, at, width)
             elif action == 3 and records:                     # a stream bit
                 record = records[rng.randint(len(records))]
-                if len(record) > ELEMENTS_RECORD.size:
-                    at = rng.randint(ELEMENTS_RECORD.size if record[0] == KIND_ELEMENTS else 12,
-                                     len(record))
-                    record[at] ^= 1 << rng.randint(8)
+                start = _streams_start(record)
+                if len(record) > start:
+                    record[rng.randint(start, len(record))] ^= 1 << rng.randint(8)
             elif action == 4 and records:                     # a stream byte
                 record = records[rng.randint(len(records))]
-                if len(record) > ELEMENTS_RECORD.size:
-                    record[rng.randint(ELEMENTS_RECORD.size, len(record))] = rng.randint(256)
+                start = _streams_start(record)
+                if len(record) > start:
+                    record[rng.randint(start, len(record))] = rng.randint(256)
             elif action == 5 and records:                     # shorter or longer streams
                 record = records[rng.randint(len(records))]
                 if rng.rand() < 0.5 and len(record) > 1:
@@ -200,7 +246,7 @@ class Mutator:
                 self._set(header, at, width)
                 keep_count = keep_count or at == 92
             elif records:                                     # a record's kind
-                records[rng.randint(len(records))][0] = [1, 2, 3, 4, 0, 255][rng.randint(6)]
+                records[rng.randint(len(records))][0] = [1, 2, 3, 4, 5, 0, 255][rng.randint(7)]
         return header, b"".join(bytes(r) for r in records), keep_count
 
     def case(self, device: "Setting") -> Tuple[bytes, int]:
@@ -219,14 +265,7 @@ def body_count(body: bytes) -> int:
     """How many records a mutated body holds, walking their declared lengths."""
     at, count = 0, 0
     while at < len(body):
-        if body[at] == KIND_WHOLE_FILE and at + WHOLE_FILE_RECORD.size <= len(body):
-            at += WHOLE_FILE_RECORD.size + struct.unpack_from("<Q", body, at + 4)[0]
-        elif body[at] == KIND_ROTATION:
-            at += ROTATION_RECORD.size
-        elif at + ELEMENTS_RECORD.size <= len(body):
-            at += ELEMENTS_RECORD.size + sum(struct.unpack_from("<II", body, at + 28))
-        else:
-            at = len(body)
+        at += max(1, record_length(body, at))
         count += 1
     return count
 

@@ -29,8 +29,6 @@ from benchmarks import generic_diffs, jvm
 from tflite_edge import patch_format
 from tflite_edge.apply import apply_patch
 from tflite_edge.model_file import ELEMENT_DTYPES
-from tflite_edge.patch_format import (CHECKSUM_SIZE, ELEMENTS_RECORD, FLAG_SIGNED, HEADER,
-                                      SIGNATURE_SIZE)
 from tflite_edge.positions import entropy_bound_bits
 
 _C_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -62,21 +60,22 @@ def run_files(config, data):
     return result, files, patches
 
 
-def entropy_bound(patch: bytes) -> dict:
+def entropy_bound(patch: bytes, base: bytes) -> dict:
     """The patch's bytes against its entropy bound, with where the bits go.
 
     Returns:
-      bound (bytes), fixed (bytes), and per part (positions, kernel values,
-      bias values) the coded bits and the bound's bits.
+      bound (bytes), fixed (bytes: header, signature, checksum and record
+      headers), and per part (positions, kernel values, bias values) the
+      coded bits and the bound's bits.
     """
-    parsed = patch_format.decode(patch)
-    signed = parsed.header.flags & FLAG_SIGNED
-    fixed = HEADER.size + CHECKSUM_SIZE + (SIGNATURE_SIZE if signed else 0)
+    parsed = patch_format.decode(patch, base)
+    streams = sum(r.position_bytes + r.value_bytes for r in parsed.records
+                  if r.kind == patch_format.KIND_ELEMENTS)
+    fixed = len(patch) - streams
     parts = {name: [0.0, 0.0] for name in ("positions", "kernel values", "bias values")}
     for record in parsed.records:
         if record.kind != patch_format.KIND_ELEMENTS:
             continue
-        fixed += ELEMENTS_RECORD.size
         n = len(record.positions)
         parts["positions"][0] += 8 * record.position_bytes
         parts["positions"][1] += entropy_bound_bits(record.count, n)
@@ -94,7 +93,7 @@ def compare(files, patches) -> dict:
     for r in range(1, len(files)):
         if patches[r] is None:
             continue
-        parsed = patch_format.decode(patches[r])
+        parsed = patch_format.decode(patches[r], files[r - 1])
         position_bits = bound_positions = value_bits = 0.0
         for record in parsed.records:
             if record.kind != patch_format.KIND_ELEMENTS:
@@ -102,7 +101,7 @@ def compare(files, patches) -> dict:
             position_bits += 8 * record.position_bytes
             bound_positions += entropy_bound_bits(record.count, len(record.positions))
             value_bits += 8 * len(record.positions) * ELEMENT_DTYPES[record.element_type].itemsize
-        entropy = entropy_bound(patches[r])
+        entropy = entropy_bound(patches[r], files[r - 1])
         rows.append({
             "round": r, "patch": len(patches[r]), "tflite": len(files[r]),
             "entropy_bound": round(entropy["bound"], 1),

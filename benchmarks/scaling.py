@@ -87,7 +87,8 @@ def measure(sizes=("10k", "100k", "1M", "10M"), ratios=(0.001, 0.01, 0.1)) -> li
                     apply_patch(base, patch, allow_unsigned=True)
                 python_s = (time.perf_counter() - started) / repeats
                 c_s, jvm_s = _c_and_jvm_seconds(binary, jar, base, patch, repeats)
-                changed = sum(len(r.positions) for r in patch_format.decode(patch).records)
+                changed = sum(len(r.positions)
+                              for r in patch_format.decode(patch, base).records)
                 rows.append({"model": size, "parameters": params, "ratio": k,
                              "model_bytes": len(base), "patch_bytes": len(patch),
                              "patch_fraction": round(len(patch) / len(base), 5),

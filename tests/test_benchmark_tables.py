@@ -96,7 +96,7 @@ def test_the_entropy_bound_of_a_real_patch():
     for i in rng.choice(buffer.length, buffer.length // 10, replace=False):
         target[buffer.offset + i] = (target[buffer.offset + i] + rng.randint(1, 5)) % 256
     patch = create_patch(base, bytes(target), 1)
-    e = entropy_bound(patch)
+    e = entropy_bound(patch, base)
     coded = sum(c for c, _ in e["parts"].values())
     assert len(patch) == pytest.approx(e["fixed"] + coded / 8, abs=len(e["parts"]) + 1)
     assert 1.0 <= len(patch) / e["bound"] < 1.3

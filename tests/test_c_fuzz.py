@@ -32,13 +32,17 @@ def test_seeds_are_valid_patches_for_the_fuzz_base():
     for patch in make_seeds.seed_patches():
         # raises unless the result hashes to the target
         apply_patch(base, patch, whole_file="always", allow_unsigned=True)
-        codings |= {(r.kind, r.coding, r.value_coding, r.element_type)
-                    for r in patch_format.decode(patch).records}
-    elements = [c for c in codings if c[0] == patch_format.KIND_ELEMENTS]
-    assert {c[1] for c in elements} == {0, 1, 2}   # Rice, bitmap and "all" positions
-    assert {c[2] for c in elements} == {0, 1}      # raw and delta values
-    assert {c[3] for c in elements} == {2, 9}      # int32 biases and int8 weights
-    assert patch_format.KIND_WHOLE_FILE in {c[0] for c in codings}
+        version = patch_format.decode(patch).header.version
+        codings |= {(version, r.kind, r.coding, r.value_coding, r.element_type)
+                    for r in patch_format.decode(patch, base).records}
+    for version in (3, 4):
+        elements = [c for c in codings if c[:2] == (version, patch_format.KIND_ELEMENTS)]
+        # Rice, bitmap, "all" positions, and version 4's adaptive ones
+        assert {c[2] for c in elements} == {0, 1, 2} | ({3} if version == 4 else set())
+        # raw and delta values, and version 4's adaptive ones
+        assert {c[3] for c in elements} == {0, 1} | ({2} if version == 4 else set())
+        assert {c[4] for c in elements} == {2, 9}      # int32 biases and int8 weights
+        assert (version, patch_format.KIND_WHOLE_FILE) in {c[:2] for c in codings}
 
 
 def test_fuzzing_finds_no_crash_or_undefined_behaviour(fuzzer, tmp_path):

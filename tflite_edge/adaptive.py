@@ -6,7 +6,7 @@ changes), so gaps mix many short ones with a long tail, which one Rice
 parameter per record codes poorly. Each value here is written as a ladder:
 its length class n = bitlen(v + 1) in unary, then the bits below the
 leading one, the first three of them under probabilities learned per class
-and bit, the rest at one half. Every bit is range-coded with a probability
+(classes from 16 up share theirs) and bit, the rest at one half. Every bit is range-coded with a probability
 that adapts as the record is decoded, so the code learns each record's own
 distribution, both sides holding the same counts.
 
@@ -33,6 +33,9 @@ MASK32 = 0xFFFFFFFF
 CLASSES = 33                         # bitlen(v + 1) for v < 2^32
 TREE_BITS = 3                        # mantissa bits coded under learned probabilities
 TREE_NODES = (1 << TREE_BITS) - 1
+# Classes 16 and up share one tree: gaps and changes of 2^15 and more are
+# rare, and a microcontroller keeps the trees in RAM.
+TREES = 16
 MIN_STREAM = 5                       # the flush alone writes five bytes
 
 
@@ -43,7 +46,7 @@ class Ladder:
 
     def __init__(self):
         self.unary = [HALF] * CLASSES
-        self.tree = [[HALF] * TREE_NODES for _ in range(CLASSES)]
+        self.tree = [[HALF] * TREE_NODES for _ in range(TREES)]
 
 
 class Encoder:
@@ -105,7 +108,7 @@ class Encoder:
             self.bit(unary, i, 1)
         self.bit(unary, n - 1, 0)
         rest = value + 1 - (1 << (n - 1))
-        tree, node = model.tree[n - 1], 1
+        tree, node = model.tree[min(n, TREES) - 1], 1
         for j in range(n - 2, -1, -1):
             bit = (rest >> j) & 1
             if node <= TREE_NODES:
@@ -177,7 +180,7 @@ class Decoder:
             n += 1
             if n > classes:
                 raise PatchError("an adaptive code is longer than its limit allows")
-        tree, node, rest = model.tree[n - 1], 1, 0
+        tree, node, rest = model.tree[min(n, TREES) - 1], 1, 0
         for _ in range(n - 1):
             if node <= TREE_NODES:
                 bit = self.bit(tree, node - 1)

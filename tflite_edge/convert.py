@@ -150,13 +150,15 @@ def tflite_order(layout: str, shape: tuple) -> np.ndarray:
 
 
 class PatchCost:
-    """The exact size of the patch that a selection would produce.
+    """The exact size of the version-3 patch that a selection would produce.
 
     Positions are coded in each buffer's TFLite layout (a Dense kernel is
     stored transposed, so its gaps differ from the Keras order), with the
     cheaper of Rice and bitmap per record, as the patch writer does. A
     selection's cost bounds the real patch: elements whose int8 value ends up
-    unchanged only make it smaller.
+    unchanged only make it smaller, and a version-4 patch of the same
+    changes is never larger (its record headers are shorter, and it takes an
+    adaptive code only where that is smaller than the version-3 one).
 
     Args:
       mapping: from `build_map`.

@@ -147,6 +147,7 @@ class Record:
     value_parameter: int = 0
     value_bytes: int = 0
     changed: Optional[int] = None   # only for a record read without its base
+    forced: bool = False            # encode with `coding` and `value_coding` as given (tests)
 
     @property
     def changed_count(self) -> int:
@@ -228,6 +229,8 @@ def encode_record(record: Record, version: int = VERSION) -> bytes:
         raise PatchError(f"cannot write patch format version {version} (versions "
                          f"{' and '.join(map(str, VERSIONS))} exist)")
     pos = np.asarray(record.positions, np.int64)
+    if record.forced:
+        return _encode_forced(record, pos, version)
     record.coding, record.parameter, _ = codes.choose(pos, record.count)
     coded = codes.encode(pos, record.count, record.coding, record.parameter)
     if version >= 4 and record.coding != codes.ALL:
@@ -255,17 +258,45 @@ def encode_record(record: Record, version: int = VERSION) -> bytes:
             if len(learned) < len(values):
                 record.value_coding, record.value_parameter = VALUES_ADAPTIVE, 0
                 values = learned
+    return _pack_elements(record, version, len(pos), coded, values)
+
+
+def _encode_forced(record: Record, pos: np.ndarray, version: int) -> bytes:
+    """The record in the codings it names (every coding of a format, for test seeds)."""
+    parameter = 0
+    if record.coding == codes.RICE:
+        parameter, _ = codes.best_rice_blocks(codes.gap_blocks(pos))
+    record.parameter = parameter
+    coded = codes.encode(pos, record.count, record.coding, parameter)
+    dtype = ELEMENT_DTYPES[record.element_type]
+    new = np.asarray(record.values, dtype)
+    zigzag = (zigzag_deltas(np.asarray(record.old_values, dtype), new)
+              if record.value_coding != VALUES_RAW else None)
+    record.value_parameter = 0
+    if record.value_coding == VALUES_RAW:
+        values = new.tobytes()
+    elif record.value_coding == VALUES_DELTA:
+        record.value_parameter, _ = codes.best_rice(zigzag)
+        values = codes.rice_encode(zigzag, record.value_parameter)
+    else:
+        values = adaptive.encode_values(zigzag)
+    return _pack_elements(record, version, len(pos), coded, values)
+
+
+def _pack_elements(record: Record, version: int, changed: int, coded: bytes,
+                   values: bytes) -> bytes:
+    record.position_bytes = len(coded)
     record.value_bytes = len(values)
     if version >= 4:
         return (COMPACT_RECORD.pack(KIND_COMPACT, record.element_type, record.coding,
                                     record.parameter, record.value_coding,
                                     record.value_parameter)
-                + b"".join(write_varint(v) for v in (record.buffer, len(pos), len(coded),
+                + b"".join(write_varint(v) for v in (record.buffer, changed, len(coded),
                                                      len(values)))
                 + coded + values)
     return ELEMENTS_RECORD.pack(KIND_ELEMENTS, record.element_type, record.coding,
                                 record.parameter, record.value_coding, record.value_parameter,
-                                record.buffer, record.offset, record.count, len(pos), len(coded),
+                                record.buffer, record.offset, record.count, changed, len(coded),
                                 len(values)) + coded + values
 
 

@@ -1,4 +1,4 @@
-/* dpu_patch.c: see dpu_patch.h. Format: ../PATCH_FORMAT.md (v3). */
+/* dpu_patch.c: see dpu_patch.h. Format: ../PATCH_FORMAT.md (versions 3 and 4). */
 #include "dpu_patch.h"
 
 #include <string.h>
@@ -6,14 +6,25 @@
 #define KIND_ELEMENTS 1u
 #define KIND_WHOLE_FILE 3u
 #define KIND_ROTATION 4u
+#define KIND_COMPACT 5u
 #define ROTATION_HEADER 40u
 #define CODING_RICE 0u
 #define CODING_BITMAP 1u
 #define CODING_ALL 2u
+#define CODING_ADAPTIVE 3u
 #define ELEMENTS_HEADER 36u
+#define COMPACT_FIXED 6u   /* then four varints of at most 5 bytes */
+#define COMPACT_SMALLEST 10u
 #define WHOLE_FILE_HEADER 12u
 #define VALUES_RAW 0u
 #define VALUES_DELTA 1u
+#define VALUES_ADAPTIVE 2u
+#define PROBABILITY_BITS 12u
+#define PROBABILITY_HALF 2048u
+#define ADAPT_SHIFT 5u
+#define RANGE_TOP (1u << 24)
+#define TREE_NODES 7u
+#define TREES 16u
 #define MAX_RECORDS (1u << 20)
 #define FLAG_SIGNED 1u
 #define JOURNAL_NONE 0u
@@ -328,10 +339,11 @@ static dpu_status check_raw(dpu_applier *a, uint32_t model, uint32_t codes,
   return DPU_OK;
 }
 
-/* DPU_OK when [offset, offset + span) is exactly the data of buffer `buffer`, a
- * weight or bias buffer of `type` elements (PATCH_FORMAT.md, "Writable buffers"). */
-static dpu_status check_writable(dpu_applier *a, uint32_t buffer, uint64_t offset,
-                                 uint64_t span, uint8_t type) {
+/* DPU_OK when buffer `buffer` is a weight or bias buffer of `type` elements
+ * (PATCH_FORMAT.md, "Writable buffers"); its data's offset and length go to
+ * *offset and *span. */
+static dpu_status check_writable(dpu_applier *a, uint32_t buffer, uint8_t type,
+                                 uint64_t *offset, uint64_t *span) {
   static const uint32_t not_weights[] = {OPERATOR_OUTPUTS, OPERATOR_INTERMEDIATES};
   uint8_t identifier[4];
   uint32_t model, codes, code_count, graphs, graph_count, ops, op_count, g, o, i, graph, op,
@@ -382,7 +394,9 @@ static dpu_status check_writable(dpu_applier *a, uint32_t buffer, uint64_t offse
   if ((s = fb_scalar(a, data, BUFFER_SIZE, 8, 0, &external)) != DPU_OK) return s;
   if (external != 0) return DPU_ERR_REGION;
   if ((s = fb_vector(a, data, BUFFER_DATA, 1, &data, &data_length)) != DPU_OK) return s;
-  return (data == offset && data_length == span) ? DPU_OK : DPU_ERR_REGION;
+  *offset = data;
+  *span = data_length;
+  return DPU_OK;
 }
 
 /* ---------------------------------------------------------- bit reader */
@@ -431,6 +445,96 @@ static dpu_status read_rice(dpu_applier *a, dpu_bits *r, uint8_t k, uint64_t lim
   return *value < limit ? DPU_OK : DPU_ERR_MALFORMED;
 }
 
+/* ------------------------------------------------------ adaptive codes */
+
+/* The next byte of a byte-aligned stream; running out is malformed. */
+static dpu_status read_byte(dpu_applier *a, dpu_bits *r, uint32_t *byte) {
+  uint32_t bit = 0, j;
+  dpu_status s;
+  *byte = 0;
+  for (j = 0; j < 8; j++) {
+    if ((s = read_bit(a, r, &bit)) != DPU_OK) return s;
+    *byte |= bit << j;
+  }
+  return DPU_OK;
+}
+
+/* Starts a range decoder: a zero byte, then the code's first four bytes. */
+static dpu_status range_open(dpu_applier *a, dpu_bits *r) {
+  uint32_t byte = 0, i;
+  dpu_status s;
+  if (r->nbits < 40u) return DPU_ERR_MALFORMED;
+  if ((s = read_byte(a, r, &byte)) != DPU_OK) return s;
+  if (byte != 0) return DPU_ERR_MALFORMED;
+  r->code = 0;
+  for (i = 0; i < 4; i++) {
+    if ((s = read_byte(a, r, &byte)) != DPU_OK) return s;
+    r->code = (r->code << 8) | byte;
+  }
+  r->range = 0xffffffffu;
+  return r->code == 0xffffffffu ? DPU_ERR_MALFORMED : DPU_OK;
+}
+
+/* One bit at probability *p (of a zero, in 1/4096); *p adapts unless fixed. */
+static dpu_status range_bit(dpu_applier *a, dpu_bits *r, uint16_t *p, int fixed,
+                            uint32_t *bit) {
+  uint32_t prob = fixed ? PROBABILITY_HALF : *p, bound = (r->range >> PROBABILITY_BITS) * prob,
+           byte = 0;
+  dpu_status s;
+  if (r->code < bound) {
+    r->range = bound;
+    if (!fixed) *p = (uint16_t)(prob + (((1u << PROBABILITY_BITS) - prob) >> ADAPT_SHIFT));
+    *bit = 0;
+  } else {
+    r->code -= bound;
+    r->range -= bound;
+    if (!fixed) *p = (uint16_t)(prob - (prob >> ADAPT_SHIFT));
+    *bit = 1;
+  }
+  while (r->range < RANGE_TOP) {
+    if ((s = read_byte(a, r, &byte)) != DPU_OK) return s;
+    r->range <<= 8;
+    r->code = (r->code << 8) | byte;
+  }
+  return DPU_OK;
+}
+
+static void ladder_reset(dpu_ladder *m) {
+  unsigned i, j;
+  for (i = 0; i < 33u; i++) m->unary[i] = PROBABILITY_HALF;
+  for (i = 0; i < TREES; i++)
+    for (j = 0; j < TREE_NODES; j++) m->tree[i][j] = PROBABILITY_HALF;
+}
+
+/* A ladder code: the class n = bitlen(v + 1) in unary, then the n - 1 bits
+ * below the leading one, the first three under the class's tree; v < limit,
+ * which is at most 2^32. */
+static dpu_status read_ladder(dpu_applier *a, dpu_bits *r, dpu_ladder *m, uint64_t limit,
+                              uint64_t *value) {
+  uint32_t classes = 0, n = 1, node = 1, bit = 0, j;
+  uint64_t rest = 0;
+  dpu_status s;
+  while ((limit >> classes) != 0) classes++;
+  for (;;) {
+    if ((s = range_bit(a, r, &m->unary[n - 1], 0, &bit)) != DPU_OK) return s;
+    if (!bit) break;
+    if (++n > classes) return DPU_ERR_MALFORMED;
+  }
+  for (j = 1; j < n; j++) {
+    if (node <= TREE_NODES) {
+      if ((s = range_bit(a, r, &m->tree[(n < TREES ? n : TREES) - 1][node - 1], 0, &bit)) !=
+          DPU_OK)
+        return s;
+      node = 2 * node + bit;
+    } else if ((s = range_bit(a, r, NULL, 1, &bit)) != DPU_OK) {
+      return s;
+    }
+    rest = (rest << 1) | bit;
+  }
+  *value = ((uint64_t)1 << (n - 1)) + rest - 1;
+  return *value < limit ? DPU_OK : DPU_ERR_MALFORMED;
+}
+
 /* Decodes the next changed position of the current record into a->position. */
 static dpu_status next_position(dpu_applier *a) {
   uint32_t bit = 0;
@@ -448,7 +552,13 @@ static dpu_status next_position(dpu_applier *a) {
     } while (!bit);
     return DPU_OK;
   }
-  if ((s = read_rice(a, &a->positions, a->rice_k, a->count, &gap)) != DPU_OK) return s;
+  if (a->coding == CODING_ADAPTIVE) {
+    s = read_ladder(a, &a->positions, &a->position_model,
+                    (uint64_t)a->count - (uint64_t)(a->previous + 1), &gap);
+  } else {
+    s = read_rice(a, &a->positions, a->rice_k, a->count, &gap);
+  }
+  if (s != DPU_OK) return s;
   next = (uint64_t)(a->previous + 1) + gap;
   if (next >= a->count) return DPU_ERR_MALFORMED;
   a->previous = (int64_t)next;
@@ -464,9 +574,21 @@ static uint64_t value_mask(const dpu_applier *a) {
 /* Decodes the current element's value code, in stream order: a delta is kept
  * in a->zigzag until the element's chunk is written (see materialize). */
 static dpu_status next_value(dpu_applier *a) {
+  uint64_t magnitude;
+  uint32_t sign = 0;
+  dpu_status s;
   a->value_ready = 0;
   if (a->value_coding == VALUES_RAW) return DPU_OK;
-  return read_rice(a, &a->values, a->value_k, value_mask(a) + 1, &a->zigzag);
+  if (a->value_coding == VALUES_DELTA)
+    return read_rice(a, &a->values, a->value_k, value_mask(a) + 1, &a->zigzag);
+  /* adaptive: |delta| - 1 as a ladder, then the sign under the previous one */
+  if ((s = read_ladder(a, &a->values, &a->value_model, (value_mask(a) >> 1) + 1, &magnitude)) !=
+      DPU_OK)
+    return s;
+  if ((s = range_bit(a, &a->values, &a->sign_model[a->last_sign], 0, &sign)) != DPU_OK) return s;
+  a->last_sign = (uint8_t)sign;
+  a->zigzag = sign ? 2 * (magnitude + 1) - 1 : 2 * (magnitude + 1);
+  return a->zigzag <= value_mask(a) ? DPU_OK : DPU_ERR_MALFORMED;
 }
 
 /* The current element's new bytes: raw from the patch, or the base's value plus
@@ -488,10 +610,12 @@ static dpu_status materialize(dpu_applier *a) {
 }
 
 /* Bits left after a stream's last code must be padding: zero, under a byte for
- * Rice codes; a bitmap must mark exactly `changed` elements. */
-static dpu_status check_stream_end(dpu_applier *a, dpu_bits *r, int rice) {
+ * Rice codes, none for adaptive ones; a bitmap must mark exactly `changed`
+ * elements. */
+static dpu_status check_stream_end(dpu_applier *a, dpu_bits *r, int rice, int adaptive) {
   uint32_t bit = 0;
   dpu_status s;
+  if (adaptive) return r->pos == r->nbits ? DPU_OK : DPU_ERR_MALFORMED;
   if (rice && r->nbits - r->pos >= 8) return DPU_ERR_MALFORMED;
   while (r->pos < r->nbits) {
     if ((s = read_bit(a, r, &bit)) != DPU_OK) return s;
@@ -536,36 +660,77 @@ static dpu_status load_record(dpu_applier *a) {
     a->elem_size = 1;
     a->values_at = a->cursor + WHOLE_FILE_HEADER;
     a->whole_file = 1;
-  } else if (a->kind == KIND_ELEMENTS) {
-    uint32_t position_bytes, value_bytes, buffer;
-    if (left < ELEMENTS_HEADER) return DPU_ERR_MALFORMED;
-    if ((s = read_patch(a, a->cursor, h, ELEMENTS_HEADER)) != DPU_OK) return s;
+  } else if (a->kind == (a->info.version >= 4 ? KIND_COMPACT : KIND_ELEMENTS)) {
+    uint32_t position_bytes, value_bytes, buffer, header;
+    uint64_t found_offset = 0, found_span = 0;
+    if (a->kind == KIND_COMPACT) {
+      uint32_t numbers[4], i, at = COMPACT_FIXED;
+      if (left < COMPACT_FIXED) return DPU_ERR_MALFORMED;
+      header = left < ELEMENTS_HEADER ? left : ELEMENTS_HEADER;
+      if ((s = read_patch(a, a->cursor, h, header)) != DPU_OK) return s;
+      /* four LEB128 numbers below 2^32, each in its shortest form */
+      for (i = 0; i < 4; i++) {
+        uint64_t number = 0;
+        uint32_t length = 0;
+        for (;;) {
+          if (at >= header || length == 5) return DPU_ERR_MALFORMED;
+          number |= (uint64_t)(h[at] & 0x7fu) << (7 * length);
+          length++;
+          if (!(h[at++] & 0x80u)) break;
+        }
+        if ((length > 1 && h[at - 1] == 0) || number > 0xffffffffu) return DPU_ERR_MALFORMED;
+        numbers[i] = (uint32_t)number;
+      }
+      header = at;
+      buffer = numbers[0];
+      a->changed = numbers[1];
+      position_bytes = numbers[2];
+      value_bytes = numbers[3];
+    } else {
+      header = ELEMENTS_HEADER;
+      if (left < ELEMENTS_HEADER) return DPU_ERR_MALFORMED;
+      if ((s = read_patch(a, a->cursor, h, ELEMENTS_HEADER)) != DPU_OK) return s;
+      if (h[6] != 0 || h[7] != 0) return DPU_ERR_MALFORMED;
+      buffer = le32(h + 8);
+      a->changed = le32(h + 24);
+      position_bytes = le32(h + 28);
+      value_bytes = le32(h + 32);
+    }
     a->elem_size = element_size(h[1]);
     a->coding = h[2];
     a->rice_k = h[3];
     a->value_coding = h[4];
     a->value_k = h[5];
-    buffer = le32(h + 8);
-    offset = le64(h + 12);
-    a->count = le32(h + 20);
-    a->changed = le32(h + 24);
-    position_bytes = le32(h + 28);
-    value_bytes = le32(h + 32);
-    if (a->elem_size == 0 || a->coding > CODING_ALL || a->changed == 0 ||
-        a->changed > a->count || h[6] != 0 || h[7] != 0)
+    if (a->elem_size == 0 || a->coding > CODING_ADAPTIVE || a->value_coding > VALUES_ADAPTIVE ||
+        a->changed == 0)
+      return DPU_ERR_MALFORMED;
+    /* adaptive codes exist from version 4 on */
+    if (a->info.version < 4 && (a->coding == CODING_ADAPTIVE || a->value_coding == VALUES_ADAPTIVE))
       return DPU_ERR_MALFORMED;
     /* a Rice parameter is 0..31, and 0 for the codes without one */
     if (a->rice_k > (a->coding == CODING_RICE ? 31u : 0u) ||
         a->value_k > (a->value_coding == VALUES_DELTA ? 31u : 0u))
       return DPU_ERR_MALFORMED;
     /* Sums of declared sizes are taken in 64 bits: none can wrap. */
-    if ((uint64_t)position_bytes + value_bytes > (uint64_t)left - ELEMENTS_HEADER)
-      return DPU_ERR_MALFORMED;
-    span = (uint64_t)a->count * a->elem_size;
-    if (offset > a->info.model_size || span > a->info.model_size - offset ||
-        offset % a->elem_size != 0)
-      return DPU_ERR_MALFORMED;
-    if ((s = check_writable(a, buffer, offset, span, h[1])) != DPU_OK) return s;
+    if ((uint64_t)position_bytes + value_bytes > (uint64_t)left - header) return DPU_ERR_MALFORMED;
+    if (a->kind == KIND_ELEMENTS) {
+      offset = le64(h + 12);
+      a->count = le32(h + 20);
+      span = (uint64_t)a->count * a->elem_size;
+      if (a->changed > a->count || offset > a->info.model_size ||
+          span > a->info.model_size - offset || offset % a->elem_size != 0)
+        return DPU_ERR_MALFORMED;
+      if ((s = check_writable(a, buffer, h[1], &found_offset, &found_span)) != DPU_OK) return s;
+      if (found_offset != offset || found_span != span) return DPU_ERR_REGION;
+    } else {
+      /* the buffer alone says where: its data in the base */
+      if ((s = check_writable(a, buffer, h[1], &offset, &span)) != DPU_OK) return s;
+      if (span % a->elem_size != 0 || offset % a->elem_size != 0 ||
+          offset > a->info.model_size || span > a->info.model_size - offset)
+        return DPU_ERR_REGION;
+      a->count = (uint32_t)(span / a->elem_size);
+      if (a->changed > a->count) return DPU_ERR_MALFORMED;
+    }
     if (a->coding == CODING_ALL && (a->changed != a->count || position_bytes != 0))
       return DPU_ERR_MALFORMED;
     if (a->coding == CODING_BITMAP && position_bytes != a->count / 8 + (a->count % 8 != 0))
@@ -575,15 +740,28 @@ static dpu_status load_record(dpu_applier *a) {
       return DPU_ERR_MALFORMED;
     if (a->value_coding == VALUES_RAW) {
       if ((uint64_t)value_bytes != (uint64_t)a->changed * a->elem_size) return DPU_ERR_MALFORMED;
-    } else if (a->value_coding != VALUES_DELTA || a->elem_size > 4 ||
-               (uint64_t)a->changed * (1u + a->value_k) > 8u * (uint64_t)value_bytes) {
+    } else if (a->elem_size > 4 ||
+               (a->value_coding == VALUES_DELTA &&
+                (uint64_t)a->changed * (1u + a->value_k) > 8u * (uint64_t)value_bytes)) {
       return DPU_ERR_MALFORMED;
     }
-    bits_open(&a->positions, a->cursor + ELEMENTS_HEADER, position_bytes);
-    a->values_at = a->cursor + ELEMENTS_HEADER + position_bytes;
+    bits_open(&a->positions, a->cursor + header, position_bytes);
+    a->values_at = a->cursor + header + position_bytes;
     bits_open(&a->values, a->values_at, value_bytes);
     a->previous = -1;
-    left = ELEMENTS_HEADER + position_bytes + value_bytes;
+    /* adaptive codes learn within the record: both sides start from even odds */
+    if (a->coding == CODING_ADAPTIVE) {
+      ladder_reset(&a->position_model);
+      if ((s = range_open(a, &a->positions)) != DPU_OK) return s;
+    }
+    if (a->value_coding == VALUES_ADAPTIVE) {
+      ladder_reset(&a->value_model);
+      a->sign_model[0] = a->sign_model[1] = PROBABILITY_HALF;
+      a->last_sign = 0;
+      if ((s = range_open(a, &a->values)) != DPU_OK) return s;
+    }
+    left = header + position_bytes + value_bytes;
+    a->kind = KIND_ELEMENTS; /* the layouts differ, the record's meaning does not */
   } else {
     return DPU_ERR_MALFORMED;
   }
@@ -612,9 +790,11 @@ static dpu_status validate_records(dpu_applier *a) {
         if ((s = next_value(a)) != DPU_OK) return s;
       }
       if (a->coding != CODING_ALL &&
-          (s = check_stream_end(a, &a->positions, a->coding == CODING_RICE)) != DPU_OK)
+          (s = check_stream_end(a, &a->positions, a->coding == CODING_RICE,
+                                a->coding == CODING_ADAPTIVE)) != DPU_OK)
         return s;
-      if (a->value_coding == VALUES_DELTA && (s = check_stream_end(a, &a->values, 1)) != DPU_OK)
+      if (a->value_coding != VALUES_RAW &&
+          (s = check_stream_end(a, &a->values, 1, a->value_coding == VALUES_ADAPTIVE)) != DPU_OK)
         return s;
     }
     a->cursor = a->next_cursor;
@@ -715,7 +895,9 @@ static dpu_status open_patch(dpu_applier *a, const dpu_io *io, const dpu_trust *
   if ((s = read_patch(a, 0, h, DPU_HEADER_SIZE)) != DPU_OK) return s;
   if (memcmp(h, "DPUP", 4) != 0) return DPU_ERR_MAGIC;
   flags = (uint32_t)h[6] | ((uint32_t)h[7] << 8);
-  if (h[4] != DPU_FORMAT_VERSION || h[5] != 0) return DPU_ERR_VERSION;
+  if (h[4] < DPU_OLDEST_FORMAT_VERSION || h[4] > DPU_FORMAT_VERSION || h[5] != 0)
+    return DPU_ERR_VERSION;
+  a->info.version = h[4];
   a->info.round = le32(h + 8);
   base_size = le64(h + 12);
   result_size = le64(h + 20);
@@ -757,7 +939,9 @@ static dpu_status open_patch(dpu_applier *a, const dpu_io *io, const dpu_trust *
       if (a->info.key_id[i]) return DPU_ERR_VERSION; /* an unsigned patch names no key */
   if (base_size > 0xffffffffu || result_size > 0xffffffffu ||
       a->info.record_count > MAX_RECORDS ||
-      (uint64_t)a->info.record_count * WHOLE_FILE_HEADER > a->info.body_length)
+      (uint64_t)a->info.record_count *
+              (a->info.version >= 4 ? COMPACT_SMALLEST : WHOLE_FILE_HEADER) >
+          a->info.body_length)
     return DPU_ERR_MALFORMED;
   dpu_sha256_final(&body, digest);
   if (memcmp(digest, a->info.body_sha256, 32) != 0) return DPU_ERR_BODY;

@@ -1,6 +1,6 @@
 /*
- * dpu_patch: applies a DPU model patch (format v3, see ../PATCH_FORMAT.md) on a
- * microcontroller.
+ * dpu_patch: applies a DPU model patch (formats 3 and 4, see ../PATCH_FORMAT.md)
+ * on a microcontroller.
  *
  * - C99, no dynamic allocation, no recursion, no libc beyond <string.h>.
  * - The patch and the base model are read in small pieces through callbacks
@@ -34,8 +34,9 @@
  * callbacks), so that an apply cut off at any moment (power loss, reset)
  * resumes to exactly the result when dpu_apply_in_place is called again.
  *
- * RAM: one dpu_applier (sizeof(dpu_applier) bytes, 736 on x86-64 with the
- * default DPU_CHUNK of 64, a multiple of 8) supplied by the caller, plus stack:
+ * RAM: one dpu_applier (sizeof(dpu_applier) bytes, 1352 on x86-64 with the
+ * default DPU_CHUNK of 64, a multiple of 8; 580 of them are the learned
+ * probabilities of format 4's adaptive codes) supplied by the caller, plus stack:
  * at most 1536 bytes on the deepest call chain of dpu_apply,
  * dpu_apply_in_place and dpu_apply_in_sectors (x86-64, gcc -O2: 1512, measured by the tests with
  * -fcallgraph-info=su; the deepest chain is a key rotation's check of the next
@@ -44,8 +45,8 @@
  *
  * On a Cortex-M4 (`make lib CROSS=arm-none-eabi-`: arm-none-eabi-gcc 12, -Os
  * -mthumb, linked with --gc-sections into examples/firmware.c, which calls
- * dpu_apply, dpu_apply_in_sectors and dpu_check_public_key): 11520 bytes of
- * code and constants, 728 bytes of state (the dpu_applier), and at most 1536
+ * dpu_apply, dpu_apply_in_sectors and dpu_check_public_key): 12928 bytes of
+ * code and constants, 1344 bytes of state (the dpu_applier), and at most 1536
  * bytes of stack (measured: 1468), all checked by tests/test_microcontroller.py.
  */
 #ifndef DPU_PATCH_H
@@ -58,7 +59,8 @@
 #define DPU_CHUNK 64u /* bytes of the model processed per step */
 #endif
 
-#define DPU_FORMAT_VERSION 3u
+#define DPU_FORMAT_VERSION 4u     /* the newest version read; version 3 is read too */
+#define DPU_OLDEST_FORMAT_VERSION 3u
 #define DPU_HEADER_SIZE 156u
 #define DPU_SIGNATURE_SIZE 64u
 #define DPU_CHECKSUM_SIZE 32u
@@ -164,6 +166,7 @@ typedef struct {
   uint32_t round;
   uint32_t model_size; /* the base's size */
   uint32_t result_size;
+  uint32_t version;
   uint32_t record_count;
   uint32_t body_length;
   uint32_t body_start; /* offset of the body: the header and its signature before it */
@@ -182,8 +185,16 @@ typedef struct {
 /* A reader of one bit stream stored in the patch (LSB first). */
 typedef struct {
   uint32_t start, nbits, pos, buf_off, buf_len;
+  uint32_t range, code; /* an adaptive stream's range decoder */
   uint8_t buf[16];
 } dpu_bits;
+
+/* The learned probabilities of one adaptive ladder code (PATCH_FORMAT.md,
+ * "Adaptive codes"): 12-bit probabilities of a zero bit. */
+typedef struct {
+  uint16_t unary[33];
+  uint16_t tree[16][7]; /* classes 16 and up share the last */
+} dpu_ladder;
 
 /* All the applier's working memory; the caller owns it (static or stack). */
 typedef struct {
@@ -204,6 +215,9 @@ typedef struct {
   int64_t previous;
   uint8_t value[8];
   uint64_t zigzag;     /* the current element's decoded delta */
+  dpu_ladder position_model, value_model; /* adaptive codes of the current record */
+  uint16_t sign_model[2];
+  uint8_t last_sign;
   uint8_t value_ready; /* a->value holds the current element's new bytes */
   uint8_t skip;        /* decode without reading the base or writing (resuming) */
   uint8_t touched;     /* the current chunk received a change */

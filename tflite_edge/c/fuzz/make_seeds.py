@@ -5,7 +5,9 @@
 The base is `tests/fixtures/tiny_model.tflite` (the bytes of `tiny_model.h`).
 Each patch is written twice: as a whole patch (mode byte 0) and as a sealed
 record body (mode byte 1 + record count), the two input forms of dpu_fuzz.c.
-Together they use every record kind, position code and value code.
+Together they use every record kind, position code and value code of both
+format versions (the adaptive codes of version 4 forced where the writer
+would not choose them on so small a model).
 """
 
 import os
@@ -41,8 +43,10 @@ def _change(base: bytes, target: bytearray, region, positions, rng, small: bool)
 
 
 def seed_patches():
-    """Valid patches for the tiny model, one per variant (elements and whole file)."""
-    from tflite_edge.create import create_patch  # pylint: disable=import-outside-toplevel
+    """Valid patches for the tiny model, one per variant, version and forced coding."""
+    from tflite_edge import patch_format  # pylint: disable=import-outside-toplevel
+    from tflite_edge import positions as codes  # pylint: disable=import-outside-toplevel
+    from tflite_edge.create import create_patch, diff_records  # pylint: disable=import-outside-toplevel
     from tflite_edge.create import create_whole_file_patch  # pylint: disable=import-outside-toplevel
     from tflite_edge.regions import writable_regions  # pylint: disable=import-outside-toplevel
     from tflite_edge.source import Source  # pylint: disable=import-outside-toplevel
@@ -63,11 +67,23 @@ def seed_patches():
             else:
                 positions = np.sort(rng.choice(region.count, 2, replace=False))  # sparse: Rice
             _change(base, target, region, positions, rng, small=variant % 3 != 1)
-        patches.append(create_patch(base, bytes(target), variant + 1))
+        for version in patch_format.VERSIONS:
+            patches.append(create_patch(base, bytes(target), variant + 1, version=version))
+        # Every record adaptive where it can be (positions unless all
+        # change, values unless wider than 4 bytes): version 4's codes.
+        records = diff_records(Source.of(base), Source.of(bytes(target)))
+        for record in records:
+            record.forced = True
+            record.coding = codes.ALL if len(record.positions) == record.count \
+                else codes.ADAPTIVE
+            record.value_coding = patch_format.VALUES_ADAPTIVE
+        patches.append(patch_format.encode(variant + 1, base, bytes(target), records, version=4))
     whole = bytearray(base)
     whole[100:104] = b"\x01\x02\x03\x04"   # anywhere at all: a whole file may differ
     for target in (bytes(whole), bytes(whole) + b"and longer"):
-        patches.append(create_whole_file_patch(Source.of(base), Source.of(target), 7))
+        for version in patch_format.VERSIONS:
+            patches.append(create_whole_file_patch(Source.of(base), Source.of(target), 7,
+                                                   version=version))
     return patches
 
 

@@ -32,9 +32,9 @@ final class Envelope {
       throw format("not a DPU patch (bad magic)");
     }
     int version = Format.u16(patch, 4);
-    if (version != Format.VERSION) {
+    if (version < Format.OLDEST_VERSION || version > Format.VERSION) {
       throw format("patch format version " + version + " is not supported (this applier "
-          + "reads version " + Format.VERSION + ")");
+          + "reads versions 3 and 4)");
     }
     int flags = Format.u16(patch, 6);
     if ((flags & ~Format.FLAG_SIGNED) != 0) {
@@ -48,9 +48,9 @@ final class Envelope {
         }
       }
     }
-    // The smallest record is a 12-byte whole-file header.
+    // Each record takes at least its version's smallest record header.
     if (header.recordCount > Format.MAX_RECORDS
-        || header.recordCount * Format.WHOLE_FILE_HEADER > header.bodyLength) {
+        || header.recordCount * Format.smallestRecord(version) > header.bodyLength) {
       throw format("patch announces " + header.recordCount + " records in a "
           + header.bodyLength + "-byte body");
     }

@@ -1,8 +1,10 @@
 package org.tfdpu.patch;
 
-/** Constants and little-endian readers of the patch format (PATCH_FORMAT.md, version 3). */
+/** Constants and little-endian readers of the patch format (PATCH_FORMAT.md, versions 3, 4). */
 final class Format {
-  static final int VERSION = 3;
+  /** The newest version read; every version from OLDEST_VERSION on is read too. */
+  static final int VERSION = 4;
+  static final int OLDEST_VERSION = 3;
   static final int FLAG_SIGNED = 1;
   static final int HEADER_SIZE = 156;
   static final int KEY_ID_SIZE = 8;
@@ -18,19 +20,34 @@ final class Format {
   static final int CHECKSUM_SIZE = 32;
   static final int KIND_ELEMENTS = 1;
   static final int KIND_WHOLE_FILE = 3;
+  /** Version 4's elements record: six bytes, then four varints; the base gives the rest. */
+  static final int KIND_COMPACT = 5;
+  static final int COMPACT_FIXED = 6;
   static final int ELEMENTS_HEADER = 36;
   static final int WHOLE_FILE_HEADER = 12;
   static final int RICE = 0;
   static final int BITMAP = 1;
   static final int ALL = 2;
+  static final int ADAPTIVE = 3;
   static final int VALUES_RAW = 0;
   static final int VALUES_DELTA = 1;
+  static final int VALUES_ADAPTIVE = 2;
   static final int MAX_RICE_PARAMETER = 31;
   static final long MAX_RECORDS = 1L << 20;
   /** The body length is a 32-bit field: no patch is longer than this. */
   static final long MAX_PATCH_SIZE = HEADER_SIZE + 0xffffffffL + SIGNATURE_SIZE + CHECKSUM_SIZE;
 
   private Format() {}
+
+  /** The elements record kind of a format version. */
+  static int elementsKind(int version) {
+    return version >= 4 ? KIND_COMPACT : KIND_ELEMENTS;
+  }
+
+  /** The smallest record of a version, which bounds the record count. */
+  static int smallestRecord(int version) {
+    return version >= 4 ? COMPACT_FIXED + 4 : WHOLE_FILE_HEADER;
+  }
 
   /** Bytes per element of a TFLite TensorType, 0 for types a patch cannot carry. */
   static int elementSize(int type) {
@@ -69,6 +86,12 @@ final class Format {
   static long u32(byte[] b, int at) {
     return (b[at] & 0xffL) | (b[at + 1] & 0xffL) << 8 | (b[at + 2] & 0xffL) << 16
         | (b[at + 3] & 0xffL) << 24;
+  }
+
+  /** Four bytes, most significant first (a range decoder's code). */
+  static long u32be(byte[] b, int at) {
+    return (b[at] & 0xffL) << 24 | (b[at + 1] & 0xffL) << 16 | (b[at + 2] & 0xffL) << 8
+        | (b[at + 3] & 0xffL);
   }
 
   /** An unsigned 64-bit field; values of 2^63 and more come out negative. */

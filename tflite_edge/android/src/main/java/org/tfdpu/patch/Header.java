@@ -14,6 +14,7 @@ public final class Header {
   final byte[] resultSha256;
   final byte[] bodySha256;
   final byte[] keyId;
+  final int version;
   final long recordCount;
   final long bodyLength;
   final boolean signed;
@@ -24,6 +25,7 @@ public final class Header {
 
   Header(byte[] patch) {
     bytes = java.util.Arrays.copyOf(patch, Format.HEADER_SIZE);
+    version = Format.u16(patch, 4);
     round = Format.u32(patch, 8);
     baseSize = Format.u64(patch, 12);
     resultSize = Format.u64(patch, 20);

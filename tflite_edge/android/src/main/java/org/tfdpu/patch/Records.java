@@ -62,13 +62,13 @@ final class Records {
         record = wholeFile(patch, at, end, header, allowWholeFile);
       } else if (kind == Format.KIND_ROTATION) {
         record = rotation(patch, at, end, allowRotation, records.isEmpty());
-      } else if (kind == Format.KIND_ELEMENTS) {
+      } else if (kind == Format.elementsKind(header.version)) {
         if (known == null) {
           known = regions.get();
         }
-        record = elements(patch, at, end, known);
+        record = elements(patch, at, end, known, header.version);
       } else {
-        throw bad("unknown record kind " + kind);
+        throw bad("unknown record kind " + kind + " in a version-" + header.version + " patch");
       }
       if (record.offset < previousEnd) {
         throw bad("records overlap or are not sorted by offset");
@@ -166,26 +166,72 @@ final class Records {
     return record;
   }
 
-  private static Record elements(byte[] patch, int at, int end, Map<Long, Regions.Region> known)
-      throws PatchException {
-    if (at + Format.ELEMENTS_HEADER > end) {
-      throw bad("patch body ends inside a record header");
+  /**
+   * An unsigned LEB128 number below 2^32 in its shortest form at `at[0]`, which
+   * moves past it (one number, one spelling, in every applier).
+   */
+  static long varint(byte[] patch, int[] at, int end) throws PatchException {
+    long value = 0;
+    for (int i = 0; i < 5; i++) {
+      if (at[0] + i >= end) {
+        throw bad("patch body ends inside a record header");
+      }
+      int b = patch[at[0] + i] & 0xff;
+      value |= (long) (b & 0x7f) << (7 * i);
+      if ((b & 0x80) == 0) {
+        if (i > 0 && b == 0) {
+          throw bad("a record number is not in its shortest form");
+        }
+        if (value > 0xffffffffL) {
+          throw bad("a record number exceeds 2^32 - 1");
+        }
+        at[0] += i + 1;
+        return value;
+      }
     }
+    throw bad("a record number is longer than five bytes");
+  }
+
+  private static Record elements(byte[] patch, int at, int end, Map<Long, Regions.Region> known,
+      int version) throws PatchException {
     Record r = new Record();
     r.kind = Format.KIND_ELEMENTS;
+    int dataAt;
+    boolean compact = Format.u8(patch, at) == Format.KIND_COMPACT;
+    if (compact) {
+      if (at + Format.COMPACT_FIXED > end) {
+        throw bad("patch body ends inside a record header");
+      }
+      int[] cursor = {at + Format.COMPACT_FIXED};
+      r.buffer = varint(patch, cursor, end);
+      r.changed = varint(patch, cursor, end);
+      r.positionBytes = varint(patch, cursor, end);
+      r.valueBytes = varint(patch, cursor, end);
+      dataAt = cursor[0];   // offset and count: from the base, the buffer's data
+    } else {
+      if (at + Format.ELEMENTS_HEADER > end) {
+        throw bad("patch body ends inside a record header");
+      }
+      r.buffer = Format.u32(patch, at + 8);
+      r.offset = Format.u64(patch, at + 12);
+      r.count = Format.u32(patch, at + 20);
+      r.changed = Format.u32(patch, at + 24);
+      r.positionBytes = Format.u32(patch, at + 28);
+      r.valueBytes = Format.u32(patch, at + 32);
+      if (patch[at + 6] != 0 || patch[at + 7] != 0) {
+        throw bad("record has non-zero reserved bytes");
+      }
+      dataAt = at + Format.ELEMENTS_HEADER;
+    }
     r.type = Format.u8(patch, at + 1);
     r.coding = Format.u8(patch, at + 2);
     r.k = Format.u8(patch, at + 3);
     r.valueCoding = Format.u8(patch, at + 4);
     r.valueK = Format.u8(patch, at + 5);
-    r.buffer = Format.u32(patch, at + 8);
-    r.offset = Format.u64(patch, at + 12);
-    r.count = Format.u32(patch, at + 20);
-    r.changed = Format.u32(patch, at + 24);
-    r.positionBytes = Format.u32(patch, at + 28);
-    r.valueBytes = Format.u32(patch, at + 32);
-    if (patch[at + 6] != 0 || patch[at + 7] != 0) {
-      throw bad("record has non-zero reserved bytes");
+    // Adaptive codes exist from version 4 on: a version-3 patch means the same
+    // to every applier, old or new.
+    if (version < 4 && (r.coding == Format.ADAPTIVE || r.valueCoding == Format.VALUES_ADAPTIVE)) {
+      throw bad("adaptive codes need patch format version 4, not " + version);
     }
     // A Rice parameter is 0..31, and 0 for the codes without one.
     if (r.k > Format.MAX_RICE_PARAMETER || (r.coding != Format.RICE && r.k != 0)
@@ -198,17 +244,22 @@ final class Records {
       throw bad("record has unknown element type " + r.type);
     }
     Regions.Region region = known.get(r.buffer);
+    if (compact && region != null) {
+      r.offset = region.offset;
+      r.count = region.count();
+    }
     if (region == null || region.offset != r.offset || region.count() != r.count
         || region.type != r.type) {
+      String where = compact ? Format.typeName(r.type) : r.count + " " + Format.typeName(r.type)
+          + " at offset " + Long.toUnsignedString(r.offset);
       throw new PatchException(PatchException.Reason.REGION, "record for buffer " + r.buffer
-          + " (" + r.count + " " + Format.typeName(r.type) + " at offset "
-          + Long.toUnsignedString(r.offset) + ") is not one of this model's weight or bias "
-          + "buffers; a patch may write nowhere else");
+          + " (" + where + ") is not one of this model's weight or bias buffers; a patch may "
+          + "write nowhere else");
     }
     if (r.changed > r.count || r.changed == 0) {
       throw bad("record changes " + r.changed + " of " + r.count + " elements");
     }
-    r.positionsAt = at + Format.ELEMENTS_HEADER;
+    r.positionsAt = dataAt;
     if (r.positionsAt + r.positionBytes + r.valueBytes > end) {
       throw bad("patch body ends inside a record's data");
     }
@@ -223,7 +274,9 @@ final class Records {
         throw bad("a value stream of " + r.valueBytes + " bytes cannot hold " + r.changed
             + " codes");
       }
-    } else {
+    } else if (r.valueCoding != Format.VALUES_ADAPTIVE || r.size > 4) {
+      // Adaptive codes may cost far less than a bit each: their count is
+      // bounded by the buffer's element count, which is real.
       throw bad("unknown value coding " + r.valueCoding);
     }
     if (r.coding == Format.ALL) {
@@ -240,7 +293,7 @@ final class Records {
         throw bad("a Rice stream of " + r.positionBytes + " bytes cannot hold " + r.changed
             + " codes");
       }
-    } else {
+    } else if (r.coding != Format.ADAPTIVE) {
       throw bad("unknown position coding " + r.coding);
     }
     return r;
@@ -252,15 +305,26 @@ final class Records {
     final Record record;
     private final BitReader positions;
     private final BitReader values;
+    private final Adaptive adaptivePositions;
+    private final Adaptive adaptiveValues;
+    private final Adaptive.Ladder positionModel = new Adaptive.Ladder();
+    private final Adaptive.Ladder valueModel = new Adaptive.Ladder();
+    private final int[] signModel = {Adaptive.HALF, Adaptive.HALF};
+    private int lastSign;
     private long index = -1;
     long position = -1;
     private long zigzag;
 
-    Cursor(byte[] patch, Record record) {
+    Cursor(byte[] patch, Record record) throws PatchException {
       this.patch = patch;
       this.record = record;
       this.positions = new BitReader(patch, record.positionsAt, record.positionBytes);
       this.values = new BitReader(patch, record.valuesAt, record.valueBytes);
+      // Adaptive codes learn within the record: both sides start from even odds.
+      this.adaptivePositions = record.coding == Format.ADAPTIVE
+          ? new Adaptive(patch, record.positionsAt, record.positionBytes) : null;
+      this.adaptiveValues = record.valueCoding == Format.VALUES_ADAPTIVE
+          ? new Adaptive(patch, record.valuesAt, record.valueBytes) : null;
     }
 
     /** Moves to the next changed element; false after the last. */
@@ -277,6 +341,9 @@ final class Records {
           }
           position++;
         } while (positions.bit() == 0);
+      } else if (adaptivePositions != null) {
+        position = position + 1
+            + adaptivePositions.ladder(positionModel, record.count - position - 1);
       } else {
         position = position + 1 + positions.rice(record.k, record.count);
         if (position >= record.count) {
@@ -286,16 +353,30 @@ final class Records {
       }
       if (record.valueCoding == Format.VALUES_DELTA) {
         zigzag = values.rice(record.valueK, 1L << (8 * record.size));
+      } else if (adaptiveValues != null) {
+        // |delta| - 1 as a ladder, then the sign under the previous one's
+        long width = 1L << (8 * record.size);
+        long magnitude = adaptiveValues.ladder(valueModel, width >>> 1) + 1;
+        lastSign = adaptiveValues.bit(signModel, lastSign);
+        zigzag = lastSign == 1 ? 2 * magnitude - 1 : 2 * magnitude;
+        if (zigzag >= width) {
+          throw bad("an adaptive delta " + zigzag + " does not fit a " + record.size
+              + "-byte element");
+        }
       }
       return true;
     }
 
     /** After the last element: no stray bits in either stream. */
     void end() throws PatchException {
-      if (record.coding != Format.ALL) {
+      if (adaptivePositions != null) {
+        adaptivePositions.finish();
+      } else if (record.coding != Format.ALL) {
         positions.end(record.coding == Format.RICE);
       }
-      if (record.valueCoding == Format.VALUES_DELTA) {
+      if (adaptiveValues != null) {
+        adaptiveValues.finish();
+      } else if (record.valueCoding == Format.VALUES_DELTA) {
         values.end(true);
       }
     }
