@@ -129,7 +129,7 @@ def test_command_line_create_inspect_apply_in_place(pair, tmp_path):
     made = _cli("create", f"--base={tmp_path}/a.tflite", f"--target={tmp_path}/b.tflite",
                 f"--out={tmp_path}/p.patch", "--round=1", f"--sign_key={tmp_path}/k.pem")
     assert made.returncode == 0 and "signed" in made.stdout and not made.stderr, made.stderr
-    shown = _cli("inspect", f"--patch={tmp_path}/p.patch")
+    shown = _cli("inspect", f"--patch={tmp_path}/p.patch", f"--base={tmp_path}/a.tflite")
     assert "round 1" in shown.stdout and "information bound" in shown.stdout
     assert "signed by key id " + signing.load_signer(str(tmp_path / "k.pem")).key_id.hex() \
         in shown.stdout

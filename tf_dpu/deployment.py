@@ -36,12 +36,14 @@ class TfliteExport:
       headroom: factor by which round 0's weight scales are widened.
       preprocessing: the data set's `tf_dpu.data.Preprocessing`.
       io_type: `int8` or `uint8`.
+      patch_format: the format of the round patches (4, or 3).
     """
 
     def __init__(self, model, x_test: np.ndarray, y_test: np.ndarray, signer=None,
                  headroom: float = 1.0, preprocessing: Preprocessing = Preprocessing(),
-                 io_type: str = "int8"):
+                 io_type: str = "int8", patch_format: int = 4):
         self.model = model
+        self.patch_format = patch_format
         self.headroom = headroom
         self.preprocessing = preprocessing
         self.input_affine = None if preprocessing.identity else preprocessing.affine()
@@ -102,7 +104,8 @@ class TfliteExport:
             sent_bytes = len(self.file)
         elif sent:
             new_file, stats = requantize(self.file, self.mapping, weights, self.weights)
-            patch = create_patch(self.file, new_file, index, self.signer)
+            patch = create_patch(self.file, new_file, index, self.signer,
+                                 version=self.patch_format)
             write_atomic(os.path.join(folder, "update.patch"), patch)
             if new_file != self.file:
                 self.accuracy = int8_accuracy(new_file, self.x_test, self.y_test)

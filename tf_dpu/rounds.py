@@ -185,7 +185,7 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
     if config.export_tflite:
         from tf_dpu.deployment import TfliteExport  # pylint: disable=import-outside-toplevel
         export = TfliteExport(model, data.x_test, data.y_test, signer, config.int8_headroom,
-                              data.preprocessing, config.tflite_io)
+                              data.preprocessing, config.tflite_io, config.patch_format)
     say(f"{config.method} on {config.dataset} ({len(data.x_train)} pool, "
         f"{len(data.x_val)} val{f' ({len(judge)} of them judge the target)' if len(judge) else ''}, "
         f"{len(data.x_test)} test), model {config.model}: "

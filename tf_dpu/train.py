@@ -122,6 +122,9 @@ _EXPORT = flags.DEFINE_bool("export_tflite", False,
 _TFLITE_IO = flags.DEFINE_enum("tflite_io", _D.tflite_io, cfg.TFLITE_IO,
                                "type of the exported file's input and output (Coral's examples "
                                "feed uint8)")
+_PATCH_FORMAT = flags.DEFINE_enum(
+    "patch_format", str(_D.patch_format), ["3", "4"], "format of the exported patches: 4 "
+    "(adaptive codes, compact records), or 3 for devices whose appliers read nothing newer")
 _HEADROOM = flags.DEFINE_float(
     "int8_headroom", 1.5, "widen round 0's int8 weight scales by this factor, so later "
     "partial updates have room to grow without clipping", lower_bound=1.0, upper_bound=16.0)
@@ -204,6 +207,7 @@ def config_from_flags() -> cfg.RunConfig:
         dataset=_DATASET.value, model=_MODEL.value, method=_METHOD.value,
         width_multiplier=_WIDTH.value, bn_momentum=_BN_MOMENTUM.value,
         bn_epsilon=_BN_EPSILON.value, tflite_io=_TFLITE_IO.value,
+        patch_format=int(_PATCH_FORMAT.value),
         initializer=_INITIALIZER.value,
         update_ratio=_D.update_ratio if _UPDATE_RATIO.value is None else _UPDATE_RATIO.value,
         rounds=_ROUNDS.value, num_classes=_NUM_CLASSES.value, overwrite=_OVERWRITE.value,

@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from absl import flags
 
-from tflite_edge import cli
+from tflite_edge import cli, patch_format
 from tflite_edge.apply import Policy, apply_to, next_state
 from tflite_edge.files import write_atomic
 from tflite_edge.create import create_patch_files, create_whole_file_patch
@@ -74,14 +74,22 @@ class Releases:
       run_dir: a run folder written with `--export_tflite`.
       signer: optional callable(bytes) -> Ed25519 signature for the patches
         built here (catch-up and full); per-round patches are used as written.
+      version: the patch format the devices read (4, or 3 for appliers that
+        read nothing newer); per-round patches of another format are not
+        offered.
 
     Raises:
       PatchError: the folder holds no deployed files.
     """
 
-    def __init__(self, run_dir: str, signer: Optional[Callable[[bytes], bytes]] = None):
+    def __init__(self, run_dir: str, signer: Optional[Callable[[bytes], bytes]] = None,
+                 version: int = patch_format.VERSION):
+        if version not in patch_format.VERSIONS:
+            raise PatchError(f"patch format {version} does not exist (versions "
+                             f"{' and '.join(map(str, patch_format.VERSIONS))})")
         self.run_dir = run_dir
         self.signer = signer
+        self.version = version
         self.cache = os.path.join(run_dir, "fleet")
         self.releases: List[Release] = []
         try:
@@ -133,19 +141,31 @@ class Releases:
         missing = [p for p in paths if not os.path.exists(p)]
         if missing:
             raise PatchError(f"missing per-round patch {missing[0]}")
+        for path in paths:
+            version = _format_of(path)
+            if version != self.version:
+                raise PatchError(f"{path} is patch format {version}, and the devices read "
+                                 f"format {self.version}: send a catch-up or a full update")
         return paths
+
+    def chain_readable(self) -> bool:
+        """Whether the run's per-round patches are in the format the devices read."""
+        return all(_format_of(os.path.join(os.path.dirname(r.path), "update.patch"))
+                   in (None, self.version) for r in self.releases[1:])
 
     def catchup(self, device: Release) -> str:
         """One patch from `device` straight to the latest (built once, then cached)."""
         return self._cached(f"catchup_{self._key(device)}.patch",
                             lambda: create_patch_files(device.path, self.latest.path,
-                                                       self.latest.round, self.signer))
+                                                       self.latest.round, self.signer,
+                                                       version=self.version))
 
     def full(self, device: Release) -> str:
         """The whole latest file as a patch: verified like any other update."""
         def build():
             with Source.open(device.path) as base, Source.open(self.latest.path) as target:
-                return create_whole_file_patch(base, target, self.latest.round, self.signer)
+                return create_whole_file_patch(base, target, self.latest.round, self.signer,
+                                               version=self.version)
         return self._cached(f"full_{self._key(device)}.patch", build)
 
     def update(self, device: Release, policy: str = "cheapest") -> Update:
@@ -159,8 +179,13 @@ class Releases:
         }
         if policy != "cheapest":
             return Update(policy, device.round, self.latest.round, options[policy]())
-        candidates = [Update(name, device.round, self.latest.round, build())
-                      for name, build in options.items()]
+        candidates = []
+        for name, build in options.items():
+            try:
+                candidates.append(Update(name, device.round, self.latest.round, build()))
+            except PatchError:
+                if name != "chain":   # per-round patches of another format: not offered
+                    raise
         # Ties go to the fewest files (fewer round trips), then to the order above.
         return min(candidates, key=lambda u: (u.bytes, len(u.patches)))
 
@@ -175,7 +200,7 @@ class Releases:
         # the same round numbers must not serve patches of the old files.
         return (f"{device.round:03d}-{device.sha256.hex()[:16]}_to_"
                 f"{self.latest.round:03d}-{self.latest.sha256.hex()[:16]}"
-                f"{'_signed' if self.signer else ''}")
+                f"{'_signed' if self.signer else ''}_v{self.version}")
 
     def _cached(self, name: str, build: Callable[[], bytes]) -> str:
         path = os.path.join(self.cache, name)
@@ -183,6 +208,15 @@ class Releases:
             os.makedirs(self.cache, exist_ok=True)
             write_atomic(path, build())
         return path
+
+
+def _format_of(path: str) -> Optional[int]:
+    """The format version a patch file's header names (None: no such file)."""
+    try:
+        with open(path, "rb") as f:
+            return int.from_bytes(f.read(6)[4:6], "little")
+    except FileNotFoundError:
+        return None
 
 
 def apply_update(model: bytes, update: Update, public_key=None,
@@ -221,8 +255,11 @@ def simulate(releases: Releases, devices: int, online: float, seed: int = 0,
     Returns:
       Per policy: total bytes, bytes per device (mean, median, 95th
       percentile, max), updates, patch files sent, and how many devices hold
-      the latest file byte for byte.
+      the latest file byte for byte. `chain` is left out when the run's
+      per-round patches are not in the devices' format.
     """
+    if not releases.chain_readable():
+        policies = [p for p in policies if p != "chain"]
     rng = np.random.RandomState(seed)
     schedule = rng.rand(len(releases.releases), devices) < online
     schedule[-1] = True                 # the final check-in
@@ -296,6 +333,10 @@ def _define(values: flags.FlagValues) -> None:
     flags.DEFINE_float("online", 0.5, "chance that a device is online at each release",
                        lower_bound=0.0, upper_bound=1.0, flag_values=values)
     flags.DEFINE_integer("seed", 0, "seed of the simulation", flag_values=values)
+    flags.DEFINE_enum("patch_format", str(patch_format.VERSION),
+                      [str(v) for v in patch_format.VERSIONS], "the patch format the devices "
+                      "read: catch-up and full updates are built in it, per-round patches in "
+                      "another are not sent", flag_values=values)
     flags.mark_flags_as_mutual_exclusive(["device_round", "device_sha256"], required=False,
                                          flag_values=values)
 
@@ -304,9 +345,10 @@ def _releases(values) -> Releases:
     if not values["sign_key"].present:
         print("warning: no --sign_key: the patches built here are unsigned, and devices "
               "refuse them unless they run with --allow_unsigned", file=sys.stderr)
-        return Releases(values["run_dir"].value, None)
+        return Releases(values["run_dir"].value, None, int(values["patch_format"].value))
     from tflite_edge.signing import load_signer  # pylint: disable=import-outside-toplevel
-    return Releases(values["run_dir"].value, load_signer(values["sign_key"].value or ""))
+    return Releases(values["run_dir"].value, load_signer(values["sign_key"].value or ""),
+                    int(values["patch_format"].value))
 
 
 def _plan(values) -> None:
@@ -348,10 +390,11 @@ def _simulate(values) -> None:
 
 COMMANDS = {
     "plan": cli.Command("the update for one device", ("run_dir",),
-                        ("device_round", "device_sha256", "policy", "out", "sign_key", "json"),
-                        _plan),
+                        ("device_round", "device_sha256", "policy", "out", "sign_key", "json",
+                         "patch_format"), _plan),
     "simulate": cli.Command("a fleet that misses rounds at random", ("run_dir",),
-                            ("devices", "online", "seed", "out", "sign_key"), _simulate),
+                            ("devices", "online", "seed", "out", "sign_key", "patch_format"),
+                            _simulate),
 }
 
 
