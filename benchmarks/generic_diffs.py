@@ -11,9 +11,10 @@ from the base byte for byte.
     python -m benchmarks.generic_diffs --out=benchmarks/results/generic_diffs
 
 runs the quick benchmark's DPU run (MNIST MLP, k = 1 %, 8 rounds of 10
-epochs, seed 1, the int8 export) and writes, per round, our patch against
-every tool (OUT.json, OUT.md); `python -m benchmarks --quick` measures the
-same table inside its run.
+epochs, seed 1, the int8 export) and writes, per round, our patch (format
+4, and the same update in format 3) against every tool, and each applier's
+throughput on the last round in both formats (OUT.json, OUT.md);
+`python -m benchmarks --quick` measures the same table inside its run.
 """
 
 import io
@@ -144,6 +145,7 @@ def main(argv) -> int:
     from benchmarks import patch_size  # pylint: disable=import-outside-toplevel
     from tf_dpu.config import RunConfig  # pylint: disable=import-outside-toplevel
     from tf_dpu.data import load_dataset  # pylint: disable=import-outside-toplevel
+    from tflite_edge.create import create_patch  # pylint: disable=import-outside-toplevel
     values = flags.FLAGS
     data = load_dataset("mnist", 300, seed=1)
     with tempfile.TemporaryDirectory() as folder:
@@ -152,9 +154,18 @@ def main(argv) -> int:
                            out_dir=os.path.join(folder, "dpu"))
         _, files, patches = patch_size.run_files(config, data)
     table = patch_size.compare(files, patches)
+    # Apply throughput of each applier on the last round, in both formats.
+    last = max(r for r in range(1, len(files)) if patches[r] is not None)
+    speeds = {f"format_{v}": patch_size.apply_speed(
+        files[last - 1], patches[last] if v == 4 else create_patch(files[last - 1], files[last],
+                                                                   last, version=3))
+        for v in (3, 4)}
     results = {"rounds": values.rounds, "epochs": values.epochs, **patch_size.ratios(table),
-               "bytes_table": table}
-    text = patch_size.markdown(table)
+               "apply_speed": speeds, "bytes_table": table}
+    text = patch_size.markdown(table) + "\nApply throughput (model MB per second, round " \
+        f"{last}): " + "; ".join(f"{name.replace('_', ' ')}: " + ", ".join(
+            f"{k.rsplit('_', 1)[1]} {v}" for k, v in s.items()) for name, s in speeds.items()) \
+        + "\n"
     print(text)
     print(json.dumps(patch_size.ratios(table), indent=2))
     os.makedirs(os.path.dirname(values.out) or ".", exist_ok=True)

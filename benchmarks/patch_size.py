@@ -28,6 +28,7 @@ from benchmarks import generic_diffs, jvm
 
 from tflite_edge import patch_format
 from tflite_edge.apply import apply_patch
+from tflite_edge.create import create_patch
 from tflite_edge.model_file import ELEMENT_DTYPES
 from tflite_edge.positions import entropy_bound_bits
 
@@ -102,8 +103,11 @@ def compare(files, patches) -> dict:
             bound_positions += entropy_bound_bits(record.count, len(record.positions))
             value_bits += 8 * len(record.positions) * ELEMENT_DTYPES[record.element_type].itemsize
         entropy = entropy_bound(patches[r], files[r - 1])
+        # The same update in format 3, for devices that read nothing newer.
+        version_3 = create_patch(files[r - 1], files[r], r, version=3)
         rows.append({
-            "round": r, "patch": len(patches[r]), "tflite": len(files[r]),
+            "round": r, "patch": len(patches[r]), "patch_v3": len(version_3),
+            "tflite": len(files[r]),
             "entropy_bound": round(entropy["bound"], 1),
             "entropy_parts": {k: [round(v[0]), round(v[1])] for k, v in entropy["parts"].items()},
             "gzip": len(gzip.compress(files[r], 9)),
@@ -128,6 +132,8 @@ def ratios(table: dict) -> dict:
     return {
         "position_bits_vs_bound": round(t["position_bits"] / t["bound_position_bits"], 4),
         "patch_vs_detools": round(t["patch"] / t["detools"], 4),
+        "patch_vs_format_3": round(t["patch"] / t["patch_v3"], 4),
+        "patch_format_3_vs_best_generic": round(t["patch_v3"] / t["best_generic"], 4),
         "patch_vs_bsdiff": round(t["patch"] / t["bsdiff4"], 4),
         "patch_vs_best_generic": round(t["patch"] / t["best_generic"], 4),
         "patch_vs_best_generic_worst_pair": round(max(
@@ -165,12 +171,14 @@ def apply_speed(base: bytes, patch: bytes, repeats: int = 20) -> dict:
 
 
 def markdown(table: dict) -> str:
-    lines = ["| round | patch | whole .tflite | gzip -9 | detools (best setting) | bsdiff4 | "
-             "zstd, base as dictionary | xz of the XOR | best generic | patch / best generic "
-             "| bound |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| round | patch (format 4) | format 3 | whole .tflite | gzip -9 | "
+             "detools (best setting) | bsdiff4 | zstd, base as dictionary | xz of the XOR | "
+             "best generic | patch / best generic | bound |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in table["rows"] + [dict(table["total"], round="total")]:
         setting = f" ({row['detools_setting']})" if "detools_setting" in row else ""
-        lines.append(f"| {row['round']} | {row['patch']:,} | {row['tflite']:,} | "
+        lines.append(f"| {row['round']} | {row['patch']:,} | {row['patch_v3']:,} | "
+                     f"{row['tflite']:,} | "
                      f"{row['gzip']:,} | {row['detools']:,}{setting} | {row['bsdiff4']:,} | "
                      f"{row['zstd']:,} | {row['xz_xor']:,} | {row['best_generic']:,} | "
                      f"{row['patch'] / row['best_generic']:.3f} | {row['bound']:,} |")

@@ -173,21 +173,60 @@ class Decoder:
         return bit
 
     def ladder(self, model: Ladder, limit: int) -> int:
-        """A value below `limit` (at most 2^32); a longer class or larger value is refused."""
+        """A value below `limit` (at most 2^32); a longer class or larger value is refused.
+
+        The bits are decoded inline, as `bit` and `fixed` do, with the
+        decoder's state in locals: this loop is the Python applier's
+        bottleneck on format-4 patches.
+        """
         classes = limit.bit_length()   # the longest class a value below limit can have
-        unary, n = model.unary, 1
-        while self.bit(unary, n - 1):
-            n += 1
-            if n > classes:
-                raise PatchError("an adaptive code is longer than its limit allows")
-        tree, node, rest = model.tree[min(n, TREES) - 1], 1, 0
-        for _ in range(n - 1):
-            if node <= TREE_NODES:
-                bit = self.bit(tree, node - 1)
-                node = 2 * node + bit
+        data, at, end = self.data, self.at, len(self.data)
+        code, range_ = self.code, self.range
+        unary, n = model.unary, 0
+        rest = 0
+        tree = node = None
+        steps = -1    # mantissa bits left; -1 while the class is being read
+        while True:
+            if steps < 0:
+                probabilities, index = unary, n
+            elif steps == 0:
+                break
+            elif node <= TREE_NODES:
+                probabilities, index = tree, node - 1
             else:
-                bit = self.fixed()
+                probabilities = None
+            p = probabilities[index] if probabilities is not None else HALF
+            bound = (range_ >> PROBABILITY_BITS) * p
+            if code < bound:
+                range_ = bound
+                if probabilities is not None:
+                    probabilities[index] = p + ((ONE - p) >> ADAPT_SHIFT)
+                bit = 0
+            else:
+                code -= bound
+                range_ -= bound
+                if probabilities is not None:
+                    probabilities[index] = p - (p >> ADAPT_SHIFT)
+                bit = 1
+            while range_ < TOP:
+                if at >= end:
+                    raise PatchError("an adaptive stream ends before its last code")
+                range_ = (range_ << 8) & MASK32
+                code = ((code << 8) | data[at]) & MASK32
+                at += 1
+            if steps < 0:
+                n += 1
+                if bit:
+                    if n >= classes:
+                        raise PatchError("an adaptive code is longer than its limit allows")
+                    continue
+                tree, node, steps = model.tree[min(n, TREES) - 1], 1, n - 1
+                continue
+            if node <= TREE_NODES:
+                node = 2 * node + bit
             rest = 2 * rest + bit
+            steps -= 1
+        self.at, self.code, self.range = at, code, range_
         value = (1 << (n - 1)) + rest - 1
         if value >= limit:
             raise PatchError(f"an adaptive code decodes {value}, not below {limit}")
