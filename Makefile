@@ -13,6 +13,9 @@ $(STAMP): setup.cfg pyproject.toml tflite_edge/c/ed25519/fetch_monocypher.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,benchmarks]'
+	# NNCodec's coder, for the codec comparison (built from source; its declared
+	# dependencies pull PyTorch, which the coder itself does not use).
+	$(BIN)/python -m pip install -q --no-deps nncodec==2.1.3
 	$(BIN)/python tflite_edge/c/ed25519/fetch_monocypher.py $(VENV)/monocypher
 	touch $(STAMP)
 

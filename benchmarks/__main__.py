@@ -14,6 +14,9 @@ Keys written:
       at their best settings, decode-checked: benchmarks.generic_diffs); the entropy
       bound is, per record, log2 C(N, n) position bits plus n x the empirical
       entropy of the coded values, plus the fixed bytes (benchmarks.patch_size).
+  patch_vs_nncodec, patch_vs_nncodec_worst_pair: the same rounds' patches over
+      NNCodec's coder at its best settings, payload only (benchmarks.codecs,
+      which also runs four more kinds of update).
   apply_mb_per_s_python, apply_mb_per_s_c: model megabytes patched per second.
   round_seconds_dpu_vs_fu: wall time of a DPU round over an FU round (same
       epochs in total: two steps of E against one of 2E; no export on either),
@@ -62,6 +65,12 @@ def main(argv):
         results.update(patch_size.ratios(table))
         sent = [r for r in range(1, len(files)) if patches[r] is not None]
         results.update(patch_size.apply_speed(files[sent[0] - 1], patches[sent[0]]))
+        # The codec comparison on this run's rounds (benchmarks.codecs for all five pairs).
+        from benchmarks import codecs  # pylint: disable=import-outside-toplevel
+        cabac = codecs.deep_cabac()
+        rows = [codecs.compare(files[r - 1], files[r], r, cabac) for r in sent]
+        results.update({k: v for k, v in codecs.key_figures(rows).items()
+                        if k.startswith("patch_vs_nncodec")})
     # Round timings without the export on either side: training work only.
     from tf_dpu.rounds import run  # pylint: disable=import-outside-toplevel
     plain = dataclasses.replace(config, export_tflite=False, out_dir=None)

@@ -102,6 +102,44 @@ def test_the_entropy_bound_of_a_real_patch():
     assert 1.0 <= len(patch) / e["bound"] < 1.3
 
 
+def test_the_codec_comparison_decode_checks_every_codec_on_a_real_pair():
+    """Ours in both formats, NNCodec's coder at its best settings and the generic
+    diffs, on the tiny model with a tenth of its kernel changed."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from benchmarks import codecs  # pylint: disable=import-outside-toplevel
+    from conftest import missing_tool  # pylint: disable=import-outside-toplevel
+    from hostile import TINY_MODEL  # pylint: disable=import-outside-toplevel
+    from tflite_edge.model_file import ModelFile  # pylint: disable=import-outside-toplevel
+    cabac = codecs.deep_cabac()
+    if cabac is None:
+        missing_tool("NNCodec (pip install --no-deps nncodec)")
+    base = open(TINY_MODEL, "rb").read()
+    buffer = ModelFile(base).buffers[4]
+    target, rng = bytearray(base), np.random.RandomState(2)
+    for i in rng.choice(buffer.length, 12, replace=False):
+        target[buffer.offset + i] = (target[buffer.offset + i] + rng.randint(1, 9)) % 256
+    row = codecs.compare(base, bytes(target), 1, cabac)
+    assert 0 < row["format_4"] <= row["format_3"] and row["nncodec"] > 0
+    assert row["best_generic"] > 0 and len(row["nncodec_settings"]) == 1
+    figures = codecs.key_figures([dict(row, pair="tiny", round=1)])
+    assert figures["patch_vs_nncodec"] == round(row["format_4"] / row["nncodec"], 4)
+    # The decode check catches a stream that does not rebuild the delta.
+    delta = np.zeros((4, 12), np.int32)
+    delta[1, 3] = 5
+    size, _ = codecs._nnc_layer(cabac, delta, np.zeros_like(delta))  # pylint: disable=protected-access
+    assert size > 0
+    deep, tools_off = cabac
+    encoder = deep.Encoder()
+    encoder.initCtxModels(1, 0)
+    encoder.encodeLayer(delta.copy(), 0, 0, 0, 0, 0, np.zeros(4, np.int32), *tools_off(), 0, 0)
+    stream = bytes(encoder.finish())
+    other = delta.copy()
+    other[1, 3] = 6
+    assert codecs._nnc_decodes(deep, tools_off, stream, delta, delta, 1, 0, 0, 0)  # pylint: disable=protected-access
+    assert not codecs._nnc_decodes(deep, tools_off, stream, other, other, 1, 0, 0, 0)  # pylint: disable=protected-access
+    assert "4 / NNCodec" in codecs.markdown([dict(row, pair="tiny", round=1)], figures)
+
+
 def test_modules_the_tests_import_define_no_flags():
     # A benchmark module that defines absl flags at import clashes with the
     # next one that does (both have --out), and benchmarks.__main__ imports
