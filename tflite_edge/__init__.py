@@ -14,8 +14,8 @@ imports a server module, directly or through another.
 __version__ = "0.1.0"
 
 DEVICE = ("adaptive", "apply", "device_state", "errors", "files", "keys", "model_file",
-          "native_output",
-          "patch_format", "positions", "regions", "runtime", "signing", "source")
+          "native_output", "patch_format", "positions", "regions", "runtime", "signing",
+          "source")
 SERVER = ("check", "convert", "create", "fleet", "folding")
 # The command lines (`patch`, `cli`) serve both: `apply` on a device, the rest
 # on the server.
