@@ -74,7 +74,7 @@ _HEADER_FIELDS = [(4, 2), (6, 2), (8, 4), (12, 8), (20, 8), (92, 4), (100, 8), (
 NO_SWITCH = 0xffffffff
 
 
-def _compact_numbers(data, at: int) -> Tuple[List[int], int]:
+def compact_numbers(data, at: int) -> Tuple[List[int], int]:
     """A compact record's four numbers and where its streams start (None: not readable)."""
     numbers, after = [], at + patch_format.COMPACT_RECORD.size
     for _ in range(4):
@@ -89,7 +89,7 @@ def _compact_numbers(data, at: int) -> Tuple[List[int], int]:
 def _streams_start(record: bytearray) -> int:
     """Where a record's data (streams, or a whole file's bytes) begins."""
     if record[0] == patch_format.KIND_COMPACT:
-        return _compact_numbers(record, 0)[1]
+        return compact_numbers(record, 0)[1]
     return ELEMENTS_RECORD.size if record[0] == KIND_ELEMENTS else WHOLE_FILE_RECORD.size
 
 
@@ -101,7 +101,7 @@ def record_length(data, at: int) -> int:
     if kind == KIND_ROTATION:
         return ROTATION_RECORD.size
     if kind == patch_format.KIND_COMPACT:
-        numbers, after = _compact_numbers(data, at)
+        numbers, after = compact_numbers(data, at)
         return rest if numbers is None else after - at + numbers[2] + numbers[3]
     if rest >= ELEMENTS_RECORD.size:
         return ELEMENTS_RECORD.size + sum(struct.unpack_from("<II", data, at + 28))
@@ -178,7 +178,7 @@ class Mutator:
 
     def _set_number(self, record: bytearray) -> None:
         """Sets one of a compact record's numbers to an interesting value (any length)."""
-        numbers, after = _compact_numbers(record, 0)
+        numbers, after = compact_numbers(record, 0)
         if numbers is None:
             return
         which = self.rng.randint(4)

@@ -96,8 +96,13 @@ def _keras3_rounds_match_the_device(out, last, raw, mnist):
     detail = view.tensors[view.outputs[0]]
     steps = np.round(expected / detail.scales[0]) + detail.zero_points[0]
     device = runtime.logits(last, raw[:300]).astype(int)
-    # The int8 file rounds every layer, so logits move by a few steps; the class rarely.
-    assert np.mean(np.argmax(expected, -1) == np.argmax(device, -1)) >= 0.97
+    # The int8 file rounds every layer, so logits move by a few output steps:
+    # the class may flip only where the float model's top two are that close.
+    top = np.sort(steps, -1)
+    clear = top[:, -1] - top[:, -2] > 4
+    agree = np.argmax(expected, -1) == np.argmax(device, -1)
+    assert clear.mean() > 0.5 and agree[clear].mean() >= 0.99, (clear.mean(), agree[clear].mean())
+    assert np.abs(np.median(device - steps)) <= 2
     assert np.median(np.abs(steps - device)) <= 1, np.abs(steps - device).max()
 
 

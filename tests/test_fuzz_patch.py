@@ -13,6 +13,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from benchmarks import fuzz
 from tflite_edge import patch_format
 from tflite_edge.apply import apply_patch
 from tflite_edge.create import create_patch
@@ -102,11 +103,22 @@ def test_resealing_the_unchanged_body_still_applies(case):
 
 
 def test_decoder_survives_huge_claims(case):
-    base, target, patch = case
+    base, target, _ = case
+    # Format 3: a record claiming 2**32-1 changed elements of a 2**32-1 element buffer.
+    patch = create_patch(base, target, 1, version=3)
     header = bytearray(patch[:H])
     body = bytearray(patch[H:-32])
-    # A record claiming 2**32-1 changed elements of a 2**32-1 element buffer.
     struct.pack_into("<I", body, 20, 2 ** 32 - 1)
     struct.pack_into("<I", body, 24, 2 ** 32 - 1)
     with pytest.raises(PatchError):
         patch_format.decode(reseal(bytes(header), bytes(body)))
+    # Format 4 names no count: 2**32-1 changes of a real buffer, read against it.
+    patch = create_patch(base, target, 1)
+    header = bytearray(patch[:H])
+    body = bytearray(patch[H:-32])
+    numbers, after = fuzz.compact_numbers(body, 0)
+    numbers[1] = 2 ** 32 - 1
+    body[patch_format.COMPACT_RECORD.size:after] = b"".join(
+        patch_format.write_varint(n) for n in numbers)
+    with pytest.raises(PatchError, match="record changes 4294967295 of"):
+        patch_format.decode(reseal(bytes(header), bytes(body)), base)

@@ -118,7 +118,7 @@ def test_a_target_gap_round_resumes_inside_its_search(small_mnist, tmp_path):
     seen = []
 
     def progress(line):
-        if line.startswith("round 2 step 2 (") and "epoch 2/3" in line:
+        if line.startswith("round 1 step 2 (") and "epoch 2/3" in line:
             seen.append(line)
             if len(seen) == 2:       # inside the second candidate
                 raise Killed(line)
