@@ -141,6 +141,21 @@ def exported_run(tmp_path_factory):
     return run(config, progress=None, data=small), small
 
 
+def round_folders(result):
+    """The `round_NNN` folders of a run, in round order."""
+    return [os.path.join(result.out_dir, f"round_{r['round']:03d}") for r in result.rounds]
+
+
+@pytest.fixture(scope="session")
+def exported_files(exported_run):
+    """The bytes of `exported_run`'s int8 file after every round."""
+    out = []
+    for folder in round_folders(exported_run[0]):
+        with open(os.path.join(folder, "model.tflite"), "rb") as f:
+            out.append(f.read())
+    return out
+
+
 ANDROID_DIR = os.path.join(ROOT, "tflite_edge", "android")
 JAR = os.path.join(ANDROID_DIR, "build", "dpu-patch.jar")
 

@@ -16,19 +16,15 @@ import threading
 import pytest
 
 import hostile
-from conftest import build_c, run_jar
+from conftest import build_c, round_folders, run_jar
 from tflite_edge import signing
 from tflite_edge.create import create_patch
 from tflite_edge.fleet import Releases
 
 
-def _round_files(result):
-    return [os.path.join(result.out_dir, f"round_{r['round']:03d}") for r in result.rounds]
-
-
 def test_the_jar_reproduces_every_round_of_a_real_run(exported_run, jar, tmp_path):
     result, _ = exported_run
-    folders = _round_files(result)
+    folders = round_folders(result)
     device = tmp_path / "model.tflite"
     device.write_bytes(open(os.path.join(folders[0], "model.tflite"), "rb").read())
     initialise = ["--initial_round=0"]   # the run's patches are unsigned (no --sign_key)

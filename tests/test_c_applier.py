@@ -24,13 +24,6 @@ def _apply(binary, base, patch, tmp_path, name="out", trust=("--allow_unsigned",
     return proc, (out.read_bytes() if out.exists() else None)
 
 
-@pytest.fixture(scope="module")
-def files(exported_run):
-    result, _ = exported_run
-    return [open(os.path.join(result.out_dir, f"round_{r:03d}", "model.tflite"), "rb").read()
-            for r in range(len(result.rounds))]
-
-
 def _header_says(pattern):
     with open(os.path.join(C_DIR, "dpu_patch.h")) as f:
         return [int(n) for n in re.search(pattern, f.read().replace("\n *", "")).groups()]
@@ -67,18 +60,18 @@ def test_the_environment_cannot_drop_the_strict_flags():
         assert strict in flags and flags.index(strict) > flags.index("-O0"), strict
 
 
-def test_same_bytes_as_the_python_applier_for_every_round(c_applier, files, tmp_path):
+def test_same_bytes_as_the_python_applier_for_every_round(c_applier, exported_files, tmp_path):
     # Random new values (where raw coding wins) beside the run's real rounds
     # (where deltas win), so both value codes go through both appliers.
-    model = ModelFile(files[0])
+    model = ModelFile(exported_files[0])
     weights = max(model.buffers, key=lambda b: b.length)
-    noisy = bytearray(files[0])
+    noisy = bytearray(exported_files[0])
     rng = np.random.RandomState(0)
     where = weights.offset + rng.choice(weights.length, weights.length // 50, replace=False)
     noisy[where[0]:where[0] + 1] = bytes([noisy[where[0]] ^ 0xff])
     for at in where[1:]:
         noisy[at] = rng.randint(256)
-    pairs = [(files[r - 1], files[r]) for r in range(1, len(files))] + [(files[0], bytes(noisy))]
+    pairs = [(exported_files[r - 1], exported_files[r]) for r in range(1, len(exported_files))] + [(exported_files[0], bytes(noisy))]
     codings = {3: set(), 4: set()}
     for r, (base, target) in enumerate(pairs, start=1):
         for version in (3, 4):
@@ -94,8 +87,8 @@ def test_same_bytes_as_the_python_applier_for_every_round(c_applier, files, tmp_
     assert patch_format.VALUES_ADAPTIVE in {v for _, v in codings[4]}
 
 
-def test_c_refuses_what_python_refuses(c_applier, files, tmp_path):
-    base, target = files[0], files[1]
+def test_c_refuses_what_python_refuses(c_applier, exported_files, tmp_path):
+    base, target = exported_files[0], exported_files[1]
     patch = create_patch(base, target, 1)
     checked = 0
     for at in range(0, len(patch), max(1, len(patch) // 300)):
@@ -118,22 +111,22 @@ def test_c_refuses_what_python_refuses(c_applier, files, tmp_path):
     assert (tmp_path / "base").read_bytes() == bytes(other)  # inputs are never written
 
 
-def test_the_device_round_refuses_replays(c_applier, files, tmp_path):
-    patch = create_patch(files[0], files[1], 1)
+def test_the_device_round_refuses_replays(c_applier, exported_files, tmp_path):
+    patch = create_patch(exported_files[0], exported_files[1], 1)
     for round_, code in (("0", 0), ("1", 2), ("2", 2)):
-        proc, _ = _apply(c_applier, files[0], patch, tmp_path,
+        proc, _ = _apply(c_applier, exported_files[0], patch, tmp_path,
                          trust=("--allow_unsigned", "--round", round_))
         assert proc.returncode == code, (round_, proc.stderr)
         assert code == 0 or "not newer" in proc.stderr
 
 
-def test_c_signature_callback_with_a_real_ed25519(c_signed_applier, c_applier, files, tmp_path):
+def test_c_signature_callback_with_a_real_ed25519(c_signed_applier, c_applier, exported_files, tmp_path):
     from tflite_edge import signing
     keys = {}
     for name in ("good", "other"):
         signing.generate_keypair(str(tmp_path / f"{name}.pem"), str(tmp_path / f"{name}.pub"))
         keys[name] = signing.load_signer(str(tmp_path / f"{name}.pem"))
-    base, target = files[0], files[1]
+    base, target = exported_files[0], exported_files[1]
     forged = signing.load_signer(str(tmp_path / "other.pem"))
     forged.key_id = keys["good"].key_id      # another key's signature under this key's id
     cases = {
@@ -197,12 +190,12 @@ def _same_size_seed_cases():
     return cases
 
 
-def test_in_place_apply_survives_a_power_cut_after_every_write(powercut, files, tmp_path):
-    patch = create_patch(files[0], files[1], 1)
-    cuts, bad = _powercut(powercut, files[0], patch, files[1], tmp_path)
+def test_in_place_apply_survives_a_power_cut_after_every_write(powercut, exported_files, tmp_path):
+    patch = create_patch(exported_files[0], exported_files[1], 1)
+    cuts, bad = _powercut(powercut, exported_files[0], patch, exported_files[1], tmp_path)
     assert bad == 0
     changed_chunks = len({(r.offset + p * np.dtype(patch_format.ELEMENT_DTYPES[
-        r.element_type]).itemsize) // 64 for r in patch_format.decode(patch, files[0]).records
+        r.element_type]).itemsize) // 64 for r in patch_format.decode(patch, exported_files[0]).records
         for p in r.positions})
     assert cuts >= 2 * changed_chunks  # a journal and a model write per changed chunk
 
@@ -214,18 +207,18 @@ def test_in_place_power_cuts_with_whole_files_and_every_code(powercut, tmp_path)
 
 
 @pytest.mark.parametrize("sector", [256, 4096])
-def test_nor_sector_mode_survives_a_cut_at_every_program_and_erase(powercut, files, tmp_path,
+def test_nor_sector_mode_survives_a_cut_at_every_program_and_erase(powercut, exported_files, tmp_path,
                                                                    sector):
     """dpu_apply_in_sectors on simulated NOR flash (tests/powercut.c): every cut
     point resumes to the exact result, no byte is programmed that was not
     erased, and only the sectors whose bytes change are erased, once each."""
-    patch = create_patch(files[0], files[1], 1)
-    cuts, bad, _, unerased, erases, changed = _powercut(powercut, files[0], patch, files[1],
+    patch = create_patch(exported_files[0], exported_files[1], 1)
+    cuts, bad, _, unerased, erases, changed = _powercut(powercut, exported_files[0], patch, exported_files[1],
                                                         tmp_path, sector, figures=True)
     print(f"{sector}-byte sectors: {cuts} cut points, {changed} sectors changed, "
           f"{erases} erased, {unerased} bytes programmed unerased, {bad} bad results")
     assert bad == 0 and unerased == 0
-    assert 0 < changed < len(files[0]) / sector and erases == changed
+    assert 0 < changed < len(exported_files[0]) / sector and erases == changed
     # per changed sector: copy erase, copy programs, record, model erase, programs, record
     assert cuts >= changed * (4 + 2 * sector // 64)
 
@@ -275,12 +268,12 @@ def test_nor_sector_mode_with_the_smallest_and_a_large_chunk_under_the_sanitizer
             _powercut(str(folder / "dpu_powercut"), base, patch, target, folder, 256)
 
 
-def test_the_host_driver_runs_the_nor_sector_mode_on_files(c_applier, files, tmp_path):
+def test_the_host_driver_runs_the_nor_sector_mode_on_files(c_applier, exported_files, tmp_path):
     """`dpu_apply --in_place --sector_size=N`: the result, a journal of at most three
     sectors, "already applied" the second time, and bad sizes refused in one line."""
-    patch = create_patch(files[0], files[1], 1)
+    patch = create_patch(exported_files[0], exported_files[1], 1)
     model = tmp_path / "model.tflite"
-    model.write_bytes(files[0])
+    model.write_bytes(exported_files[0])
     (tmp_path / "p").write_bytes(patch)
 
     def run(*flags):
@@ -288,15 +281,15 @@ def test_the_host_driver_runs_the_nor_sector_mode_on_files(c_applier, files, tmp
                                str(tmp_path / "p"), str(model)], capture_output=True, text=True)
     done = run("--in_place", "--sector_size=4096")
     assert done.returncode == 0, done.stderr
-    assert model.read_bytes() == files[1]
+    assert model.read_bytes() == exported_files[1]
     assert 4096 < (tmp_path / "model.tflite.journal").stat().st_size <= 3 * 4096
     again = run("--in_place", "--sector_size=4096")
     assert again.returncode == 2 and "already applied" in again.stderr
-    model.write_bytes(files[0])
+    model.write_bytes(exported_files[0])
     for flags, message in ((("--in_place", "--sector_size=100"), "misconfigured"),
                            (("--in_place", "--sector_size=0"), "at least 256"),
                            (("--sector_size=4096",), "is for --in_place")):
         refused = run(*flags)
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
         assert message in refused.stderr
-        assert model.read_bytes() == files[0]
+        assert model.read_bytes() == exported_files[0]

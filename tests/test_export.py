@@ -7,13 +7,9 @@ import sys
 
 import numpy as np
 
-from conftest import ROOT, require_module
+from conftest import ROOT, require_module, round_folders
 from tflite_edge import runtime
 from tflite_edge.apply import apply_patch
-
-
-def _round_files(result):
-    return [os.path.join(result.out_dir, f"round_{r['round']:03d}") for r in result.rounds]
 
 
 def test_metrics_carry_the_deployment_figures(exported_run):
@@ -40,7 +36,7 @@ def test_metrics_carry_the_deployment_figures(exported_run):
 def test_patch_chain_reproduces_every_round_with_both_appliers(exported_run, c_applier,
                                                                tmp_path):
     result, _ = exported_run
-    folders = _round_files(result)
+    folders = round_folders(result)
     device_py = tmp_path / "py.tflite"
     device_c = tmp_path / "c.tflite"
     device_py.write_bytes(open(os.path.join(folders[0], "model.tflite"), "rb").read())
@@ -74,7 +70,7 @@ def test_the_devices_patched_file_scores_what_the_server_measured(exported_run):
     """
     result, data = exported_run
     require_module("tflite_micro.python.tflite_micro.runtime", "tflite-micro")
-    folders = _round_files(result)
+    folders = round_folders(result)
     device = open(os.path.join(folders[0], "model.tflite"), "rb").read()
     for folder, record in zip(folders[1:], result.rounds[1:]):
         patch = os.path.join(folder, "update.patch")

@@ -8,7 +8,6 @@ way a user picks the format.
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -76,17 +75,10 @@ def test_varints_have_one_spelling():
         patch_format.write_varint(2 ** 32)
 
 
-@pytest.fixture(scope="module")
-def rounds(exported_run):
-    result, _ = exported_run
-    return [open(os.path.join(result.out_dir, f"round_{r:03d}", "model.tflite"), "rb").read()
-            for r in range(len(result.rounds))]
-
-
-def test_format_4_is_smaller_on_every_real_round_and_rebuilds_the_same_file(rounds):
+def test_format_4_is_smaller_on_every_real_round_and_rebuilds_the_same_file(exported_files):
     sizes = {3: 0, 4: 0}
-    for r in range(1, len(rounds)):
-        base, target = rounds[r - 1], rounds[r]
+    for r in range(1, len(exported_files)):
+        base, target = exported_files[r - 1], exported_files[r]
         if base == target:
             continue
         for version in (3, 4):
@@ -108,9 +100,9 @@ def _tool(module, *args):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_the_patch_command_writes_either_format_and_inspects_with_the_base(rounds, tmp_path):
-    (tmp_path / "a.tflite").write_bytes(rounds[0])
-    (tmp_path / "b.tflite").write_bytes(rounds[1])
+def test_the_patch_command_writes_either_format_and_inspects_with_the_base(exported_files, tmp_path):
+    (tmp_path / "a.tflite").write_bytes(exported_files[0])
+    (tmp_path / "b.tflite").write_bytes(exported_files[1])
     common = [f"--base={tmp_path}/a.tflite", f"--target={tmp_path}/b.tflite", "--round=1"]
     for version in ("3", "4", None):
         out = tmp_path / f"p{version}"
@@ -173,12 +165,12 @@ def test_a_fleet_of_format_3_devices_gets_format_3_updates(exported_run, tmp_pat
     assert "chain" not in results or results["chain"]["updates"] == 0
 
 
-def test_the_adaptive_codes_are_chosen_on_a_real_run(rounds):
+def test_the_adaptive_codes_are_chosen_on_a_real_run(exported_files):
     chosen = set()
-    for r in range(1, len(rounds)):
-        if rounds[r - 1] != rounds[r]:
-            patch = create_patch(rounds[r - 1], rounds[r], r)
+    for r in range(1, len(exported_files)):
+        if exported_files[r - 1] != exported_files[r]:
+            patch = create_patch(exported_files[r - 1], exported_files[r], r)
             chosen |= {(x.coding, x.value_coding)
-                       for x in patch_format.decode(patch, rounds[r - 1]).records}
+                       for x in patch_format.decode(patch, exported_files[r - 1]).records}
     assert positions.ADAPTIVE in {p for p, _ in chosen}
     assert np.any([v == patch_format.VALUES_ADAPTIVE for _, v in chosen])

@@ -30,7 +30,7 @@ def _saved_rounds(result, data, model_name="mlp"):
     return Layout(model), init, rounds
 
 
-@pytest.mark.parametrize("method", ["dpu", "gcpu", "lcpu", "rpu", "pruning"])
+@pytest.mark.parametrize("method", ["dpu", "gcpu", "lcpu", "rpu", "pruning", "stc"])
 def test_partial_rounds_change_at_most_ceil_k_i_kernel_elements(small_mnist, tmp_path, method):
     result = _run(small_mnist, tmp_path, method=method, initial_deployment="partial")
     layout, init, saved = _saved_rounds(result, small_mnist)

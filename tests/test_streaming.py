@@ -10,7 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from tflite_edge import patch_format, source
+from conftest import round_folders
+from tflite_edge import source
 from tflite_edge.apply import apply_patch, apply_patch_file
 from tflite_edge.create import create_patch, create_patch_files, create_whole_file_patch
 from tflite_edge.errors import PatchError
@@ -26,9 +27,7 @@ def small_chunks(request, monkeypatch):
 
 @pytest.fixture(scope="module")
 def rounds(exported_run):
-    result, _ = exported_run
-    return [os.path.join(result.out_dir, f"round_{r:03d}", "model.tflite")
-            for r in range(len(result.rounds))]
+    return [os.path.join(folder, "model.tflite") for folder in round_folders(exported_run[0])]
 
 
 def _read(path):

@@ -9,8 +9,8 @@ from typing import Optional
 
 from tf_dpu.errors import ConfigError
 
-METHODS = ("dpu", "gcpu", "lcpu", "rpu", "pruning", "fu")
-PARTIAL_METHODS = ("dpu", "gcpu", "lcpu", "rpu", "pruning")
+METHODS = ("dpu", "gcpu", "lcpu", "rpu", "pruning", "fu", "stc")
+PARTIAL_METHODS = ("dpu", "gcpu", "lcpu", "rpu", "pruning", "stc")
 MODELS_FIXED = ("mlp", "cnn", "vgg", "mobilenet", "ds_cnn", "resnet8")
 MODEL_FILES = (".keras", ".h5")   # a user's own Keras model
 OPTIMIZERS = ("adam", "sgd")

@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from tf_dpu import bitcost, contribution, selection, target
+from tf_dpu import bitcost, contribution, selection, target, ternary
 from tf_dpu.config import RunConfig
 from tf_dpu.training import Trainer, learning_rate_at
 from tf_dpu.weights import BIAS, KERNEL, STATE, Layout
@@ -430,4 +430,28 @@ def pruning(ctx: RoundContext) -> Candidate:
     return best
 
 
-METHODS = {"dpu": dpu, "gcpu": dpu, "lcpu": dpu, "rpu": rpu, "pruning": pruning, "fu": fu}
+def stc(ctx: RoundContext) -> Candidate:
+    """Sparse ternary compression of the warm-started full update (see tf_dpu.ternary).
+
+    The full model trains from the deployed one for `--single_step_epochs`,
+    exactly as `--method=fu --fu_init=last_round`; each kernel's top k of
+    |change| (in int8 steps on an exported model) moves by ±μ of its layer,
+    the rest stays; biases and BatchNorm follow the bias policy as in DPU. No
+    fine-tuning: what is lost is what ternary values cost. What was not sent
+    stays in the deployed model's distance to the data, so the next round's
+    full training from it picks it up again (the error feedback of STC).
+    """
+    full = full_training(ctx, ctx.start)
+    final = full.weights
+    indices = ctx.layout.indices(KERNEL)
+    masks = ternary.select(final, ctx.start, indices, ctx.int8_scales,
+                           ctx.config.update_ratio, ctx.budget)
+    moved = ternary.ternarize(final, ctx.start, masks, ctx.int8_scales)
+    ctx.trainer.model.set_weights(rewind(ctx, moved, ctx.start, masks))
+    candidate = _evaluate_current(ctx, "ternary")
+    candidate.selected = selection.count(masks)
+    return _with_full(ctx, full, candidate)
+
+
+METHODS = {"dpu": dpu, "gcpu": dpu, "lcpu": dpu, "rpu": rpu, "pruning": pruning, "fu": fu,
+           "stc": stc}

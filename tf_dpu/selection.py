@@ -104,25 +104,45 @@ def magnitude(weights: Sequence[np.ndarray], indices: Sequence[int], k: int,
                  len(weights))
 
 
-def random_per_layer(shapes: Sequence[tuple], indices: Sequence[int], ratio: float,
-                     budget: int, rng: np.random.RandomState) -> Masks:
-    """A random mask of about `ratio` of each weight's elements (RPU).
+def per_layer_counts(sizes: Sequence[int], ratio: float, budget: int) -> np.ndarray:
+    """About `ratio` of each layer's elements, never more than `budget` in all.
 
-    Each weight gets floor(ratio * n) or ceil(ratio * n) elements, rounded by
-    largest remainder so that the total never exceeds `budget`.
+    Each layer gets floor(ratio * n) or ceil(ratio * n) elements, rounded by
+    largest remainder, so that no layer's share depends on the others' sizes.
     """
-    sizes = np.array([int(np.prod(shapes[i])) for i in indices], np.int64)
+    sizes = np.asarray(sizes, np.int64)
     want = ratio * sizes
     counts = np.floor(want).astype(np.int64)
     spare = max(0, budget - int(counts.sum()))
     for j in np.argsort(-(want - counts), kind="stable")[:spare]:
         if counts[j] < sizes[j]:
             counts[j] += 1
+    return counts
+
+
+def random_per_layer(shapes: Sequence[tuple], indices: Sequence[int], ratio: float,
+                     budget: int, rng: np.random.RandomState) -> Masks:
+    """A random mask of about `ratio` of each weight's elements (RPU; see `per_layer_counts`)."""
+    sizes = [int(np.prod(shapes[i])) for i in indices]
     masks: Masks = [None] * len(shapes)
-    for i, size, count in zip(indices, sizes, counts):
+    for i, size, count in zip(indices, sizes, per_layer_counts(sizes, ratio, budget)):
         mask = np.zeros(size, bool)
         mask[rng.choice(size, size=count, replace=False)] = True
         masks[i] = mask.reshape(shapes[i])
+    return masks
+
+
+def top_per_layer(scores: Dict[int, np.ndarray], ratio: float, budget: int,
+                  length: int) -> Masks:
+    """Each weight's own top `per_layer_counts` scores (ties go to the earlier position)."""
+    keys = sorted(scores)
+    counts = per_layer_counts([scores[i].size for i in keys], ratio, budget)
+    masks: Masks = [None] * length
+    for i, count in zip(keys, counts):
+        flat = scores[i].ravel().astype(np.float64)
+        mask = np.zeros(flat.size, bool)
+        mask[np.argsort(-flat, kind="stable")[:count]] = True
+        masks[i] = mask.reshape(scores[i].shape)
     return masks
 
 
