@@ -2,12 +2,15 @@
 
     python -m benchmarks.bytes --out=benchmarks/results/bytes          # about 70 minutes on 2 cores
     python -m benchmarks.bytes --quick --out=/tmp/bytes_quick           # MNIST MLP, 2 seeds
+    python -m benchmarks.bytes --methods=stc --merge                    # add a mode's runs
 
 For each setting (bundled MNIST with the MLP and the CNN, MNIST-1D, digits),
 seeds 1-3, product defaults (full round 0, no restarts, 8 rounds, 10 epochs
 per step, Adam under the `thirds` schedule): FU from the same initialization and warm-started from the last
 round (the whole int8 file every round), the warm-started FU sent as its
-int8 delta (real patches; the "send everything, coded" baseline), DPU at fixed k = 0.25 ... 20 %, RPU
+int8 delta (real patches; the "send everything, coded" baseline), sparse
+ternary compression of that full update (`--method=stc`, k = 2 ... 20 %),
+DPU at fixed k = 0.25 ... 20 %, RPU
 at 1 %, DPU with `--rank=per_bit` at 1 %, and `--target_gap` at 0.5 (also
 judged on held-out validation samples, and with `--target_confidence=1`)
 and 1 point. Partial methods export int8 files and send real patches (training
@@ -22,16 +25,19 @@ bytes of the cheapest fixed-k DPU whose gap is the same or smaller (means
 over seeds and settings); `target_gap_test_points` = the gap
 `--target_gap=0.5` achieved on test; `target_holds_on_test` = per target
 mode, the share of rounds 1-7 whose model is within G points of the round's
-own full update on test.
+own full update on test; `product_vs_baselines_at_1_point` = per setting,
+the product's cheapest mode within 1 point of the better FU over the FU
+delta patch and over the cheapest STC within 1 point.
 """
 
+import json
 import tempfile
 import time
 
 import numpy as np
 from absl import app, flags
 
-from benchmarks.bytes_figures import (FU_DELTA, FU_NAMES, TARGET, accuracy,
+from benchmarks.bytes_figures import (FU_DELTA, FU_NAMES, STC_PREFIX, TARGET, accuracy,
                                      gaps_and_bytes, key_figures, pareto)
 from benchmarks.tables import check_one_protocol, mean_se, write_results
 
@@ -45,8 +51,11 @@ SETTINGS = {
     "digits-mlp": ("digits", "mlp", 200, 150),
 }
 RATIOS = (0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+# Sparse ternary compression sends no fine-tuned values, so it needs more
+# elements than DPU for the same accuracy: its ratios start higher.
+STC_RATIOS = (0.02, 0.05, 0.1, 0.2)
 QUICK = {"settings": ("mnist-mlp",), "seeds": (1, 2), "ratios": (0.005, 0.01, 0.02, 0.05, 0.1,
-                                                                 0.2)}
+                                                                 0.2), "stc_ratios": (0.05,)}
 # name: RunConfig changes (FU modes, fixed ratios and the new modes).
 # FU is re-converted and shipped whole every round: it trains without the
 # int8 bounds of round 0's file (its export only gives the file's size).
@@ -61,14 +70,18 @@ NEW_MODES = {"dpu per_bit k=1%": dict(method="dpu", rank="per_bit", update_ratio
              "target 0.5 z=1": dict(method="dpu", target_gap=0.5, target_confidence=1.0),
              "target 1.0": dict(method="dpu", target_gap=1.0)}
 
-def modes(quick: bool, ratios=None):
+def modes(quick: bool, ratios=None, methods=None):
+    """Mode name -> RunConfig changes (`methods`: only modes of these methods)."""
     out = dict(FU_MODES)
     out[FU_DELTA] = dict(method="fu", fu_init="last_round")
     for k in ratios or (QUICK["ratios"] if quick else RATIOS):
         out[f"dpu k={100 * k:g}%"] = dict(method="dpu", update_ratio=k)
+    for k in QUICK["stc_ratios"] if quick else STC_RATIOS:
+        out[f"{STC_PREFIX}{100 * k:g}%"] = dict(method="stc", update_ratio=k)
     extra = ("target 0.5",) if quick else tuple(NEW_MODES)
     out.update({name: NEW_MODES[name] for name in extra})
-    return out
+    return {name: changes for name, changes in out.items()
+            if not methods or changes["method"] in methods}
 
 
 def run_one(setting: str, name: str, changes: dict, seed: int, data, epochs: int = 10) -> dict:
@@ -131,6 +144,18 @@ def markdown(runs) -> str:
     figures = key_figures(runs)
     lines.append(f"`bytes_target_vs_fixed_k` = {figures['bytes_target_vs_fixed_k']}, "
                  f"`target_gap_test_points` = {figures['target_gap_test_points']}.")
+    lines += ["", "Within 1 point of the better FU on test: the product's cheapest mode "
+              "(fixed k, per-bit ranking or a target) against the warm-started FU sent as its "
+              "coded int8 delta and against the cheapest sparse ternary compression that gets "
+              "there (bytes of rounds 1-7, means over seeds).", "",
+              "| setting | product | bytes | FU delta patch | ratio | STC | bytes | ratio |",
+              "|---|---|---:|---:|---:|---|---:|---:|"]
+    number = lambda v: "n/a" if v is None else f"{v:,}"  # noqa: E731
+    lines += [f"| {setting} | {f['product_mode']} | {f['product_bytes']:,} | "
+              f"{number(f['fu_delta_bytes'])} | {number(f['vs_fu_delta'])} | "
+              f"{f['stc_mode'] or 'none within 1 point'} | {number(f['stc_bytes'])} | "
+              f"{number(f['vs_stc'])} |"
+              for setting, f in figures["product_vs_baselines_at_1_point"].items()]
     lines += ["", "How often each target holds on test: rounds 1-7 whose device (the server's "
               "float model) is within G points of the round's own full update on test, over "
               "settings and seeds.", "", "| mode | rounds within G on test |", "|---|---:|"]
@@ -161,15 +186,16 @@ def default_settings(quick: bool) -> tuple:
     return QUICK["settings"] if quick else tuple(SETTINGS)
 
 
-def measure(quick: bool, progress=print, ratios=None, settings=None) -> list:
-    """Every run of the comparison (`ratios`, `settings` override the defaults)."""
+def measure(quick: bool, progress=print, ratios=None, settings=None, seeds=None,
+            methods=None) -> list:
+    """Every run of the comparison (`ratios`, `settings`, `seeds`, `methods` narrow it)."""
     settings = settings or default_settings(quick)
-    seeds = QUICK["seeds"] if quick else (1, 2, 3)
+    seeds = seeds or (QUICK["seeds"] if quick else (1, 2, 3))
     runs = []
     for setting in settings:
         for seed in seeds:
             data = load_dataset(SETTINGS[setting][0], 300, seed)
-            for name, changes in modes(quick, ratios).items():
+            for name, changes in modes(quick, ratios, methods).items():
                 runs.append(run_one(setting, name, changes, seed, data))
                 progress(f"{setting} {name} seed={seed}: mean device accuracy "
                          f"{100 * accuracy(runs[-1]).mean():.2f} %, "
@@ -182,10 +208,21 @@ def main(argv):
     del argv
     quick, out = flags.FLAGS.quick, flags.FLAGS.out
     runs = []
+    if flags.FLAGS.merge:
+        # A new mode joins runs already measured (the protocol check in
+        # `markdown` refuses runs that differ in anything but the mode).
+        try:
+            with open(f"{out}.json") as f:
+                runs = json.load(f)["runs"]
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"--merge: cannot read the runs of {out}.json ({e})") from None
+    seeds = [int(seed) for seed in flags.FLAGS.seeds] if flags.FLAGS.seeds else None
     # Results are rewritten after each setting, so a long run that is stopped
     # keeps the settings it finished.
     for setting in flags.FLAGS.settings or default_settings(quick):
-        runs += measure(quick, settings=(setting,))
+        new = measure(quick, settings=(setting,), seeds=seeds, methods=flags.FLAGS.methods)
+        replaced = {(r["setting"], r["mode"], r["seed"]) for r in new}
+        runs = [r for r in runs if (r["setting"], r["mode"], r["seed"]) not in replaced] + new
         table = markdown(runs)
         write_results(out, {"quick": quick, "runs": runs, **key_figures(runs)}, table)
         plot(runs, setting, f"{out}_{setting}.png")
@@ -199,4 +236,12 @@ if __name__ == "__main__":
     flags.DEFINE_list("settings", None, f"settings to run (default: all; {', '.join(SETTINGS)})")
     flags.register_validator("settings", lambda v: not v or set(v) <= set(SETTINGS),
                              f"--settings: each one of {', '.join(SETTINGS)}")
+    flags.DEFINE_list("seeds", None, "seeds to run (default: 1,2,3; --quick: 1,2)")
+    flags.register_validator("seeds", lambda v: not v or all(s.isdigit() for s in v),
+                             "--seeds: non-negative integers")
+    flags.DEFINE_list("methods", None, "run only the modes of these methods (fu, dpu, rpu, stc)")
+    flags.register_validator("methods", lambda v: not v or set(v) <= {"fu", "dpu", "rpu", "stc"},
+                             "--methods: each one of fu, dpu, rpu, stc")
+    flags.DEFINE_bool("merge", False, "add the runs to those in <out>.json (replacing the "
+                      "same setting, mode and seed) and rewrite the tables from all of them")
     app.run(main)

@@ -10,6 +10,11 @@ TARGET = "target 0.5"
 # int8 range like the partial methods): the "send everything, coded" baseline.
 FU_DELTA = "fu last_round, delta patch"
 PARETO_GAPS = (0.5, 1.0, 2.0)
+# Sparse ternary compression of the warm-started full update (`--method=stc`).
+STC_PREFIX = "stc k="
+# The modes the product offers (fixed k, per-bit ranking, targets); the
+# others are baselines.
+PRODUCT_PREFIXES = ("dpu ", "target ")
 
 
 def accuracy(run):
@@ -58,7 +63,48 @@ def key_figures(runs) -> dict:
             ratios.append(sent / min(reaching))
     return {"bytes_target_vs_fixed_k": round(float(np.mean(ratios)), 3) if ratios else None,
             "target_gap_test_points": round(float(np.mean(gaps)), 2) if gaps else None,
-            "target_holds_on_test": holds_on_test(runs)}
+            "target_holds_on_test": holds_on_test(runs),
+            "product_vs_baselines_at_1_point": against_baselines(runs, 1.0)}
+
+
+def _means(runs, setting) -> dict:
+    """Per mode of the setting: (mean gap over seeds, mean bytes of rounds 1-7)."""
+    means = {}
+    for mode in dict.fromkeys(r["mode"] for r in runs if r["setting"] == setting):
+        values = gaps_and_bytes(runs, setting, mode)
+        if values:
+            means[mode] = (np.mean([g for g, _ in values]), np.mean([b for _, b in values]))
+    return means
+
+
+def _cheapest(means, gap, keep):
+    reaching = [(b, mode) for mode, (g, b) in means.items() if g >= -gap and keep(mode)]
+    return min(reaching) if reaching else (None, None)
+
+
+def against_baselines(runs, gap: float) -> dict:
+    """Per setting, within `gap` points of the better FU: the product's cheapest mode
+    against the coded dense FU delta and against the cheapest sparse ternary compression.
+
+    Each entry holds the bytes and mode of each side and the ratios (None
+    where a side never comes within the gap).
+    """
+    out = {}
+    for setting in dict.fromkeys(r["setting"] for r in runs):
+        means = _means(runs, setting)
+        product, product_mode = _cheapest(means, gap, lambda m: m.startswith(PRODUCT_PREFIXES))
+        delta, _ = _cheapest(means, gap, lambda m: m == FU_DELTA)
+        stc, stc_mode = _cheapest(means, gap, lambda m: m.startswith(STC_PREFIX))
+        if product is None:
+            continue
+        ratio = lambda other: round(product / other, 3) if other else None  # noqa: E731
+        best = min((b for b in (delta, stc) if b), default=None)
+        out[setting] = {"product_mode": product_mode, "product_bytes": round(product),
+                        "fu_delta_bytes": None if delta is None else round(delta),
+                        "stc_mode": stc_mode, "stc_bytes": None if stc is None else round(stc),
+                        "vs_fu_delta": ratio(delta), "vs_stc": ratio(stc),
+                        "vs_best_baseline": ratio(best)}
+    return out
 
 
 def pareto(runs, setting) -> dict:
@@ -67,16 +113,8 @@ def pareto(runs, setting) -> dict:
     A mode qualifies when its mean gap over seeds is -G or better; modes that
     ship whole files qualify too, so the answer is never worse than FU.
     """
-    means = {}
-    for mode in dict.fromkeys(r["mode"] for r in runs if r["setting"] == setting):
-        values = gaps_and_bytes(runs, setting, mode)
-        if values:
-            means[mode] = (np.mean([g for g, _ in values]), np.mean([b for _, b in values]))
-    out = {}
-    for gap in PARETO_GAPS:
-        reaching = [(b, mode) for mode, (g, b) in means.items() if g >= -gap]
-        out[gap] = min(reaching)[::-1] if reaching else (None, None)
-    return out
+    means = _means(runs, setting)
+    return {gap: _cheapest(means, gap, lambda mode: True)[::-1] for gap in PARETO_GAPS}
 
 
 def holds_on_test(runs) -> dict:

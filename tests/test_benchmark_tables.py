@@ -68,6 +68,28 @@ def test_the_pareto_table_names_the_cheapest_mode_within_each_gap():
     assert pareto(runs[:2], "s")[0.5] == ("fu last_round", 2000)
 
 
+def test_the_product_is_held_to_the_cheapest_coded_delta_and_ternary_baseline():
+    from benchmarks.bytes_figures import against_baselines
+    runs = []
+    for seed in (1, 2):
+        runs += [_run("fu same_init", seed, [0.5, 0.90, 0.90], [1000] * 3),
+                 _run("fu last_round", seed, [0.5, 0.91, 0.91], [1000] * 3),
+                 _run("fu last_round, delta patch", seed, [0.5, 0.909, 0.909], [1000, 300, 300]),
+                 _run("stc k=1%", seed, [0.5, 0.85, 0.85], [1000, 20, 20]),        # -6 points
+                 _run("stc k=5%", seed, [0.5, 0.902, 0.902], [1000, 100, 100]),    # -0.8
+                 _run("rpu k=1%", seed, [0.5, 0.91, 0.91], [1000, 5, 5]),          # a baseline
+                 _run("dpu k=1%", seed, [0.5, 0.88, 0.88], [1000, 10, 10]),        # -3
+                 _run("target 1.0", seed, [0.5, 0.901, 0.901], [1000, 40, 40])]    # -0.9
+    found = against_baselines(runs, 1.0)["s"]
+    assert (found["product_mode"], found["product_bytes"]) == ("target 1.0", 80)
+    assert (found["stc_mode"], found["stc_bytes"], found["fu_delta_bytes"]) == ("stc k=5%", 200,
+                                                                                 600)
+    assert (found["vs_stc"], found["vs_fu_delta"], found["vs_best_baseline"]) == (0.4, 0.133,
+                                                                                  0.4)
+    no_stc = against_baselines([r for r in runs if r["mode"] != "stc k=5%"], 1.0)["s"]
+    assert no_stc["vs_stc"] is None and no_stc["vs_best_baseline"] == 0.133
+
+
 def test_how_often_a_target_holds_on_test_counts_rounds_after_round_0():
     from benchmarks.bytes_figures import holds_on_test
     runs = [dict(_run("target 0.5", 1, [], []), config={"target_gap": 0.5},
