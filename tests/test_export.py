@@ -31,6 +31,7 @@ def test_metrics_carry_the_deployment_figures(exported_run):
     # apart; the benchmark's 700-sample test set: 0.29 point at most).
     for r in doc["rounds"]:
         assert abs(r["tflite_test_accuracy"] - r["test_accuracy"]) <= 3 / 300
+        assert r["export_seconds"] > 0   # converting, checking and patching take time
 
 
 def test_patch_chain_reproduces_every_round_with_both_appliers(exported_run, c_applier,

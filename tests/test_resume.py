@@ -28,7 +28,8 @@ def _files(out):
     """Everything a run writes that must not depend on being interrupted."""
     doc = json.load(open(os.path.join(out, "metrics.json")))
     for record in doc["rounds"]:
-        record.pop("seconds")
+        for timing in ("seconds", "training_seconds", "export_seconds"):
+            record.pop(timing, None)
     doc["config"].pop("resume")
     doc["config"].pop("out_dir")
     blobs = {}

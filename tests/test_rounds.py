@@ -83,7 +83,8 @@ def test_reinitialization_fires_when_the_data_has_doubled(small_mnist, tmp_path)
 def test_same_seed_same_flags_same_metrics(small_mnist, tmp_path):
     a = _run(small_mnist, tmp_path / "a", method="dpu", initial_deployment="partial")
     b = _run(small_mnist, tmp_path / "b", method="dpu", initial_deployment="partial")
-    strip = lambda rounds: [{k: v for k, v in r.items() if k != "seconds"} for r in rounds]  # noqa: E731
+    strip = lambda rounds: [{k: v for k, v in r.items() if not k.endswith("seconds")}  # noqa: E731
+                            for r in rounds]
     assert strip(a.rounds) == strip(b.rounds)
     c = _run(small_mnist, tmp_path / "c", method="dpu", initial_deployment="partial", seed=4)
     assert strip(a.rounds) != strip(c.rounds)
@@ -132,6 +133,8 @@ def test_run_folder_contents(small_mnist, tmp_path):
     for key in ("train_samples", "val_accuracy", "test_accuracy", "updated_elements",
                 "total_elements", "changed_biases", "reinitialized", "sent", "seconds"):
         assert key in doc["rounds"][0]
+    # Where a round's time went: its training epochs are part of it.
+    assert all(0 < r["training_seconds"] <= r["seconds"] for r in doc["rounds"])
     csv_lines = open(os.path.join(out, "metrics.csv")).read().splitlines()
     assert csv_lines[0].startswith("round,train_samples") and len(csv_lines) == 3
     assert open(os.path.join(out, "accuracy.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -8,6 +8,7 @@ model) is the round loop's decision, the same for every method.
 
 import dataclasses
 import math
+import time
 from typing import Callable, List, Optional
 
 import numpy as np
@@ -53,6 +54,9 @@ class RoundContext:
         reports about models it does not deploy (DPU's full step-1 model).
       x_judge, y_judge: validation samples that only judge `--target_gap`
         (`--target_judge_share`; None: x_val, y_val judge it).
+      training_seconds: wall time spent in training epochs so far this round
+        (with their validation passes); the rest of a round is selection,
+        evaluation and export.
     """
 
     config: RunConfig
@@ -79,6 +83,7 @@ class RoundContext:
     test_accuracy: Optional[Callable[[Weights], float]] = None
     x_judge: Optional[tf.Tensor] = None
     y_judge: Optional[tf.Tensor] = None
+    training_seconds: float = 0.0
 
 
 @dataclasses.dataclass
@@ -134,9 +139,11 @@ def run_step(ctx: RoundContext, name: str, epochs: int, *, masks=None,
     for epoch in range(first, epochs):
         lr = learning_rate_at(config.lr_schedule, config.learning_rate, epoch, epochs,
                               config.lr_gamma)
+        started = time.perf_counter()
         loss, val = trainer.train_epoch(ctx.x, ctx.y, lr, masked=masks is not None,
                                         accumulate=accumulate, bn_training=bn_training,
                                         validation=(ctx.x_val, ctx.y_val))
+        ctx.training_seconds += time.perf_counter() - started
         if not math.isfinite(loss):
             ctx.progress(f"round {ctx.index} {name} epoch {epoch + 1}: loss is {loss}; "
                          "stopping this step (lower --learning_rate?)")

@@ -291,6 +291,8 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             "updated_elements": updated, "total_elements": total,
             "changed_biases": changed_biases, "reinitialized": reinit, "sent": sent,
             "seconds": round(time.time() - started, 3),
+            # Where the round's time went (the rest: selection and evaluation).
+            "training_seconds": round(ctx.training_seconds, 3),
             "method": config.method, "full_round": full,
             "selected_elements": best.selected if not full else total,
             "candidate_val_accuracy": best.val_accuracy,
@@ -298,8 +300,10 @@ def _run(config: RunConfig, strategy, say: Callable[[str], None], data: Dataset,
             **best.info,
         })
         if export:
+            exported = time.time()
             record.update(export.export(round_dir(config.out_dir, r), r, deployed, sent,
                                         data.x_train[schedule.indices(0)]))
+            record["export_seconds"] = round(time.time() - exported, 3)
             if r == 0:
                 _bound_training(export, trainer, config)
             # Round 0 ships a whole file even when its training lost to w0.
