@@ -2,7 +2,7 @@
 
     python -m benchmarks.bytes --out=benchmarks/results/bytes          # about 70 minutes on 2 cores
     python -m benchmarks.bytes --quick --out=/tmp/bytes_quick           # MNIST MLP, 2 seeds
-    python -m benchmarks.bytes --methods=stc --merge                    # add a mode's runs
+    python -m benchmarks.bytes --modes=stc --merge                      # add modes' runs
 
 For each setting (bundled MNIST with the MLP and the CNN, MNIST-1D, digits),
 seeds 1-3, product defaults (full round 0, no restarts, 8 rounds, 10 epochs
@@ -10,7 +10,8 @@ per step, Adam under the `thirds` schedule): FU from the same initialization and
 round (the whole int8 file every round), the warm-started FU sent as its
 int8 delta (real patches; the "send everything, coded" baseline), sparse
 ternary compression of that full update (`--method=stc`, k = 2 ... 20 %),
-DPU at fixed k = 0.25 ... 20 %, RPU
+DPU at fixed k = 0.25 ... 20 %, DPU with step 2 held to ternary values
+(`--value_grid=ternary`, k = 1 ... 10 %), RPU
 at 1 %, DPU with `--rank=per_bit` at 1 %, and `--target_gap` at 0.5 (also
 judged on held-out validation samples, and with `--target_confidence=1`)
 and 1 point. Partial methods export int8 files and send real patches (training
@@ -54,6 +55,8 @@ RATIOS = (0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 # Sparse ternary compression sends no fine-tuned values, so it needs more
 # elements than DPU for the same accuracy: its ratios start higher.
 STC_RATIOS = (0.02, 0.05, 0.1, 0.2)
+# DPU with step 2 held to ternary values (`--value_grid=ternary`).
+TERNARY_RATIOS = (0.01, 0.02, 0.05, 0.1)
 QUICK = {"settings": ("mnist-mlp",), "seeds": (1, 2), "ratios": (0.005, 0.01, 0.02, 0.05, 0.1,
                                                                  0.2), "stc_ratios": (0.05,)}
 # name: RunConfig changes (FU modes, fixed ratios and the new modes).
@@ -70,18 +73,21 @@ NEW_MODES = {"dpu per_bit k=1%": dict(method="dpu", rank="per_bit", update_ratio
              "target 0.5 z=1": dict(method="dpu", target_gap=0.5, target_confidence=1.0),
              "target 1.0": dict(method="dpu", target_gap=1.0)}
 
-def modes(quick: bool, ratios=None, methods=None):
-    """Mode name -> RunConfig changes (`methods`: only modes of these methods)."""
+def modes(quick: bool, ratios=None, only=None):
+    """Mode name -> RunConfig changes (`only`: the modes whose names start so)."""
     out = dict(FU_MODES)
     out[FU_DELTA] = dict(method="fu", fu_init="last_round")
     for k in ratios or (QUICK["ratios"] if quick else RATIOS):
         out[f"dpu k={100 * k:g}%"] = dict(method="dpu", update_ratio=k)
     for k in QUICK["stc_ratios"] if quick else STC_RATIOS:
         out[f"{STC_PREFIX}{100 * k:g}%"] = dict(method="stc", update_ratio=k)
+    for k in () if quick else TERNARY_RATIOS:
+        out[f"dpu ternary k={100 * k:g}%"] = dict(method="dpu", update_ratio=k,
+                                                   value_grid="ternary")
     extra = ("target 0.5",) if quick else tuple(NEW_MODES)
     out.update({name: NEW_MODES[name] for name in extra})
     return {name: changes for name, changes in out.items()
-            if not methods or changes["method"] in methods}
+            if not only or name.startswith(tuple(only))}
 
 
 def run_one(setting: str, name: str, changes: dict, seed: int, data, epochs: int = 10) -> dict:
@@ -120,7 +126,8 @@ def markdown(runs) -> str:
         check_one_protocol(partial, varying=("method", "update_ratio", "contribution_mix",
                                              "reinit", "fu_init", "seed", "out_dir", "rank",
                                              "target_gap", "export_tflite", "int8_bounds",
-                                             "target_judge_share", "target_confidence"))
+                                             "target_judge_share", "target_confidence",
+                                             "value_grid"))
         size = next(r["tflite_bytes"] for r in runs if r["setting"] == setting)
         lines += [f"#### {setting} (the int8 file: {size:,} bytes)", "",
                   "| method | bytes, rounds 1-7 | share of 7 whole files | gap to the better FU "
@@ -187,15 +194,15 @@ def default_settings(quick: bool) -> tuple:
 
 
 def measure(quick: bool, progress=print, ratios=None, settings=None, seeds=None,
-            methods=None) -> list:
-    """Every run of the comparison (`ratios`, `settings`, `seeds`, `methods` narrow it)."""
+            only=None) -> list:
+    """Every run of the comparison (`ratios`, `settings`, `seeds`, `only` narrow it)."""
     settings = settings or default_settings(quick)
     seeds = seeds or (QUICK["seeds"] if quick else (1, 2, 3))
     runs = []
     for setting in settings:
         for seed in seeds:
             data = load_dataset(SETTINGS[setting][0], 300, seed)
-            for name, changes in modes(quick, ratios, methods).items():
+            for name, changes in modes(quick, ratios, only).items():
                 runs.append(run_one(setting, name, changes, seed, data))
                 progress(f"{setting} {name} seed={seed}: mean device accuracy "
                          f"{100 * accuracy(runs[-1]).mean():.2f} %, "
@@ -217,10 +224,13 @@ def main(argv):
         except (OSError, ValueError, KeyError) as e:
             raise SystemExit(f"--merge: cannot read the runs of {out}.json ({e})") from None
     seeds = [int(seed) for seed in flags.FLAGS.seeds] if flags.FLAGS.seeds else None
+    if flags.FLAGS.modes and not modes(quick, only=flags.FLAGS.modes):
+        raise SystemExit(f"--modes: no mode's name starts with {', '.join(flags.FLAGS.modes)} "
+                         f"(modes: {', '.join(modes(quick))})")
     # Results are rewritten after each setting, so a long run that is stopped
     # keeps the settings it finished.
     for setting in flags.FLAGS.settings or default_settings(quick):
-        new = measure(quick, settings=(setting,), seeds=seeds, methods=flags.FLAGS.methods)
+        new = measure(quick, settings=(setting,), seeds=seeds, only=flags.FLAGS.modes)
         replaced = {(r["setting"], r["mode"], r["seed"]) for r in new}
         runs = [r for r in runs if (r["setting"], r["mode"], r["seed"]) not in replaced] + new
         table = markdown(runs)
@@ -239,9 +249,8 @@ if __name__ == "__main__":
     flags.DEFINE_list("seeds", None, "seeds to run (default: 1,2,3; --quick: 1,2)")
     flags.register_validator("seeds", lambda v: not v or all(s.isdigit() for s in v),
                              "--seeds: non-negative integers")
-    flags.DEFINE_list("methods", None, "run only the modes of these methods (fu, dpu, rpu, stc)")
-    flags.register_validator("methods", lambda v: not v or set(v) <= {"fu", "dpu", "rpu", "stc"},
-                             "--methods: each one of fu, dpu, rpu, stc")
+    flags.DEFINE_list("modes", None, "run only the modes whose names start with one of these "
+                      "(e.g. stc, fu, 'dpu ternary', target)")
     flags.DEFINE_bool("merge", False, "add the runs to those in <out>.json (replacing the "
                       "same setting, mode and seed) and rewrite the tables from all of them")
     app.run(main)

@@ -66,10 +66,10 @@ def test_generic_diffs_runs_the_rounds_and_epochs_it_is_given(tmp_path):
     assert "best generic" in (tmp_path / "generic.md").read_text()
 
 
-def test_bytes_runs_the_settings_seeds_and_methods_it_is_given_and_merges_modes(tmp_path):
+def test_bytes_runs_the_settings_seeds_and_modes_it_is_given_and_merges_them(tmp_path):
     out = tmp_path / "bytes"
     done = _benchmark("benchmarks.bytes", "--quick", "--settings=digits-mlp", "--seeds=1",
-                      "--methods=fu,stc", f"--out={out}")
+                      "--modes=fu,stc", f"--out={out}")
     assert done.returncode == 0, done.stderr[-2000:]
     first = json.loads((tmp_path / "bytes.json").read_text())
     assert first["quick"] and {(r["setting"], r["seed"]) for r in first["runs"]} == {
@@ -77,20 +77,24 @@ def test_bytes_runs_the_settings_seeds_and_methods_it_is_given_and_merges_modes(
     # --quick keeps one ternary ratio; the full comparison four.
     assert sorted(r["mode"] for r in first["runs"]) == [
         "fu last_round", "fu last_round, delta patch", "fu same_init", "stc k=5%"]
-    done = _benchmark("benchmarks.bytes", "--settings=digits-mlp", "--seeds=1", "--methods=stc",
-                      "--merge", f"--out={out}")
+    done = _benchmark("benchmarks.bytes", "--settings=digits-mlp", "--seeds=1",
+                      "--modes=stc,dpu ternary k=1%", "--merge", f"--out={out}")
     assert done.returncode == 0, done.stderr[-2000:]
     merged = json.loads((tmp_path / "bytes.json").read_text())["runs"]
     stc = {r["mode"]: r for r in merged if r["mode"].startswith("stc")}
     assert set(stc) == {"stc k=2%", "stc k=5%", "stc k=10%", "stc k=20%"}
-    assert len(merged) == 3 + 4     # the FU runs kept, k = 5 % measured again, not twice
+    assert len(merged) == 3 + 4 + 1     # the FU runs kept, k = 5 % measured again, not twice
+    ternary = [r for r in merged if r["mode"] == "dpu ternary k=1%"]
+    assert [r["config"]["value_grid"] for r in ternary] == ["ternary"]
     assert all(r["config"]["method"] == "stc" and f"k={100 * r['config']['update_ratio']:g}%"
                in name for name, r in stc.items())
     # More ternary elements cost more bytes.
     assert sum(stc["stc k=2%"]["sent_bytes"][1:]) < sum(stc["stc k=20%"]["sent_bytes"][1:])
     table = (tmp_path / "bytes.md").read_text()
     assert "| stc k=20% |" in table and (tmp_path / "bytes_digits-mlp.png").stat().st_size
-    missing = _benchmark("benchmarks.bytes", "--methods=stc", "--merge",
+    missing = _benchmark("benchmarks.bytes", "--modes=stc", "--merge",
                          f"--out={tmp_path / 'none'}")
     assert missing.returncode != 0 and "--merge: cannot read" in missing.stderr
-    assert "Traceback" not in missing.stderr
+    unknown = _benchmark("benchmarks.bytes", "--modes=sct", f"--out={tmp_path / 'none'}")
+    assert unknown.returncode != 0 and "--modes: no mode's name starts with sct" in unknown.stderr
+    assert "Traceback" not in missing.stderr + unknown.stderr

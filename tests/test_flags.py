@@ -60,7 +60,7 @@ TRAINING_VALUES = {
     "sign_key": ("KEY", None), "single_step_epochs": ("5", 5), "strategy": ("mirrored", None),
     "target_confidence": ("0.8", 0.8), "target_gap": ("1.5", 1.5),
     "target_search_steps": ("2", 2), "target_judge_share": ("0.4", 0.4), "tflite_io": ("uint8", None),
-    "update_ratio": ("0.05", 0.05), "patch_format": ("3", 3), "validation_samples": ("100", 100),
+    "update_ratio": ("0.05", 0.05), "value_grid": ("ternary", None), "patch_format": ("3", 3), "validation_samples": ("100", 100),
     "weight_decay": ("0.001", 0.001), "width_multiplier": ("0.5", 0.5),
 }
 # Flags of the command line itself, not of the run (each has its own test).

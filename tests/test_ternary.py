@@ -4,9 +4,11 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from conftest import run_cli
 from tf_dpu import RunConfig, ternary
+from tf_dpu.errors import ConfigError
 from tf_dpu.rounds import run
 from tflite_edge.model_file import ModelFile
 
@@ -117,3 +119,25 @@ def test_a_batchnorm_model_gets_whole_steps_through_its_folded_scales(small_imag
     assert result.config["bias_policy"] == "frozen"
     assert all(r["changed_biases"] == 0 for r in result.rounds[1:])
     assert _ternary_rounds(result.out_dir, 3) >= 1
+
+
+def test_dpu_held_to_ternary_values_sends_what_validation_judged(small_mnist, tmp_path):
+    config = RunConfig(rounds=3, initial_samples=200, samples_per_round=200, epochs=2,
+                       batch_size=64, seed=4, update_ratio=0.02, value_grid="ternary",
+                       export_tflite=True, out_dir=str(tmp_path / "run"))
+    result = run(config, progress=None, data=small_mnist)
+    assert _ternary_rounds(result.out_dir, 3) >= 1
+    for record in result.rounds[1:]:
+        if record["sent"]:
+            # The candidate validation chose is the projected model itself.
+            assert record["val_accuracy"] == record["candidate_val_accuracy"]
+            assert abs(record["tflite_test_accuracy"] - record["test_accuracy"]) <= 3 / 300
+
+
+@pytest.mark.parametrize("changes, refused", [
+    (dict(method="rpu"), "not for rpu"), (dict(target_gap=1.0), "--target_gap"),
+    (dict(iterative=True), "--iterative"),
+    (dict(budget_bytes=5000, export_tflite=True, out_dir="x"), "--budget_bytes")])
+def test_ternary_values_are_refused_where_they_have_no_meaning(changes, refused):
+    with pytest.raises(ConfigError, match=refused):
+        RunConfig(value_grid="ternary", **changes).resolved()

@@ -19,6 +19,7 @@ REINIT_RULES = ("auto", "doubling", "periodic", "off")
 REINIT_COMPARES = ("deployed", "start")
 AUGMENTATIONS = ("none", "crop_flip")
 RANKINGS = ("contribution", "per_bit")
+VALUE_GRIDS = ("exact", "ternary")
 BIAS_POLICIES = ("auto", "full", "masked", "frozen")
 TFLITE_IO = ("int8", "uint8")
 INITIAL_DEPLOYMENTS = ("full", "partial")
@@ -83,6 +84,7 @@ class RunConfig:
     reinit_compare: str = "deployed"
     layer_preselect: float = 1.0
     rank: str = "contribution"
+    value_grid: str = "exact"
     augment: str = "none"
     bias_policy: str = "auto"
     initial_deployment: str = "full"
@@ -250,6 +252,17 @@ class RunConfig:
                                   "--export_tflite")
             if self.method not in ("dpu", "gcpu", "lcpu"):
                 raise ConfigError(f"--rank=per_bit ranks DPU's scores; not for {self.method}")
+        _one_of("value_grid", self.value_grid, VALUE_GRIDS)
+        if self.value_grid != "exact":
+            if self.method not in ("dpu", "gcpu", "lcpu"):
+                raise ConfigError(f"--value_grid=ternary holds DPU's step 2 to ±μ per layer; "
+                                  f"not for {self.method} (--method=stc sends ternary values "
+                                  "without fine-tuning)")
+            for other, value in (("target_gap", self.target_gap is not None),
+                                 ("iterative", self.iterative),
+                                 ("budget_bytes", self.budget_bytes is not None)):
+                if value:
+                    raise ConfigError(f"--value_grid=ternary cannot be combined with --{other}")
         _one_of("bias_policy", self.bias_policy, BIAS_POLICIES)
         _one_of("initial_deployment", self.initial_deployment, INITIAL_DEPLOYMENTS)
         _one_of("fu_init", self.fu_init, FU_INITS)

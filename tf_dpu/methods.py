@@ -106,7 +106,8 @@ def _best(a: Optional[Candidate], b: Candidate) -> Candidate:
 
 def run_step(ctx: RoundContext, name: str, epochs: int, *, masks=None,
              accumulate: bool = False, bn_training: bool = True,
-             best: Optional[Candidate] = None) -> Candidate:
+             best: Optional[Candidate] = None,
+             project: Optional[Callable[[], None]] = None) -> Candidate:
     """Trains the model's current weights for `epochs` epochs; returns the best epoch.
 
     The learning-rate schedule restarts; the optimizer state carries over
@@ -120,6 +121,9 @@ def run_step(ctx: RoundContext, name: str, epochs: int, *, masks=None,
       accumulate: accumulate the local contribution.
       bn_training: BatchNorm in training mode.
       best: a candidate to beat (e.g. the rewound model before step 2).
+      project: called after every epoch to move the model onto the values
+        that can be sent (`--value_grid`); validation then judges the
+        projected model, so every candidate is one the device can hold.
     """
     trainer, config = ctx.trainer, ctx.config
     trainer.set_masks(masks)
@@ -140,9 +144,15 @@ def run_step(ctx: RoundContext, name: str, epochs: int, *, masks=None,
         lr = learning_rate_at(config.lr_schedule, config.learning_rate, epoch, epochs,
                               config.lr_gamma)
         started = time.perf_counter()
-        loss, val = trainer.train_epoch(ctx.x, ctx.y, lr, masked=masks is not None,
-                                        accumulate=accumulate, bn_training=bn_training,
-                                        validation=(ctx.x_val, ctx.y_val))
+        if project is None:
+            loss, val = trainer.train_epoch(ctx.x, ctx.y, lr, masked=masks is not None,
+                                            accumulate=accumulate, bn_training=bn_training,
+                                            validation=(ctx.x_val, ctx.y_val))
+        else:
+            loss = trainer.train_epoch(ctx.x, ctx.y, lr, masked=masks is not None,
+                                       accumulate=accumulate, bn_training=bn_training)
+            project()
+            val = trainer.accuracy(ctx.x_val, ctx.y_val)
         ctx.training_seconds += time.perf_counter() - started
         if not math.isfinite(loss):
             ctx.progress(f"round {ctx.index} {name} epoch {epoch + 1}: loss is {loss}; "
@@ -357,11 +367,31 @@ def _warn(ctx: RoundContext) -> Callable[[str], None]:
     return lambda line: ctx.progress(f"round {ctx.index}: {line}")
 
 
+def _projection(ctx: RoundContext, masks) -> Optional[Callable[[], None]]:
+    """`--value_grid=ternary`: puts the model on start ± μ per layer (see tf_dpu.ternary).
+
+    Projected after every epoch rather than every step: the optimizer moves
+    the selected elements freely within an epoch, and the projection
+    recomputes each layer's μ from where they went.
+    """
+    if ctx.config.value_grid == "exact":
+        return None
+
+    def project():
+        weights = ctx.trainer.model.get_weights()
+        moved = ternary.ternarize(weights, ctx.start, masks, ctx.int8_scales)
+        ctx.trainer.model.set_weights(rewind(ctx, moved, ctx.start, masks))
+    return project
+
+
 def _fine_tune(ctx, final, masks, bn, name, epochs) -> Candidate:
     ctx.trainer.model.set_weights(rewind(ctx, final, ctx.start, masks))
+    project = _projection(ctx, masks)
+    if project is not None:
+        project()
     rewound = _evaluate_current(ctx, "rewound")
     best = run_step(ctx, name, epochs, masks=_step_masks(ctx, masks), bn_training=bn,
-                    best=rewound)
+                    best=rewound, project=project)
     best.selected = selection.count(masks)
     return best
 

@@ -89,6 +89,11 @@ _REINIT_COMPARE = flags.DEFINE_enum(
 _LAYER_PRESELECT = flags.DEFINE_float(
     "layer_preselect", _D.layer_preselect, "DPU and pruning: keep each layer's top fraction "
     "by score before the global top-k (the reference: 0.65)", lower_bound=0.0, upper_bound=1.0)
+_VALUE_GRID = flags.DEFINE_enum(
+    "value_grid", _D.value_grid, cfg.VALUE_GRIDS, "the values DPU sends: exact (step 2's "
+    "fine-tuned values) or ternary (step 2 projected after every epoch onto the deployed "
+    "model ± μ per layer, μ in whole int8 steps on an exported model: the values cost about "
+    "a bit each)")
 _RANK = flags.DEFINE_enum(
     "rank", _D.rank, cfg.RANKINGS, "DPU's order: contribution (the paper's) or per_bit "
     "(contribution per estimated patch bit; elements whose int8 value would not change go "
@@ -217,7 +222,7 @@ def config_from_flags() -> cfg.RunConfig:
         optimizer=_OPTIMIZER.value, learning_rate=_LR.value, lr_schedule=_SCHEDULE.value,
         lr_gamma=_LR_GAMMA.value, adam_epsilon=_ADAM_EPSILON.value,
         reinit_compare=_REINIT_COMPARE.value, layer_preselect=_LAYER_PRESELECT.value,
-        augment=_AUGMENT.value, int8_bounds=_INT8_BOUNDS.value, rank=_RANK.value,
+        augment=_AUGMENT.value, int8_bounds=_INT8_BOUNDS.value, rank=_RANK.value, value_grid=_VALUE_GRID.value,
         momentum=_MOMENTUM.value, weight_decay=_WEIGHT_DECAY.value,
         contribution_mix=_MIX.value, reinit=_REINIT.value,
         reinit_period=_REINIT_PERIOD.value, bias_policy=_BIAS.value,
