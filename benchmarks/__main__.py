@@ -23,7 +23,8 @@ Keys written:
       rounds 2-7; dpu_extra_tracing_seconds: what DPU's first partial round
       adds once per process (tracing its two extra step variants).
   round_seconds_target_vs_fu: the same for `--target_gap=0.5` (its step 1
-      runs FU's epochs, then it searches); round_seconds_split: per mode, the
+      runs FU's epochs, then it searches), and with one fine-tuning per round
+      (`round_seconds_target_search_1_vs_fu`); round_seconds_split: per mode, the
       mean seconds of a round's training epochs (with their validation
       passes) and of the rest (selection, search screens, evaluation).
   bytes_target_vs_fixed_k, target_gap_test_points: `--target_gap=0.5` on the
@@ -81,17 +82,22 @@ def main(argv):
     fu = run(dataclasses.replace(plain, method="fu"), progress=None, data=data)
     dpu_plain = run(plain, progress=None, data=data)
     target = run(dataclasses.replace(plain, target_gap=0.5), progress=None, data=data)
+    searched_once = run(dataclasses.replace(plain, target_gap=0.5, target_search_steps=1),
+                        progress=None, data=data)
     dpu_seconds = np.mean([r["seconds"] for r in dpu_plain.rounds[2:]])
     fu_seconds = np.mean([r["seconds"] for r in fu.rounds[2:]])
     results["round_seconds_dpu_vs_fu"] = round(float(dpu_seconds / fu_seconds), 3)
     results["round_seconds_target_vs_fu"] = round(float(
         np.mean([r["seconds"] for r in target.rounds[2:]]) / fu_seconds), 3)
+    results["round_seconds_target_search_1_vs_fu"] = round(float(
+        np.mean([r["seconds"] for r in searched_once.rounds[2:]]) / fu_seconds), 3)
     results["round_seconds_split"] = {
         name: {"training": round(float(np.mean([r["training_seconds"] for r in rounds])), 3),
                "other": round(float(np.mean([r["seconds"] - r["training_seconds"]
                                              for r in rounds])), 3)}
         for name, rounds in (("fu", fu.rounds[2:]), ("dpu", dpu_plain.rounds[2:]),
-                             ("target 0.5", target.rounds[2:]))}
+                             ("target 0.5", target.rounds[2:]),
+                             ("target 0.5 search=1", searched_once.rounds[2:]))}
     results["dpu_extra_tracing_seconds"] = round(float(
         (dpu_plain.rounds[1]["seconds"] - fu.rounds[1]["seconds"])
         - (dpu_seconds - fu_seconds)), 2)

@@ -13,8 +13,8 @@ ternary compression of that full update (`--method=stc`, k = 2 ... 20 %),
 DPU at fixed k = 0.25 ... 20 %, DPU with step 2 held to ternary values
 (`--value_grid=ternary`, k = 1 ... 10 %), RPU
 at 1 %, DPU with `--rank=per_bit` at 1 %, and `--target_gap` at 0.5 (also
-judged on held-out validation samples, and with `--target_confidence=1`)
-and 1 point. Partial methods export int8 files and send real patches (training
+judged on held-out validation samples, with `--target_confidence=1`, and
+with one fine-tuning per round, `--target_search_steps=1`) and 1 point. Partial methods export int8 files and send real patches (training
 inside the int8 range, as deployed); FU is the server's float model and
 its whole file each round. Writes `<out>.json`, `<out>.md` (per method:
 bytes over rounds 1-7 and the gap to the better FU over rounds 1-7, mean ±
@@ -71,6 +71,9 @@ NEW_MODES = {"dpu per_bit k=1%": dict(method="dpu", rank="per_bit", update_ratio
              # one standard error of margin: which keeps it on test.
              "target 0.5 judged": dict(method="dpu", target_gap=0.5, target_judge_share=0.5),
              "target 0.5 z=1": dict(method="dpu", target_gap=0.5, target_confidence=1.0),
+             # One fine-tuning per round instead of up to three: the server
+             # time a search costs against what it buys.
+             "target 0.5 search=1": dict(method="dpu", target_gap=0.5, target_search_steps=1),
              "target 1.0": dict(method="dpu", target_gap=1.0)}
 
 def modes(quick: bool, ratios=None, only=None):
@@ -127,7 +130,7 @@ def markdown(runs) -> str:
                                              "reinit", "fu_init", "seed", "out_dir", "rank",
                                              "target_gap", "export_tflite", "int8_bounds",
                                              "target_judge_share", "target_confidence",
-                                             "value_grid"))
+                                             "value_grid", "target_search_steps"))
         size = next(r["tflite_bytes"] for r in runs if r["setting"] == setting)
         lines += [f"#### {setting} (the int8 file: {size:,} bytes)", "",
                   "| method | bytes, rounds 1-7 | share of 7 whole files | gap to the better FU "

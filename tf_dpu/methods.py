@@ -475,8 +475,9 @@ def stc(ctx: RoundContext) -> Candidate:
     |change| (in int8 steps on an exported model) moves by ±μ of its layer,
     the rest stays; biases and BatchNorm follow the bias policy as in DPU. No
     fine-tuning: what is lost is what ternary values cost. What was not sent
-    stays in the deployed model's distance to the data, so the next round's
-    full training from it picks it up again (the error feedback of STC).
+    is still missing from the deployed model, so the next round's full
+    training from it learns it again: this plays the part of STC's error
+    feedback (its residual kept for the next round).
     """
     full = full_training(ctx, ctx.start)
     final = full.weights

@@ -108,7 +108,7 @@ def per_layer_counts(sizes: Sequence[int], ratio: float, budget: int) -> np.ndar
     """About `ratio` of each layer's elements, never more than `budget` in all.
 
     Each layer gets floor(ratio * n) or ceil(ratio * n) elements, rounded by
-    largest remainder, so that no layer's share depends on the others' sizes.
+    largest remainder so that the total never exceeds `budget`.
     """
     sizes = np.asarray(sizes, np.int64)
     want = ratio * sizes
