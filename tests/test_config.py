@@ -56,3 +56,12 @@ def test_a_moved_run_folder_or_another_strategy_still_resumes():
     moved = RunConfig(out_dir="/new/place", strategy="mirrored", logical_cpus=2, resume=True)
     assert moved.same_run(saved) is None
     assert RunConfig(out_dir="/new/place", seed=9).same_run(saved) == "seed"
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_at_that_settings_default():
+    saved = RunConfig(out_dir="/run").to_dict()
+    del saved["value_grid"]   # a folder written before --value_grid existed
+    assert RunConfig(out_dir="/run").same_run(saved) is None
+    assert RunConfig(out_dir="/run", value_grid="ternary").same_run(saved) == "value_grid"
+    del saved["seed"]   # missing, but asked for at a value other than its default
+    assert RunConfig(out_dir="/run", seed=9).same_run(saved) == "seed"

@@ -363,10 +363,16 @@ class RunConfig:
     def same_run(self, other: dict) -> Optional[str]:
         """The first setting that differs from a saved config (ignoring resume), or None."""
         mine = self.to_dict()
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for key in sorted(set(mine) | set(other)):
             # How a run is spread over devices, and where its folder sits (it
             # may have been moved or copied), may change between resumes.
-            if key not in ("resume", "overwrite", "checkpoint_seconds", "strategy",
-                           "logical_cpus", "out_dir") and mine.get(key) != other.get(key):
+            if key in ("resume", "overwrite", "checkpoint_seconds", "strategy", "logical_cpus",
+                       "out_dir"):
+                continue
+            # A setting added after the run was saved ran as its default.
+            if key not in other and key in defaults and mine[key] == defaults[key]:
+                continue
+            if mine.get(key) != other.get(key):
                 return key
         return None
