@@ -1,22 +1,23 @@
 """What users pay for: the device's accuracy against the bytes that crossed the link.
 
-    python -m benchmarks.bytes --out=benchmarks/results/bytes          # about 70 minutes on 2 cores
+    python -m benchmarks.bytes --out=benchmarks/results/bytes          # about 100 minutes, 2 cores
     python -m benchmarks.bytes --quick --out=/tmp/bytes_quick           # MNIST MLP, 2 seeds
     python -m benchmarks.bytes --modes=stc --merge                      # add modes' runs
 
 For each setting (bundled MNIST with the MLP and the CNN, MNIST-1D, digits),
 seeds 1-3, product defaults (full round 0, no restarts, 8 rounds, 10 epochs
-per step, Adam under the `thirds` schedule): FU from the same initialization and warm-started from the last
-round (the whole int8 file every round), the warm-started FU sent as its
-int8 delta (real patches; the "send everything, coded" baseline), sparse
-ternary compression of that full update (`--method=stc`, k = 2 ... 20 %),
-DPU at fixed k = 0.25 ... 20 %, DPU with step 2 held to ternary values
-(`--value_grid=ternary`, k = 1 ... 10 %), RPU
-at 1 %, DPU with `--rank=per_bit` at 1 %, and `--target_gap` at 0.5 (also
-judged on held-out validation samples, with `--target_confidence=1`, and
-with one fine-tuning per round, `--target_search_steps=1`) and 1 point. Partial methods export int8 files and send real patches (training
-inside the int8 range, as deployed); FU is the server's float model and
-its whole file each round. Writes `<out>.json`, `<out>.md` (per method:
+per step, Adam under the `thirds` schedule): FU from the same
+initialization and warm-started from the last round (the whole int8 file
+every round), the warm-started FU sent as its int8 delta (real patches;
+the "send everything, coded" baseline), sparse ternary compression of that
+full update (`--method=stc`, k = 2 ... 20 %), DPU at fixed k = 0.25 ... 20 %,
+DPU with step 2 held to ternary values (`--value_grid=ternary`,
+k = 1 ... 10 %), RPU at 1 %, DPU with `--rank=per_bit` at 1 %, and
+`--target_gap` at 0.5 (also judged on held-out validation samples, with
+`--target_confidence=1`, and with one fine-tuning per round,
+`--target_search_steps=1`) and 1 point. Partial methods export int8 files
+and send real patches (training inside the int8 range, as deployed); FU is
+the server's float model and its whole file each round. Writes `<out>.json`, `<out>.md` (per method:
 bytes over rounds 1-7 and the gap to the better FU over rounds 1-7, mean ±
 standard error over seeds) and `<out>_<setting>.png` (accuracy against
 cumulative kilobytes).
