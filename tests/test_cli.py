@@ -19,7 +19,7 @@ from conftest import ROOT, run_cli
     (["--rounds=abc"], "rounds"),
     (["--rounds=0"], "flag --rounds=0"),
     (["--no_such_flag=1"], "no_such_flag"),
-    (["--method=sgd"], "flag --method=sgd: value should be one of <dpu|gcpu|lcpu|rpu|pruning|fu>"),
+    (["--method=sgd"], "flag --method=sgd: value should be one of <dpu|gcpu|lcpu|rpu|pruning|fu|stc>"),
     (["--bias_policy=some"], "flag --bias_policy=some"),
     (["positional"], "unexpected argument"),
     (["--budget_bytes=5000", "--update_ratio=0.01", "--export_tflite"],
