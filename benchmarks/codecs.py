@@ -7,9 +7,10 @@ Five kinds of base -> target pair, the first three rounds that sent an
 update (of rounds 1-6) in runs on the bundled MNIST
 (product defaults, the int8 export, seed 1): the MLP at k = 1 % and 5 %,
 the plain CNN at 1 %, DS-CNN at 1 % (1,000 initial samples, so that it
-learns; each run's final test accuracy is recorded), and a warm-started full update (`--method=fu --fu_init=last_round`,
-trained inside round 0's int8 range like the partial methods, so that its
-files share their quantization). For each pair, decode-checked to the exact
+learns; each run's final test accuracy is recorded), and a warm-started
+full update (`--method=fu --fu_init=last_round`, trained inside round 0's
+int8 range like the partial methods, so that its files share their
+quantization). For each pair, decode-checked to the exact
 target:
 
 * ours, format 4 (the default) and format 3, whole patches (header,

@@ -71,7 +71,8 @@ def test_same_bytes_as_the_python_applier_for_every_round(c_applier, exported_fi
     noisy[where[0]:where[0] + 1] = bytes([noisy[where[0]] ^ 0xff])
     for at in where[1:]:
         noisy[at] = rng.randint(256)
-    pairs = [(exported_files[r - 1], exported_files[r]) for r in range(1, len(exported_files))] + [(exported_files[0], bytes(noisy))]
+    pairs = [(exported_files[r - 1], exported_files[r]) for r in range(1, len(exported_files))]
+    pairs.append((exported_files[0], bytes(noisy)))
     codings = {3: set(), 4: set()}
     for r, (base, target) in enumerate(pairs, start=1):
         for version in (3, 4):
@@ -120,7 +121,8 @@ def test_the_device_round_refuses_replays(c_applier, exported_files, tmp_path):
         assert code == 0 or "not newer" in proc.stderr
 
 
-def test_c_signature_callback_with_a_real_ed25519(c_signed_applier, c_applier, exported_files, tmp_path):
+def test_c_signature_callback_with_a_real_ed25519(c_signed_applier, c_applier, exported_files,
+                                                  tmp_path):
     from tflite_edge import signing
     keys = {}
     for name in ("good", "other"):
@@ -190,13 +192,14 @@ def _same_size_seed_cases():
     return cases
 
 
-def test_in_place_apply_survives_a_power_cut_after_every_write(powercut, exported_files, tmp_path):
+def test_in_place_apply_survives_a_power_cut_after_every_write(powercut, exported_files,
+                                                              tmp_path):
     patch = create_patch(exported_files[0], exported_files[1], 1)
     cuts, bad = _powercut(powercut, exported_files[0], patch, exported_files[1], tmp_path)
     assert bad == 0
     changed_chunks = len({(r.offset + p * np.dtype(patch_format.ELEMENT_DTYPES[
-        r.element_type]).itemsize) // 64 for r in patch_format.decode(patch, exported_files[0]).records
-        for p in r.positions})
+        r.element_type]).itemsize) // 64
+        for r in patch_format.decode(patch, exported_files[0]).records for p in r.positions})
     assert cuts >= 2 * changed_chunks  # a journal and a model write per changed chunk
 
 
@@ -207,14 +210,14 @@ def test_in_place_power_cuts_with_whole_files_and_every_code(powercut, tmp_path)
 
 
 @pytest.mark.parametrize("sector", [256, 4096])
-def test_nor_sector_mode_survives_a_cut_at_every_program_and_erase(powercut, exported_files, tmp_path,
-                                                                   sector):
+def test_nor_sector_mode_survives_a_cut_at_every_program_and_erase(powercut, exported_files,
+                                                                   tmp_path, sector):
     """dpu_apply_in_sectors on simulated NOR flash (tests/powercut.c): every cut
     point resumes to the exact result, no byte is programmed that was not
     erased, and only the sectors whose bytes change are erased, once each."""
     patch = create_patch(exported_files[0], exported_files[1], 1)
-    cuts, bad, _, unerased, erases, changed = _powercut(powercut, exported_files[0], patch, exported_files[1],
-                                                        tmp_path, sector, figures=True)
+    cuts, bad, _, unerased, erases, changed = _powercut(
+        powercut, exported_files[0], patch, exported_files[1], tmp_path, sector, figures=True)
     print(f"{sector}-byte sectors: {cuts} cut points, {changed} sectors changed, "
           f"{erases} erased, {unerased} bytes programmed unerased, {bad} bad results")
     assert bad == 0 and unerased == 0
