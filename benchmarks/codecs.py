@@ -13,8 +13,11 @@ int8 range like the partial methods, so that its files share their
 quantization). For each pair, decode-checked to the exact
 target:
 
-* ours, format 4 (the default) and format 3, whole patches (header,
-  signature slot unused, checksum, record headers included);
+* ours, format 5 (the default), 4 and 3, whole patches (header,
+  checksum and record headers included; unsigned, as the other codecs'
+  outputs carry no signature), and format 5's payload alone (the records,
+  without the 188-byte header and checksum), the like-for-like figure
+  beside NNCodec's payload;
 * NNCodec 2.1.3's DeepCABAC core (Fraunhofer's implementation of ISO/IEC
   15938-17, `pip install --no-deps nncodec`; its Python wrappers import
   PyTorch, its coder does not): the integer delta of every weight and bias
@@ -26,7 +29,9 @@ target:
 * the best generic diff at its best settings (`benchmarks.generic_diffs`).
 
 Keys: `patch_vs_nncodec` and `patch_vs_best_generic`, each the geometric
-mean over pairs of format 4's bytes over the other's, and the worst pair.
+mean over pairs of format 5's bytes over the other's, and the worst pair;
+`payload_vs_nncodec` likewise for format 5's payload; `format_4_vs_nncodec`
+and `format_3_vs_nncodec` for the older formats.
 """
 
 import json
@@ -39,6 +44,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from benchmarks import generic_diffs
+from tflite_edge import patch_format
 
 # name: (RunConfig changes, initial samples)
 PAIRS = {
@@ -49,6 +55,9 @@ PAIRS = {
     "full update": (dict(model="mlp", method="fu", fu_init="last_round"), 500),
 }
 PAIRS_PER_RUN = 3
+# What every unsigned patch carries besides its records: the header and the
+# trailing checksum (PATCH_FORMAT.md).
+ENVELOPE = patch_format.HEADER.size + patch_format.CHECKSUM_SIZE
 MAX_ROUNDS = 7    # a round whose model loses on validation sends nothing
 
 
@@ -163,11 +172,12 @@ def compare(base: bytes, target: bytes, round_index: int, cabac) -> Dict[str, ob
     from tflite_edge.apply import apply_patch  # pylint: disable=import-outside-toplevel
     from tflite_edge.create import create_patch  # pylint: disable=import-outside-toplevel
     row: Dict[str, object] = {}
-    for version in (4, 3):
+    for version in (5, 4, 3):
         patch = create_patch(base, target, round_index, version=version)
         if apply_patch(base, patch, allow_unsigned=True) != target:
             raise AssertionError("our patch does not rebuild the target")
         row[f"format_{version}"] = len(patch)
+    row["format_5_payload"] = row["format_5"] - ENVELOPE
     generic = generic_diffs.compare(base, target)
     row["best_generic"], row["best_generic_tool"] = generic["best"], generic["best_tool"]
     if cabac is not None:
@@ -181,9 +191,11 @@ def geometric_mean(values: List[float]) -> float:
 
 def key_figures(rows: List[Dict]) -> Dict[str, Optional[float]]:
     out = {}
-    for key, other in (("patch_vs_nncodec", "nncodec"), ("patch_vs_best_generic", "best_generic"),
-                       ("format_3_vs_nncodec", "nncodec")):
-        mine = "format_3" if key.startswith("format_3") else "format_4"
+    for key, mine, other in (("patch_vs_nncodec", "format_5", "nncodec"),
+                             ("patch_vs_best_generic", "format_5", "best_generic"),
+                             ("payload_vs_nncodec", "format_5_payload", "nncodec"),
+                             ("format_4_vs_nncodec", "format_4", "nncodec"),
+                             ("format_3_vs_nncodec", "format_3", "nncodec")):
         ratios = [r[mine] / r[other] for r in rows if other in r]
         out[key] = round(geometric_mean(ratios), 4) if ratios else None
         out[key + "_worst_pair"] = round(max(ratios), 4) if ratios else None
@@ -191,15 +203,18 @@ def key_figures(rows: List[Dict]) -> Dict[str, Optional[float]]:
 
 
 def markdown(rows: List[Dict], figures: Dict) -> str:
-    lines = ["| pair | round | ours, format 4 | format 3 | NNCodec (payload only) | "
-             "best generic diff | 4 / NNCodec | 4 / best generic |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| pair | round | ours, format 5 | its payload | format 4 | format 3 | "
+             "NNCodec (payload only) | best generic diff | 5 / NNCodec | payload / NNCodec | "
+             "5 / best generic |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         nnc = f"{r['nncodec']:,}" if "nncodec" in r else "not installed"
-        ratio = f"{r['format_4'] / r['nncodec']:.3f}" if "nncodec" in r else ""
-        lines.append(f"| {r['pair']} | {r['round']} | {r['format_4']:,} | {r['format_3']:,} | "
-                     f"{nnc} | {r['best_generic']:,} ({r['best_generic_tool']}) | {ratio} | "
-                     f"{r['format_4'] / r['best_generic']:.3f} |")
+        ratios = [f"{r[mine] / r['nncodec']:.3f}" if "nncodec" in r else ""
+                  for mine in ("format_5", "format_5_payload")]
+        lines.append(f"| {r['pair']} | {r['round']} | {r['format_5']:,} | "
+                     f"{r['format_5_payload']:,} | {r['format_4']:,} | {r['format_3']:,} | "
+                     f"{nnc} | {r['best_generic']:,} ({r['best_generic_tool']}) | "
+                     f"{' | '.join(ratios)} | {r['format_5'] / r['best_generic']:.3f} |")
     lines += ["", ", ".join(f"`{k}` = {v}" for k, v in figures.items()) + "."]
     return "\n".join(lines) + "\n"
 

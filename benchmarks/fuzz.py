@@ -47,7 +47,7 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
-from tflite_edge import patch_format
+from tflite_edge import patch_format, positions
 from tflite_edge.apply import Policy, apply_to, patched_chunks, verify
 from tflite_edge.files import write_atomic
 from tflite_edge.device_state import DeviceState
@@ -75,9 +75,11 @@ NO_SWITCH = 0xffffffff
 
 
 def compact_numbers(data, at: int) -> Tuple[List[int], int]:
-    """A compact record's four numbers and where its streams start (None: not readable)."""
+    """A compact record's numbers (four, and a column code's row length) and where its
+    streams start (None: not readable)."""
     numbers, after = [], at + patch_format.COMPACT_RECORD.size
-    for _ in range(4):
+    columns = at + 2 < len(data) and data[at + 2] == positions.COLUMNS
+    for _ in range(5 if columns else 4):
         try:
             number, after = patch_format.read_varint(data, after, len(data))
         except PatchError:
@@ -181,7 +183,7 @@ class Mutator:
         numbers, after = compact_numbers(record, 0)
         if numbers is None:
             return
-        which = self.rng.randint(4)
+        which = self.rng.randint(len(numbers))   # a column code's row length too
         numbers[which] = self._interesting(4, numbers[which])
         spelled = b"".join(patch_format.write_varint(n) for n in numbers)
         if self.rng.rand() < 0.1:   # a spelling the format forbids

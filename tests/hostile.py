@@ -276,10 +276,50 @@ def _version_4_cases(base: bytes, kernel, add) -> List[Hostile]:
     v4("a compact record changing more elements than its buffer holds",
        compact(INT8, 2, 0, 2, 0, varints(kernel.buffer, kernel.count + 1, 0, len(plus_one)),
                b"", plus_one), f"record changes {kernel.count + 1} of {kernel.count}")
-    v4("position coding 4",
-       compact(INT8, 4, 0, 0, 0, varints(kernel.buffer, 1, 1, 1), b"\x00", raw_one),
-       "unknown position coding 4")
+    v4("version 5's column code in a version-4 patch",
+       compact(INT8, 4, 0, 0, 0, varints(kernel.buffer, 1, 1, 1, 4), b"\x00", raw_one),
+       "columns codes need patch format version 5, not 4")
+    v4("version 5's saturating values in a version-4 patch",
+       compact(INT8, 3, 0, 3, 0, varints(kernel.buffer, 1, len(first), 1), first, b"\x00"),
+       "ends codes need patch format version 5, not 4")
+    _version_5_cases(base, kernel, add, one)
     return []   # added through `add`
+
+
+def _version_5_cases(base: bytes, kernel, add, one) -> None:
+    """Version 5: the column code's row and scan, the saturating values' element type."""
+    from tflite_edge import adaptive  # pylint: disable=import-outside-toplevel
+    from tflite_edge.regions import writable_regions  # pylint: disable=import-outside-toplevel
+    bias = next(r for r in writable_regions(base, len(base)).values() if r.type == INT32)
+    first = adaptive.encode_positions([0])
+    plus_one = adaptive.encode_saturating([0], [1])
+    columns = adaptive.encode_columns([0], 4)
+    to_end = _written(base, kernel.offset, bytes([127]))
+
+    def v5(name, body, python, c="malformed record", result=one):
+        add(name, body, 1, python, c, result, version=5)
+
+    v5("position coding 5",
+       compact(INT8, 5, 0, 0, 0, varints(kernel.buffer, 1, 1, 1), b"\x00", b"\x01"),
+       "unknown position coding 5")
+    v5("value coding 4",
+       compact(INT8, 3, 0, 4, 0, varints(kernel.buffer, 1, len(first), 1), first, b"\x01"),
+       "unknown value coding 4")
+    v5("saturating values for an int32 bias",
+       compact(INT32, 3, 0, 3, 0, varints(bias.buffer, 1, len(first), len(plus_one)), first,
+               plus_one), "saturating values are for int8 elements, not int32",
+       result=_written(base, bias.offset, struct.pack("<i", 127)))
+    for row in (0, kernel.count + 1, adaptive.MAX_COLUMNS + 1):
+        v5(f"a column code with a row of {row}",
+           compact(INT8, 4, 0, 3, 0, varints(kernel.buffer, 1, len(columns), len(plus_one), row),
+                   columns, plus_one), f"a column code's row of {row} elements is outside",
+           result=to_end)
+    # One change coded, two claimed: the scan reads on past the encoder's
+    # flush and runs out of stream.
+    two = adaptive.encode_saturating([0, 0], [1, 1])
+    v5("a column code that marks fewer changes than its record claims",
+       compact(INT8, 4, 0, 3, 0, varints(kernel.buffer, 2, len(columns), len(two), 4), columns,
+               two), "ends before its last code", result=to_end)
 
 
 def _value_stream(magnitude: int, sign: int) -> bytes:

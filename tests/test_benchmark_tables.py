@@ -147,10 +147,12 @@ def test_the_codec_comparison_decode_checks_every_codec_on_a_real_pair():
     for i in rng.choice(buffer.length, 12, replace=False):
         target[buffer.offset + i] = (target[buffer.offset + i] + rng.randint(1, 9)) % 256
     row = codecs.compare(base, bytes(target), 1, cabac)
-    assert 0 < row["format_4"] <= row["format_3"] and row["nncodec"] > 0
+    assert 0 < row["format_5"] <= row["format_4"] <= row["format_3"] and row["nncodec"] > 0
+    assert row["format_5_payload"] == row["format_5"] - codecs.ENVELOPE > 0
     assert row["best_generic"] > 0 and len(row["nncodec_settings"]) == 1
     figures = codecs.key_figures([dict(row, pair="tiny", round=1)])
-    assert figures["patch_vs_nncodec"] == round(row["format_4"] / row["nncodec"], 4)
+    assert figures["patch_vs_nncodec"] == round(row["format_5"] / row["nncodec"], 4)
+    assert figures["payload_vs_nncodec"] == round(row["format_5_payload"] / row["nncodec"], 4)
     # The decode check catches a stream that does not rebuild the delta.
     delta = np.zeros((4, 12), np.int32)
     delta[1, 3] = 5

@@ -35,12 +35,12 @@ def test_seeds_are_valid_patches_for_the_fuzz_base():
         version = patch_format.decode(patch).header.version
         codings |= {(version, r.kind, r.coding, r.value_coding, r.element_type)
                     for r in patch_format.decode(patch, base).records}
-    for version in (3, 4):
+    for version in patch_format.VERSIONS:
         elements = [c for c in codings if c[:2] == (version, patch_format.KIND_ELEMENTS)]
-        # Rice, bitmap, "all" positions, and version 4's adaptive ones
-        assert {c[2] for c in elements} == {0, 1, 2} | ({3} if version == 4 else set())
-        # raw and delta values, and version 4's adaptive ones
-        assert {c[3] for c in elements} == {0, 1} | ({2} if version == 4 else set())
+        # Rice, bitmap, "all" positions, version 4's adaptive ones, version 5's columns
+        assert {c[2] for c in elements} == {0, 1, 2} | {3: set(), 4: {3}, 5: {4}}[version]
+        # raw and delta values, version 4's adaptive ones, version 5's saturating ones
+        assert {c[3] for c in elements} == {0, 1} | {3: set(), 4: {2}, 5: {2, 3}}[version]
         assert {c[4] for c in elements} == {2, 9}      # int32 biases and int8 weights
         assert (version, patch_format.KIND_WHOLE_FILE) in {c[:2] for c in codings}
 

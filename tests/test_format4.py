@@ -104,12 +104,12 @@ def test_the_patch_command_writes_either_format_and_inspects_with_the_base(expor
     (tmp_path / "a.tflite").write_bytes(exported_files[0])
     (tmp_path / "b.tflite").write_bytes(exported_files[1])
     common = [f"--base={tmp_path}/a.tflite", f"--target={tmp_path}/b.tflite", "--round=1"]
-    for version in ("3", "4", None):
+    for version in ("3", "4", "5", None):
         out = tmp_path / f"p{version}"
         made = _tool("tflite_edge.patch", "create", *common, f"--out={out}",
                      *([f"--patch_format={version}"] if version else []))
         assert made.returncode == 0, made.stderr
-        assert out.read_bytes()[4] == int(version or 4)
+        assert out.read_bytes()[4] == int(version or 5)
     assert _tool("tflite_edge.patch", "create", *common, f"--out={tmp_path}/x",
                  "--patch_format=2").returncode == 2
     bare = _tool("tflite_edge.patch", "inspect", f"--patch={tmp_path}/pNone")
@@ -117,7 +117,7 @@ def test_the_patch_command_writes_either_format_and_inspects_with_the_base(expor
     assert "information bound" not in bare.stdout
     full = _tool("tflite_edge.patch", "inspect", f"--patch={tmp_path}/pNone",
                  f"--base={tmp_path}/a.tflite")
-    assert full.returncode == 0 and "patch format v4" in full.stdout
+    assert full.returncode == 0 and "patch format v5" in full.stdout
     assert "offset" in full.stdout and "information bound" in full.stdout
     assert "adaptive" in full.stdout
 
@@ -143,11 +143,11 @@ def test_a_fleet_of_format_3_devices_gets_format_3_updates(exported_run, tmp_pat
     old = Releases(result.out_dir, version=3)
     device = old.releases[0]
     update = old.update(device)
-    assert update.policy != "chain"   # the run wrote format 4 per-round patches
+    assert update.policy != "chain"   # the run wrote format 5 per-round patches
     assert all(open(p, "rb").read()[4] == 3 for p in update.patches)
-    with pytest.raises(PatchError, match="patch format 4, and the devices read format 3"):
+    with pytest.raises(PatchError, match="patch format 5, and the devices read format 3"):
         old.update(device, "chain")
-    assert Releases(result.out_dir).update(device, "chain").patches   # format 4 devices
+    assert Releases(result.out_dir).update(device, "chain").patches   # format 5 devices
     plan = _tool("tflite_edge.fleet", "plan", f"--run_dir={result.out_dir}", "--device_round=0",
                  "--policy=catchup", "--patch_format=3", f"--out={tmp_path}/u", "--json")
     assert plan.returncode == 0, plan.stderr
@@ -156,7 +156,7 @@ def test_a_fleet_of_format_3_devices_gets_format_3_updates(exported_run, tmp_pat
     chain = _tool("tflite_edge.fleet", "plan", f"--run_dir={result.out_dir}",
                   "--device_round=0", "--policy=chain", "--patch_format=3")
     assert chain.returncode == 2 and chain.stderr.splitlines()[-1].startswith("error: ")
-    assert "is patch format 4, and the devices read format 3" in chain.stderr
+    assert "is patch format 5, and the devices read format 3" in chain.stderr
     simulated = _tool("tflite_edge.fleet", "simulate", f"--run_dir={result.out_dir}",
                       "--devices=20", "--patch_format=3", f"--out={tmp_path}/sim.json")
     assert simulated.returncode == 0, simulated.stderr

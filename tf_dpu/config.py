@@ -96,7 +96,7 @@ class RunConfig:
     deterministic: bool = True
     export_tflite: bool = False
     tflite_io: str = "int8"
-    patch_format: int = 4
+    patch_format: int = 5
     # None: the built-in models' 0.9 and 1e-5 (PyTorch's, as the reference);
     # a model of the user's keeps its own unless --bn_momentum is given.
     bn_momentum: Optional[float] = None
@@ -275,9 +275,9 @@ class RunConfig:
         if self.tflite_io != "int8" and not self.export_tflite:
             raise ConfigError(f"--tflite_io={self.tflite_io} sets the int8 file's input and "
                               "output type; add --export_tflite")
-        if self.patch_format not in (3, 4):
-            raise ConfigError(f"--patch_format must be 3 or 4, got {self.patch_format!r}")
-        if self.patch_format != 4 and not self.export_tflite:
+        if self.patch_format not in (3, 4, 5):
+            raise ConfigError(f"--patch_format must be 3, 4 or 5, got {self.patch_format!r}")
+        if self.patch_format != 5 and not self.export_tflite:
             raise ConfigError("--patch_format sets the format of the exported patches; add "
                               "--export_tflite")
         if self.bn_momentum is not None and not 0.0 <= self.bn_momentum < 1.0:

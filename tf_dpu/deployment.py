@@ -36,12 +36,12 @@ class TfliteExport:
       headroom: factor by which round 0's weight scales are widened.
       preprocessing: the data set's `tf_dpu.data.Preprocessing`.
       io_type: `int8` or `uint8`.
-      patch_format: the format of the round patches (4, or 3).
+      patch_format: the format of the round patches (5, or 4 or 3).
     """
 
     def __init__(self, model, x_test: np.ndarray, y_test: np.ndarray, signer=None,
                  headroom: float = 1.0, preprocessing: Preprocessing = Preprocessing(),
-                 io_type: str = "int8", patch_format: int = 4):
+                 io_type: str = "int8", patch_format: int = 5):
         self.model = model
         self.patch_format = patch_format
         self.headroom = headroom

@@ -128,8 +128,8 @@ _TFLITE_IO = flags.DEFINE_enum("tflite_io", _D.tflite_io, cfg.TFLITE_IO,
                                "type of the exported file's input and output (Coral's examples "
                                "feed uint8)")
 _PATCH_FORMAT = flags.DEFINE_enum(
-    "patch_format", str(_D.patch_format), ["3", "4"], "format of the exported patches: 4 "
-    "(adaptive codes, compact records), or 3 for devices whose appliers read nothing newer")
+    "patch_format", str(_D.patch_format), ["3", "4", "5"], "format of the exported patches: 5 "
+    "(column and saturating codes), or 4 or 3 for devices whose appliers read nothing newer")
 _HEADROOM = flags.DEFINE_float(
     "int8_headroom", 1.5, "widen round 0's int8 weight scales by this factor, so later "
     "partial updates have room to grow without clipping", lower_bound=1.0, upper_bound=16.0)

@@ -297,3 +297,131 @@ def decode_values(data: bytes, changed: int, element_size: int) -> np.ndarray:
         out[i] = zigzag
     decoder.finish()
     return out
+
+
+# Version 5's column code. The changes DPU picks gather in a few input
+# features (columns of a weight matrix stored row by row) and, within a row,
+# near each other; a gap code sees neither. So each element is one bit, coded
+# under the probability of its context: how many changes its column has had
+# in earlier rows and its row so far, each counted up to two (nine contexts).
+# The bits stop at the last change. A decoder keeps two bits per column, so
+# the row length is bounded (MAX_COLUMNS, which sets the C applier's RAM).
+MAX_COLUMNS = 2048
+COUNT_CAP = 2
+COLUMN_CONTEXTS = (COUNT_CAP + 1) ** 2
+
+
+def encode_columns(positions: Sequence[int], row: int) -> bytes:
+    """Sorted distinct positions as per-element bits under column and row contexts.
+
+    Args:
+      positions: the changed elements' indices (at least one).
+      row: the row length R (1..MAX_COLUMNS): element p is column p % R.
+    """
+    if not 1 <= row <= MAX_COLUMNS:
+        raise ValueError(f"a row of {row} elements is outside 1..{MAX_COLUMNS}")
+    encoder, contexts = Encoder(), [HALF] * COLUMN_CONTEXTS
+    columns, in_row, column = [0] * row, 0, 0
+    changed = set(np.asarray(positions, np.int64).tolist())
+    last = max(changed)
+    for p in range(last + 1):
+        bit = 1 if p in changed else 0
+        encoder.bit(contexts, columns[column] * (COUNT_CAP + 1) + in_row, bit)
+        if bit:
+            columns[column] = min(COUNT_CAP, columns[column] + 1)
+            in_row = min(COUNT_CAP, in_row + 1)
+        column += 1
+        if column == row:
+            column = in_row = 0
+    return encoder.finish()
+
+
+def decode_columns(data: bytes, count: int, changed: int, row: int) -> np.ndarray:
+    """`changed` strictly increasing positions below `count`, coded by `encode_columns`.
+
+    Raises:
+      PatchError: a malformed stream, a row length outside 1..min(count,
+        MAX_COLUMNS), or fewer than `changed` positions before `count`.
+    """
+    if not 1 <= row <= min(count, MAX_COLUMNS):
+        raise PatchError(f"a column code's row of {row} elements is outside "
+                         f"1..{min(count, MAX_COLUMNS)}")
+    decoder, contexts = Decoder(data), [HALF] * COLUMN_CONTEXTS
+    columns, in_row, column = [0] * row, 0, 0
+    out = np.empty(changed, np.int64)
+    found = p = 0
+    while found < changed:
+        if p >= count:
+            raise PatchError(f"a column code marks {found} of {changed} elements before the "
+                             "buffer ends")
+        if decoder.bit(contexts, columns[column] * (COUNT_CAP + 1) + in_row):
+            out[found] = p
+            found += 1
+            if columns[column] < COUNT_CAP:
+                columns[column] += 1
+            if in_row < COUNT_CAP:
+                in_row += 1
+        p += 1
+        column += 1
+        if column == row:
+            column = in_row = 0
+    decoder.finish()
+    return out
+
+
+# Version 5's saturating values, for int8 elements. Fine-tuning drives many
+# of the few weights it frees to the end of the int8 range (up to half of a
+# layer's changes on the MNIST MLP), and such a value costs a full magnitude
+# in a delta code. Here each change is its sign first (under the previous
+# sign; the sign of new - old, a plain difference), then one bit "the new
+# value is the end of the range on that side"
+# (+127 or -127, the symmetric int8 range), under the previous element's bit
+# and this sign; only other changes code |delta| - 1 as a ladder. Decoding
+# needs no old value: an in-place applier that resumes after a power cut
+# decodes past chunks it has already rewritten.
+INT8_END = 127
+
+
+def encode_saturating(old: Sequence[int], new: Sequence[int]) -> bytes:
+    """The changes old -> new of int8 elements (each new != old)."""
+    encoder, model = Encoder(), Ladder()
+    signs, ends, sign, end = [HALF, HALF], [HALF] * 4, 0, 0
+    for o, n in zip(np.asarray(old, np.int64).tolist(), np.asarray(new, np.int64).tolist()):
+        if o == n:
+            raise ValueError("a saturating value code has no zero delta")
+        bit = 1 if n < o else 0
+        encoder.bit(signs, sign, bit)
+        sign = bit
+        at_end = 1 if n == (-INT8_END if bit else INT8_END) else 0
+        encoder.bit(ends, 2 * end + sign, at_end)
+        end = at_end
+        if not at_end:
+            encoder.ladder(model, abs(n - o) - 1)
+    return encoder.finish()
+
+
+def decode_saturating(data: bytes, changed: int):
+    """`changed` int8 changes: (zigzag deltas, ends), ends[i] = +-127 where the new
+    value is the end of the range (its zigzag is 0) and 0 elsewhere.
+
+    Raises:
+      PatchError: a malformed stream, or a difference above 255.
+    """
+    decoder, model = Decoder(data), Ladder()
+    signs, ends, sign, end = [HALF, HALF], [HALF] * 4, 0, 0
+    zigzag = np.zeros(changed, np.uint64)
+    bounds = np.zeros(changed, np.int8)
+    for i in range(changed):
+        sign = decoder.bit(signs, sign)
+        end = decoder.bit(ends, 2 * end + sign)
+        if end:
+            bounds[i] = -INT8_END if sign else INT8_END
+            continue
+        # The change as a plain difference (up to 255 either way): its sign
+        # says which end of the range; the element takes it modulo 2^8.
+        magnitude = decoder.ladder(model, 255) + 1
+        wrapped = (-magnitude if sign else magnitude) % 256
+        wrapped -= 256 if wrapped >= 128 else 0
+        zigzag[i] = -2 * wrapped - 1 if wrapped < 0 else 2 * wrapped
+    decoder.finish()
+    return zigzag, bounds

@@ -305,9 +305,13 @@ def _write_part(chunk: bytearray, start: int, end: int, record: Record) -> None:
     target = view[at:at + (last - first) * size].reshape(-1, size)
     where = record.positions[lo:hi] - first
     values = record.values[lo:hi]
-    if record.value_coding in (patch_format.VALUES_DELTA, patch_format.VALUES_ADAPTIVE):
+    if record.value_coding in (patch_format.VALUES_DELTA, patch_format.VALUES_ADAPTIVE,
+                               patch_format.VALUES_SATURATING):
         old = target[where].copy().view(dtype).ravel()
         values = patch_format.add_deltas(old, values)
+        if record.ends is not None:
+            ends = record.ends[lo:hi]
+            values = np.where(ends != 0, ends, values)
     target[where] = np.ascontiguousarray(values).view(np.uint8).reshape(-1, size)
 
 

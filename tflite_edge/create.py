@@ -8,13 +8,13 @@ frozen after round 0), so a patch can go from any earlier round straight to
 the latest: a device that missed rounds catches up with one patch.
 """
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
 from tflite_edge import patch_format
 from tflite_edge.errors import PatchError
-from tflite_edge.model_file import ELEMENT_DTYPES
+from tflite_edge.model_file import ELEMENT_DTYPES, ModelFile
 from tflite_edge.patch_format import KIND_ELEMENTS, KIND_WHOLE_FILE, Record
 from tflite_edge import source as sources
 from tflite_edge.regions import writable_regions
@@ -117,16 +117,36 @@ def diff_records(base_source: Source, target_source: Source) -> List[Record]:
         raise PatchError("the models do not share their weight buffers (convert later rounds "
                          "with frozen quantization, not from scratch)")
     records, at = [], 0
+    model = None
     for region in sorted(writable.values(), key=lambda r: r.offset):
         _refuse_changes(base_source, target_source, at, region.offset)
         record = _diff_buffer(base_source, target_source, region.offset, region.count,
                               ELEMENT_DTYPES[region.type])
         if record is not None:
             record.buffer, record.element_type = region.buffer, region.type
+            model = model or ModelFile(base_source.buffer)
+            record.rows = row_lengths(model, region.buffer)
             records.append(record)
         at = region.offset + region.length
     _refuse_changes(base_source, target_source, at, base_source.size)
     return records
+
+
+def row_lengths(model: ModelFile, buffer: int) -> Tuple[int, ...]:
+    """Row lengths under which a buffer's changes may line up in columns.
+
+    A fully connected kernel is [outputs, inputs] and a convolution's
+    [outputs, height, width, inputs], stored row by row, so a column is one
+    input feature; a depthwise kernel is [1, height, width, channels], whose
+    columns are its channels.
+    """
+    rows = set()
+    for tensor in model.tensors_of_buffer(buffer):
+        shape = [max(1, int(d)) for d in tensor.shape]
+        if len(shape) >= 2:
+            rows.add(int(np.prod(shape[1:])))
+            rows.add(shape[-1])
+    return tuple(sorted(rows))
 
 
 def _refuse_changes(base: Source, target: Source, start: int, end: int) -> None:

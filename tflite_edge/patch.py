@@ -74,8 +74,8 @@ def _define(values: flags.FlagValues) -> None:
                          flag_values=values)
     flags.DEFINE_enum("patch_format", str(patch_format.VERSION),
                       [str(v) for v in patch_format.VERSIONS], "create, rotate: the patch "
-                      "format to write: 4 (adaptive codes, compact records) or 3 for devices "
-                      "whose appliers read nothing newer", flag_values=values)
+                      "format to write: 5 (column and saturating codes), or 4 or 3 for "
+                      "devices whose appliers read nothing newer", flag_values=values)
     flags.DEFINE_bool("whole", False, "create: replace the whole file (any size or "
                       "structure) instead of diffing weights", flag_values=values)
     flags.DEFINE_enum("whole_file", "signed", WHOLE_FILE_POLICIES, "apply: accept whole-file "

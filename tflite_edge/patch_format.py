@@ -19,6 +19,7 @@ buffers.
 
 import dataclasses
 import hashlib
+import math
 import os
 import struct
 import time
@@ -29,12 +30,12 @@ import numpy as np
 from tflite_edge import adaptive, keys
 from tflite_edge import positions as codes
 from tflite_edge.errors import PatchError
-from tflite_edge.model_file import ELEMENT_DTYPES, TYPE_NAMES
+from tflite_edge.model_file import ELEMENT_DTYPES, INT8, TYPE_NAMES
 from tflite_edge.regions import Region, writable_regions
 
 MAGIC = b"DPUP"
-VERSION = 4                  # what the server writes unless told otherwise
-VERSIONS = (3, 4)            # what the appliers read
+VERSION = 5                  # what the server writes unless told otherwise
+VERSIONS = (3, 4, 5)         # what the appliers read
 FLAG_SIGNED = 1
 HEADER = struct.Struct("<4sHHIQQ32s32sIIQQ8s32s")   # 156 bytes
 ELEMENTS_RECORD = struct.Struct("<BBBBBBxxIQIIII")   # 36 bytes, then positions, values
@@ -46,11 +47,17 @@ ROTATION_RECORD = struct.Struct("<B7x32s")           # 40 bytes: the next public
 COMPACT_RECORD = struct.Struct("<BBBBBB")
 KIND_ELEMENTS, KIND_WHOLE_FILE, KIND_ROTATION, KIND_COMPACT = 1, 3, 4, 5
 # kind 2 (version 1's raw bytes) is retired
-ELEMENT_KINDS = {3: KIND_ELEMENTS, 4: KIND_COMPACT}   # per version
+ELEMENT_KINDS = {3: KIND_ELEMENTS, 4: KIND_COMPACT, 5: KIND_COMPACT}   # per version
 # The smallest record of each version, which bounds the record count.
-SMALLEST_RECORD = {3: WHOLE_FILE_RECORD.size, 4: COMPACT_RECORD.size + 4}
-VALUES_RAW, VALUES_DELTA, VALUES_ADAPTIVE = 0, 1, 2
-VALUE_CODING_NAMES = {VALUES_RAW: "raw", VALUES_DELTA: "delta", VALUES_ADAPTIVE: "adaptive"}
+SMALLEST_RECORD = {3: WHOLE_FILE_RECORD.size, 4: COMPACT_RECORD.size + 4,
+                   5: COMPACT_RECORD.size + 4}
+VALUES_RAW, VALUES_DELTA, VALUES_ADAPTIVE, VALUES_SATURATING = 0, 1, 2, 3
+VALUE_CODING_NAMES = {VALUES_RAW: "raw", VALUES_DELTA: "delta", VALUES_ADAPTIVE: "adaptive",
+                      VALUES_SATURATING: "ends"}
+# The first version that has each coding; the appliers of an older version
+# refuse it, so a server writing that version never uses it.
+POSITION_CODING_SINCE = {codes.ADAPTIVE: 4, codes.COLUMNS: 5}
+VALUE_CODING_SINCE = {VALUES_ADAPTIVE: 4, VALUES_SATURATING: 5}
 MAX_VARINT = 2 ** 32 - 1
 SIGNATURE_SIZE = 64
 CHECKSUM_SIZE = 32
@@ -127,7 +134,8 @@ class Record:
         code deltas (None: raw values only).
       raw: the bytes of a whole-file record; the next public key of a
         rotation record.
-      coding, parameter: the position code chosen when encoding.
+      coding, parameter: the position code chosen when encoding (parameter:
+        the Rice parameter).
       value_coding, value_parameter: the value code chosen when encoding.
     """
 
@@ -148,6 +156,13 @@ class Record:
     value_bytes: int = 0
     changed: Optional[int] = None   # only for a record read without its base
     forced: bool = False            # encode with `coding` and `value_coding` as given (tests)
+    # The column code's row length R, and the lengths worth trying when
+    # encoding (from the tensor's shape).
+    row: int = 0
+    rows: Tuple[int, ...] = ()
+    # After decoding saturating values: the new value (+-127) where it is the
+    # end of the int8 range, 0 where `values` holds the delta.
+    ends: Optional[np.ndarray] = None
 
     @property
     def changed_count(self) -> int:
@@ -173,11 +188,17 @@ class Record:
         return (f"buffer {self.buffer:>3} {where}  "
                 f"{TYPE_NAMES[self.element_type]:>7} {self.changed_count:>8}/{of} "
                 f"positions {codes.CODING_NAMES[self.coding]:>6}"
-                f"{f'(k={self.parameter})' if self.coding == codes.RICE else '':<7} "
+                f"{_parameter_text(self):<7} "
                 f"{self.position_bytes:>7} B  values "
                 f"{VALUE_CODING_NAMES[self.value_coding]:>5}"
                 f"{f'(k={self.value_parameter})' if self.value_coding == VALUES_DELTA else '':<7}"
                 f" {self.value_bytes:>7} B")
+
+
+def _parameter_text(record: Record) -> str:
+    if record.coding == codes.RICE:
+        return f"(k={record.parameter})"
+    return f"(R={record.row})" if record.coding == codes.COLUMNS else ""
 
 
 def key_id(public_key: bytes) -> bytes:
@@ -232,11 +253,18 @@ def encode_record(record: Record, version: int = VERSION) -> bytes:
     if record.forced:
         return _encode_forced(record, pos, version)
     record.coding, record.parameter, _ = codes.choose(pos, record.count)
+    record.row = 0
     coded = codes.encode(pos, record.count, record.coding, record.parameter)
     if version >= 4 and record.coding != codes.ALL:
         learned = adaptive.encode_positions(pos)
         if len(learned) < len(coded):
             record.coding, record.parameter, coded = codes.ADAPTIVE, 0, learned
+        if version >= 5:
+            for row in _rows_worth_trying(record, pos, len(coded)):
+                learned = adaptive.encode_columns(pos, row)
+                if len(learned) + len(write_varint(row)) < len(coded):
+                    record.coding, record.parameter, record.row = codes.COLUMNS, 0, row
+                    coded = learned
     record.position_bytes = len(coded)
     dtype = ELEMENT_DTYPES[record.element_type]
     new = np.asarray(record.values, dtype)
@@ -258,7 +286,50 @@ def encode_record(record: Record, version: int = VERSION) -> bytes:
             if len(learned) < len(values):
                 record.value_coding, record.value_parameter = VALUES_ADAPTIVE, 0
                 values = learned
+        if version >= 5 and record.element_type == INT8:
+            learned = adaptive.encode_saturating(old, new)
+            if len(learned) < len(values):
+                record.value_coding, record.value_parameter = VALUES_SATURATING, 0
+                values = learned
     return _pack_elements(record, version, len(pos), coded, values)
+
+
+def _rows_worth_trying(record: Record, pos: np.ndarray, best: int) -> List[int]:
+    """Row lengths for the column code that a quick estimate says may beat `best` bytes.
+
+    The code is one range-coded bit per element up to the last change, which
+    is slow to try in Python on large buffers; a static estimate (each
+    context's empirical entropy) screens the candidates first.
+    """
+    out = []
+    for row in sorted(set(record.rows)):
+        if not 1 <= row <= min(record.count, adaptive.MAX_COLUMNS) or row == record.count:
+            continue
+        if _column_estimate(pos, row) < 0.97 * best:
+            out.append(row)
+    return out
+
+
+def _column_estimate(pos: np.ndarray, row: int) -> float:
+    """Bytes the column code would take with probabilities fixed per context."""
+    end = int(pos[-1]) + 1
+    rows = -(-end // row)
+    grid = np.zeros(rows * row, np.int8)
+    grid[pos] = 1
+    grid = grid.reshape(rows, row)
+    cap = adaptive.COUNT_CAP
+    column = np.minimum(np.cumsum(grid, axis=0) - grid, cap)
+    in_row = np.minimum(np.cumsum(grid, axis=1) - grid, cap)
+    context = (column * (cap + 1) + in_row).ravel()[:end]
+    bits = grid.ravel()[:end]
+    total = 0.0
+    for c in range(adaptive.COLUMN_CONTEXTS):
+        chosen = bits[context == c]
+        n, ones = len(chosen), int(chosen.sum())
+        if 0 < ones < n:
+            p = ones / n
+            total -= n * (p * math.log2(p) + (1 - p) * math.log2(1 - p))
+    return total / 8
 
 
 def _encode_forced(record: Record, pos: np.ndarray, version: int) -> bytes:
@@ -267,7 +338,8 @@ def _encode_forced(record: Record, pos: np.ndarray, version: int) -> bytes:
     if record.coding == codes.RICE:
         parameter, _ = codes.best_rice_blocks(codes.gap_blocks(pos))
     record.parameter = parameter
-    coded = codes.encode(pos, record.count, record.coding, parameter)
+    coded = (adaptive.encode_columns(pos, record.row) if record.coding == codes.COLUMNS
+             else codes.encode(pos, record.count, record.coding, parameter))
     dtype = ELEMENT_DTYPES[record.element_type]
     new = np.asarray(record.values, dtype)
     zigzag = (zigzag_deltas(np.asarray(record.old_values, dtype), new)
@@ -278,6 +350,8 @@ def _encode_forced(record: Record, pos: np.ndarray, version: int) -> bytes:
     elif record.value_coding == VALUES_DELTA:
         record.value_parameter, _ = codes.best_rice(zigzag)
         values = codes.rice_encode(zigzag, record.value_parameter)
+    elif record.value_coding == VALUES_SATURATING:
+        values = adaptive.encode_saturating(np.asarray(record.old_values, dtype), new)
     else:
         values = adaptive.encode_values(zigzag)
     return _pack_elements(record, version, len(pos), coded, values)
@@ -293,6 +367,7 @@ def _pack_elements(record: Record, version: int, changed: int, coded: bytes,
                                     record.value_parameter)
                 + b"".join(write_varint(v) for v in (record.buffer, changed, len(coded),
                                                      len(values)))
+                + (write_varint(record.row) if record.coding == codes.COLUMNS else b"")
                 + coded + values)
     return ELEMENTS_RECORD.pack(KIND_ELEMENTS, record.element_type, record.coding,
                                 record.parameter, record.value_coding, record.value_parameter,
@@ -689,6 +764,9 @@ def _elements(data, at, end, header: Header, known: Optional[Dict[int, Region]])
             number, after = read_varint(data, after, end)
             numbers.append(number)
         buffer, changed, pos_len, value_len = numbers
+        row = 0
+        if coding == codes.COLUMNS:
+            row, after = read_varint(data, after, end)
         offset = n = None   # from the base: the buffer's data
         if known is not None and buffer in known:
             offset, n = known[buffer].offset, known[buffer].count
@@ -700,10 +778,15 @@ def _elements(data, at, end, header: Header, known: Optional[Dict[int, Region]])
         if data[at + 6] or data[at + 7]:
             raise PatchError("record has non-zero reserved bytes")
         after = at + ELEMENTS_RECORD.size
-    # Adaptive codes exist from version 4 on: a version-3 patch means the
-    # same to every applier, old or new.
-    if header.version < 4 and (coding == codes.ADAPTIVE or value_coding == VALUES_ADAPTIVE):
-        raise PatchError(f"adaptive codes need patch format version 4, not {header.version}")
+        row = 0
+    # Each coding exists from its version on: a patch means the same to every
+    # applier, old or new.
+    for name, since in ((codes.CODING_NAMES.get(coding), POSITION_CODING_SINCE.get(coding)),
+                        (VALUE_CODING_NAMES.get(value_coding),
+                         VALUE_CODING_SINCE.get(value_coding))):
+        if since is not None and header.version < since:
+            raise PatchError(f"{name} codes need patch format version {since}, not "
+                             f"{header.version}")
     # A Rice parameter is 0..31, and 0 for codes without one (the spec's rule,
     # so that every applier reads a record the same way).
     if parameter > codes.MAX_RICE_PARAMETER or (coding != codes.RICE and parameter) \
@@ -751,18 +834,29 @@ def _elements(data, at, end, header: Header, known: Optional[Dict[int, Region]])
     elif value_coding == VALUES_DELTA and size <= 4:
         if changed * (1 + value_parameter) > 8 * value_len:
             raise PatchError(f"a value stream of {value_len} bytes cannot hold {changed} codes")
+    elif value_coding == VALUES_SATURATING:
+        if etype != INT8:
+            raise PatchError(f"saturating values are for int8 elements, not "
+                             f"{TYPE_NAMES[etype]}")
     elif value_coding != VALUES_ADAPTIVE or size > 4:
         raise PatchError(f"unknown value coding {value_coding}")
-    pos = codes.decode(bytes(data[at:at + pos_len]), n, changed, coding, parameter)
+    if coding == codes.COLUMNS:
+        pos = adaptive.decode_columns(bytes(data[at:at + pos_len]), n, changed, row)
+    else:
+        pos = codes.decode(bytes(data[at:at + pos_len]), n, changed, coding, parameter)
     at += pos_len
+    ends = None
     if value_coding == VALUES_RAW:
         values = np.frombuffer(data, ELEMENT_DTYPES[etype], changed, at).copy()
     elif value_coding == VALUES_DELTA:
         values = codes.rice_decode(data[at:at + value_len], changed, value_parameter,
                                    1 << (8 * size))
+    elif value_coding == VALUES_SATURATING:
+        values, ends = adaptive.decode_saturating(bytes(data[at:at + value_len]), changed)
     else:
         values = adaptive.decode_values(bytes(data[at:at + value_len]), changed, size)
     at += value_len
     return Record(KIND_ELEMENTS, offset, buffer, etype, n, pos, values, coding=coding,
                   parameter=parameter, position_bytes=pos_len, value_coding=value_coding,
-                  value_parameter=value_parameter, value_bytes=value_len), at
+                  value_parameter=value_parameter, value_bytes=value_len, row=row,
+                  ends=ends), at

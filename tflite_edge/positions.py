@@ -17,8 +17,9 @@ import numpy as np
 from tflite_edge import adaptive
 from tflite_edge.errors import PatchError
 
-RICE, BITMAP, ALL, ADAPTIVE = 0, 1, 2, 3
-CODING_NAMES = {RICE: "rice", BITMAP: "bitmap", ALL: "all", ADAPTIVE: "adaptive"}
+RICE, BITMAP, ALL, ADAPTIVE, COLUMNS = 0, 1, 2, 3, 4
+CODING_NAMES = {RICE: "rice", BITMAP: "bitmap", ALL: "all", ADAPTIVE: "adaptive",
+                COLUMNS: "columns"}
 MAX_RICE_PARAMETER = 31
 _UINT32 = next(code for code in "IL" if array.array(code).itemsize == 4)
 RICE_PIECE = 1 << 14   # stream bytes unpacked at a time when decoding

@@ -1,4 +1,4 @@
-/* dpu_patch.c: see dpu_patch.h. Format: ../PATCH_FORMAT.md (versions 3 and 4). */
+/* dpu_patch.c: see dpu_patch.h. Format: ../PATCH_FORMAT.md (versions 3 to 5). */
 #include "dpu_patch.h"
 
 #include <string.h>
@@ -12,6 +12,7 @@
 #define CODING_BITMAP 1u
 #define CODING_ALL 2u
 #define CODING_ADAPTIVE 3u
+#define CODING_COLUMNS 4u
 #define ELEMENTS_HEADER 36u
 #define COMPACT_FIXED 6u   /* then four varints of at most 5 bytes */
 #define COMPACT_SMALLEST 10u
@@ -19,12 +20,16 @@
 #define VALUES_RAW 0u
 #define VALUES_DELTA 1u
 #define VALUES_ADAPTIVE 2u
+#define VALUES_SATURATING 3u
+#define TYPE_INT8 9u
+#define INT8_END 127u
 #define PROBABILITY_BITS 12u
 #define PROBABILITY_HALF 2048u
 #define ADAPT_SHIFT 5u
 #define RANGE_TOP (1u << 24)
 #define TREE_NODES 7u
 #define TREES 16u
+#define COUNT_CAP 2u /* the column code counts changes up to two */
 #define MAX_RECORDS (1u << 20)
 #define FLAG_SIGNED 1u
 #define JOURNAL_NONE 0u
@@ -552,6 +557,25 @@ static dpu_status next_position(dpu_applier *a) {
     } while (!bit);
     return DPU_OK;
   }
+  if (a->coding == CODING_COLUMNS) {
+    /* one bit per element under its column's and row's counts of changes */
+    for (;;) {
+      uint32_t shift = 2u * (a->column % 4u), column_count, context;
+      if (a->scan >= a->count) return DPU_ERR_MALFORMED;
+      column_count = (a->columns[a->column / 4u] >> shift) & 3u;
+      context = column_count * (COUNT_CAP + 1u) + a->in_row;
+      if ((s = range_bit(a, &a->positions, &a->column_model[context], 0, &bit)) != DPU_OK)
+        return s;
+      a->position = a->scan++;
+      if (bit) {
+        if (column_count < COUNT_CAP)
+          a->columns[a->column / 4u] = (uint8_t)(a->columns[a->column / 4u] + (1u << shift));
+        if (a->in_row < COUNT_CAP) a->in_row++;
+      }
+      if (++a->column == a->row) a->column = a->in_row = 0;
+      if (bit) return DPU_OK;
+    }
+  }
   if (a->coding == CODING_ADAPTIVE) {
     s = read_ladder(a, &a->positions, &a->position_model,
                     (uint64_t)a->count - (uint64_t)(a->previous + 1), &gap);
@@ -581,6 +605,24 @@ static dpu_status next_value(dpu_applier *a) {
   if (a->value_coding == VALUES_RAW) return DPU_OK;
   if (a->value_coding == VALUES_DELTA)
     return read_rice(a, &a->values, a->value_k, value_mask(a) + 1, &a->zigzag);
+  if (a->value_coding == VALUES_SATURATING) {
+    /* the sign of new - old, then "the new value is that end of the int8
+     * range", then (otherwise) |new - old| - 1 up to 254, taken modulo 2^8 */
+    uint32_t end = 0;
+    if ((s = range_bit(a, &a->values, &a->sign_model[a->last_sign], 0, &sign)) != DPU_OK)
+      return s;
+    a->last_sign = (uint8_t)sign;
+    if ((s = range_bit(a, &a->values, &a->end_model[2u * a->last_end + sign], 0, &end)) !=
+        DPU_OK)
+      return s;
+    a->last_end = (uint8_t)end;
+    a->zigzag = 0;
+    if (end) return DPU_OK;
+    if ((s = read_ladder(a, &a->values, &a->value_model, 255u, &magnitude)) != DPU_OK) return s;
+    magnitude = (sign ? 256u - (magnitude + 1) : magnitude + 1) & 0xffu; /* modulo 2^8 */
+    a->zigzag = magnitude >= 128u ? 2u * (256u - magnitude) - 1u : 2u * magnitude;
+    return DPU_OK;
+  }
   /* adaptive: |delta| - 1 as a ladder, then the sign under the previous one */
   if ((s = read_ladder(a, &a->values, &a->value_model, (value_mask(a) >> 1) + 1, &magnitude)) !=
       DPU_OK)
@@ -599,6 +641,10 @@ static dpu_status materialize(dpu_applier *a) {
   unsigned i;
   if (a->value_coding == VALUES_RAW)
     return read_patch(a, a->values_at + a->element * a->elem_size, a->value, a->elem_size);
+  if (a->value_coding == VALUES_SATURATING && a->last_end) {
+    a->value[0] = (uint8_t)(a->last_sign ? 256u - INT8_END : INT8_END);
+    return DPU_OK;
+  }
   step = (a->zigzag & 1u) ? (mask - ((a->zigzag + 1) >> 1) + 1) & mask : a->zigzag >> 1;
   if (a->io->read_base(a->io->ctx, a->rec_offset + a->position * a->elem_size, old,
                        a->elem_size))
@@ -664,12 +710,13 @@ static dpu_status load_record(dpu_applier *a) {
     uint32_t position_bytes, value_bytes, buffer, header;
     uint64_t found_offset = 0, found_span = 0;
     if (a->kind == KIND_COMPACT) {
-      uint32_t numbers[4], i, at = COMPACT_FIXED;
+      uint32_t numbers[5] = {0, 0, 0, 0, 0}, i, at = COMPACT_FIXED;
       if (left < COMPACT_FIXED) return DPU_ERR_MALFORMED;
       header = left < ELEMENTS_HEADER ? left : ELEMENTS_HEADER;
       if ((s = read_patch(a, a->cursor, h, header)) != DPU_OK) return s;
-      /* four LEB128 numbers below 2^32, each in its shortest form */
-      for (i = 0; i < 4; i++) {
+      /* four LEB128 numbers below 2^32, each in its shortest form, and the
+       * row length of a column code */
+      for (i = 0; i < (h[2] == CODING_COLUMNS ? 5u : 4u); i++) {
         uint64_t number = 0;
         uint32_t length = 0;
         for (;;) {
@@ -686,6 +733,7 @@ static dpu_status load_record(dpu_applier *a) {
       a->changed = numbers[1];
       position_bytes = numbers[2];
       value_bytes = numbers[3];
+      a->row = numbers[4];
     } else {
       header = ELEMENTS_HEADER;
       if (left < ELEMENTS_HEADER) return DPU_ERR_MALFORMED;
@@ -701,12 +749,17 @@ static dpu_status load_record(dpu_applier *a) {
     a->rice_k = h[3];
     a->value_coding = h[4];
     a->value_k = h[5];
-    if (a->elem_size == 0 || a->coding > CODING_ADAPTIVE || a->value_coding > VALUES_ADAPTIVE ||
+    if (a->elem_size == 0 || a->coding > CODING_COLUMNS || a->value_coding > VALUES_SATURATING ||
         a->changed == 0)
       return DPU_ERR_MALFORMED;
-    /* adaptive codes exist from version 4 on */
+    /* adaptive codes exist from version 4 on, the column and saturating ones
+     * from version 5 (and only in its compact records) */
     if (a->info.version < 4 && (a->coding == CODING_ADAPTIVE || a->value_coding == VALUES_ADAPTIVE))
       return DPU_ERR_MALFORMED;
+    if (a->info.version < 5 &&
+        (a->coding == CODING_COLUMNS || a->value_coding == VALUES_SATURATING))
+      return DPU_ERR_MALFORMED;
+    if (a->value_coding == VALUES_SATURATING && h[1] != TYPE_INT8) return DPU_ERR_MALFORMED;
     /* a Rice parameter is 0..31, and 0 for the codes without one */
     if (a->rice_k > (a->coding == CODING_RICE ? 31u : 0u) ||
         a->value_k > (a->value_coding == VALUES_DELTA ? 31u : 0u))
@@ -733,6 +786,10 @@ static dpu_status load_record(dpu_applier *a) {
     }
     if (a->coding == CODING_ALL && (a->changed != a->count || position_bytes != 0))
       return DPU_ERR_MALFORMED;
+    /* a column code keeps two bits per column: its rows are bounded */
+    if (a->coding == CODING_COLUMNS &&
+        (a->row == 0 || a->row > a->count || a->row > DPU_MAX_COLUMNS))
+      return DPU_ERR_MALFORMED;
     if (a->coding == CODING_BITMAP && position_bytes != a->count / 8 + (a->count % 8 != 0))
       return DPU_ERR_MALFORMED;
     if (a->coding == CODING_RICE &&
@@ -754,10 +811,19 @@ static dpu_status load_record(dpu_applier *a) {
       ladder_reset(&a->position_model);
       if ((s = range_open(a, &a->positions)) != DPU_OK) return s;
     }
-    if (a->value_coding == VALUES_ADAPTIVE) {
+    if (a->coding == CODING_COLUMNS) {
+      unsigned i;
+      for (i = 0; i < 9u; i++) a->column_model[i] = PROBABILITY_HALF;
+      memset(a->columns, 0, (a->row + 3u) / 4u);
+      a->scan = a->column = a->in_row = 0;
+      if ((s = range_open(a, &a->positions)) != DPU_OK) return s;
+    }
+    if (a->value_coding == VALUES_ADAPTIVE || a->value_coding == VALUES_SATURATING) {
+      unsigned i;
       ladder_reset(&a->value_model);
       a->sign_model[0] = a->sign_model[1] = PROBABILITY_HALF;
-      a->last_sign = 0;
+      for (i = 0; i < 4u; i++) a->end_model[i] = PROBABILITY_HALF;
+      a->last_sign = a->last_end = 0;
       if ((s = range_open(a, &a->values)) != DPU_OK) return s;
     }
     left = header + position_bytes + value_bytes;
@@ -791,10 +857,10 @@ static dpu_status validate_records(dpu_applier *a) {
       }
       if (a->coding != CODING_ALL &&
           (s = check_stream_end(a, &a->positions, a->coding == CODING_RICE,
-                                a->coding == CODING_ADAPTIVE)) != DPU_OK)
+                                a->coding >= CODING_ADAPTIVE)) != DPU_OK)
         return s;
       if (a->value_coding != VALUES_RAW &&
-          (s = check_stream_end(a, &a->values, 1, a->value_coding == VALUES_ADAPTIVE)) != DPU_OK)
+          (s = check_stream_end(a, &a->values, 1, a->value_coding >= VALUES_ADAPTIVE)) != DPU_OK)
         return s;
     }
     a->cursor = a->next_cursor;

@@ -34,9 +34,11 @@
  * callbacks), so that an apply cut off at any moment (power loss, reset)
  * resumes to exactly the result when dpu_apply_in_place is called again.
  *
- * RAM: one dpu_applier (sizeof(dpu_applier) bytes, 1352 on x86-64 with the
- * default DPU_CHUNK of 64, a multiple of 8; 580 of them are the learned
- * probabilities of format 4's adaptive codes) supplied by the caller, plus stack:
+ * RAM: one dpu_applier (sizeof(dpu_applier) bytes, 1904 on x86-64 with the
+ * default DPU_CHUNK of 64, a multiple of 8; 606 of them are the learned
+ * probabilities of the adaptive codes of formats 4 and 5, and 512 the column
+ * code's counts, two bits for each of DPU_MAX_COLUMNS columns) supplied by
+ * the caller, plus stack:
  * at most 1536 bytes on the deepest call chain of dpu_apply,
  * dpu_apply_in_place and dpu_apply_in_sectors (x86-64, gcc -O2: 1512, measured by the tests with
  * -fcallgraph-info=su; the deepest chain is a key rotation's check of the next
@@ -45,8 +47,8 @@
  *
  * On a Cortex-M4 (`make lib CROSS=arm-none-eabi-`: arm-none-eabi-gcc 12, -Os
  * -mthumb, linked with --gc-sections into examples/firmware.c, which calls
- * dpu_apply, dpu_apply_in_sectors and dpu_check_public_key): 12928 bytes of
- * code and constants, 1344 bytes of state (the dpu_applier), and at most 1536
+ * dpu_apply, dpu_apply_in_sectors and dpu_check_public_key): 13504 bytes of
+ * code and constants, 1896 bytes of state (the dpu_applier), and at most 1536
  * bytes of stack (measured: 1468), all checked by tests/test_microcontroller.py.
  */
 #ifndef DPU_PATCH_H
@@ -59,8 +61,11 @@
 #define DPU_CHUNK 64u /* bytes of the model processed per step */
 #endif
 
-#define DPU_FORMAT_VERSION 4u     /* the newest version read; version 3 is read too */
+#define DPU_FORMAT_VERSION 5u     /* the newest version read; versions 3 and 4 are read too */
 #define DPU_OLDEST_FORMAT_VERSION 3u
+/* The longest row a version-5 column code may have: the applier keeps two
+ * bits per column (DPU_MAX_COLUMNS / 4 bytes of RAM). */
+#define DPU_MAX_COLUMNS 2048u
 #define DPU_HEADER_SIZE 156u
 #define DPU_SIGNATURE_SIZE 64u
 #define DPU_CHECKSUM_SIZE 32u
@@ -218,6 +223,14 @@ typedef struct {
   dpu_ladder position_model, value_model; /* adaptive codes of the current record */
   uint16_t sign_model[2];
   uint8_t last_sign;
+  /* version 5: the column code's contexts, row length, place in its scan and
+   * per-column counts of changes (two bits each); the saturating values'
+   * "at the end of the range" bits */
+  uint16_t column_model[9];
+  uint32_t row, scan, column, in_row;
+  uint8_t columns[DPU_MAX_COLUMNS / 4];
+  uint16_t end_model[4];
+  uint8_t last_end;
   uint8_t value_ready; /* a->value holds the current element's new bytes */
   uint8_t skip;        /* decode without reading the base or writing (resuming) */
   uint8_t touched;     /* the current chunk received a change */

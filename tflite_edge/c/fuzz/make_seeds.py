@@ -5,9 +5,9 @@
 The base is `tests/fixtures/tiny_model.tflite` (the bytes of `tiny_model.h`).
 Each patch is written twice: as a whole patch (mode byte 0) and as a sealed
 record body (mode byte 1 + record count), the two input forms of dpu_fuzz.c.
-Together they use every record kind, position code and value code of both
-format versions (the adaptive codes of version 4 forced where the writer
-would not choose them on so small a model).
+Together they use every record kind, position code and value code of every
+format version (the adaptive codes of versions 4 and 5 forced where the
+writer would not choose them on so small a model).
 """
 
 import os
@@ -67,6 +67,12 @@ def seed_patches():
             else:
                 positions = np.sort(rng.choice(region.count, 2, replace=False))  # sparse: Rice
             _change(base, target, region, positions, rng, small=variant % 3 != 1)
+            if variant in (3, 4) and region.type == 9:
+                # int8 changes to the ends of the range: version 5's saturating code
+                view = np.frombuffer(target, np.int8, region.count, region.offset)
+                ends = positions[::2]
+                view[ends] = np.where(np.frombuffer(base, np.int8, region.count,
+                                                    region.offset)[ends] < 0, 127, -127)
         for version in patch_format.VERSIONS:
             patches.append(create_patch(base, bytes(target), variant + 1, version=version))
         # Every record adaptive where it can be (positions unless all
@@ -78,6 +84,18 @@ def seed_patches():
                 else codes.ADAPTIVE
             record.value_coding = patch_format.VALUES_ADAPTIVE
         patches.append(patch_format.encode(variant + 1, base, bytes(target), records, version=4))
+        # Version 5's codes likewise: columns under rows of 1 to 6 elements,
+        # saturating values on int8 (adaptive ones on wider elements).
+        records = diff_records(Source.of(base), Source.of(bytes(target)))
+        for record in records:
+            record.forced = True
+            if len(record.positions) == record.count:
+                record.coding = codes.ALL
+            else:
+                record.coding, record.row = codes.COLUMNS, min(record.count, variant + 1)
+            record.value_coding = patch_format.VALUES_SATURATING if record.element_type == 9 \
+                else patch_format.VALUES_ADAPTIVE
+        patches.append(patch_format.encode(variant + 1, base, bytes(target), records, version=5))
     whole = bytearray(base)
     whole[100:104] = b"\x01\x02\x03\x04"   # anywhere at all: a whole file may differ
     for target in (bytes(whole), bytes(whole) + b"and longer"):

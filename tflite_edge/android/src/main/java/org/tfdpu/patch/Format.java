@@ -1,9 +1,9 @@
 package org.tfdpu.patch;
 
-/** Constants and little-endian readers of the patch format (PATCH_FORMAT.md, versions 3, 4). */
+/** Constants and little-endian readers of the patch format (PATCH_FORMAT.md, versions 3 to 5). */
 final class Format {
   /** The newest version read; every version from OLDEST_VERSION on is read too. */
-  static final int VERSION = 4;
+  static final int VERSION = 5;
   static final int OLDEST_VERSION = 3;
   static final int FLAG_SIGNED = 1;
   static final int HEADER_SIZE = 156;
@@ -29,9 +29,14 @@ final class Format {
   static final int BITMAP = 1;
   static final int ALL = 2;
   static final int ADAPTIVE = 3;
+  static final int COLUMNS = 4;
   static final int VALUES_RAW = 0;
   static final int VALUES_DELTA = 1;
   static final int VALUES_ADAPTIVE = 2;
+  static final int VALUES_SATURATING = 3;
+  static final int TYPE_INT8 = 9;
+  /** The longest row of a column code (a C applier keeps two bits per column). */
+  static final long MAX_COLUMNS = 2048;
   static final int MAX_RICE_PARAMETER = 31;
   static final long MAX_RECORDS = 1L << 20;
   /** The body length is a 32-bit field: no patch is longer than this. */

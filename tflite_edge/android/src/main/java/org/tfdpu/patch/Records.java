@@ -32,6 +32,7 @@ final class Records {
     long positionBytes;
     int valuesAt;
     long valueBytes;
+    long row;
     byte[] nextKey;
 
     long span() {
@@ -207,6 +208,9 @@ final class Records {
       r.changed = varint(patch, cursor, end);
       r.positionBytes = varint(patch, cursor, end);
       r.valueBytes = varint(patch, cursor, end);
+      if (Format.u8(patch, at + 2) == Format.COLUMNS) {
+        r.row = varint(patch, cursor, end);
+      }
       dataAt = cursor[0];   // offset and count: from the base, the buffer's data
     } else {
       if (at + Format.ELEMENTS_HEADER > end) {
@@ -232,6 +236,10 @@ final class Records {
     // to every applier, old or new.
     if (version < 4 && (r.coding == Format.ADAPTIVE || r.valueCoding == Format.VALUES_ADAPTIVE)) {
       throw bad("adaptive codes need patch format version 4, not " + version);
+    }
+    if (version < 5 && (r.coding == Format.COLUMNS || r.valueCoding == Format.VALUES_SATURATING)) {
+      throw bad((r.coding == Format.COLUMNS ? "columns" : "ends")
+          + " codes need patch format version 5, not " + version);
     }
     // A Rice parameter is 0..31, and 0 for the codes without one.
     if (r.k > Format.MAX_RICE_PARAMETER || (r.coding != Format.RICE && r.k != 0)
@@ -274,6 +282,10 @@ final class Records {
         throw bad("a value stream of " + r.valueBytes + " bytes cannot hold " + r.changed
             + " codes");
       }
+    } else if (r.valueCoding == Format.VALUES_SATURATING) {
+      if (r.type != Format.TYPE_INT8) {
+        throw bad("saturating values are for int8 elements, not " + Format.typeName(r.type));
+      }
     } else if (r.valueCoding != Format.VALUES_ADAPTIVE || r.size > 4) {
       // Adaptive codes may cost far less than a bit each: their count is
       // bounded by the buffer's element count, which is real.
@@ -293,6 +305,11 @@ final class Records {
         throw bad("a Rice stream of " + r.positionBytes + " bytes cannot hold " + r.changed
             + " codes");
       }
+    } else if (r.coding == Format.COLUMNS) {
+      if (r.row < 1 || r.row > Math.min(r.count, Format.MAX_COLUMNS)) {
+        throw bad("a column code's row of " + r.row + " elements is outside 1.."
+            + Math.min(r.count, Format.MAX_COLUMNS));
+      }
     } else if (r.coding != Format.ADAPTIVE) {
       throw bad("unknown position coding " + r.coding);
     }
@@ -311,6 +328,15 @@ final class Records {
     private final Adaptive.Ladder valueModel = new Adaptive.Ladder();
     private final int[] signModel = {Adaptive.HALF, Adaptive.HALF};
     private int lastSign;
+    // version 5: the column code's contexts and per-column counts, the
+    // saturating values' end bits
+    private final int[] columnModel = new int[9];
+    private byte[] columns;
+    private long scan;
+    private int column;
+    private int inRow;
+    private final int[] endModel = {Adaptive.HALF, Adaptive.HALF, Adaptive.HALF, Adaptive.HALF};
+    private int lastEnd;
     private long index = -1;
     long position = -1;
     private long zigzag;
@@ -321,10 +347,15 @@ final class Records {
       this.positions = new BitReader(patch, record.positionsAt, record.positionBytes);
       this.values = new BitReader(patch, record.valuesAt, record.valueBytes);
       // Adaptive codes learn within the record: both sides start from even odds.
-      this.adaptivePositions = record.coding == Format.ADAPTIVE
+      this.adaptivePositions = record.coding == Format.ADAPTIVE || record.coding == Format.COLUMNS
           ? new Adaptive(patch, record.positionsAt, record.positionBytes) : null;
       this.adaptiveValues = record.valueCoding == Format.VALUES_ADAPTIVE
+          || record.valueCoding == Format.VALUES_SATURATING
           ? new Adaptive(patch, record.valuesAt, record.valueBytes) : null;
+      if (record.coding == Format.COLUMNS) {
+        java.util.Arrays.fill(columnModel, Adaptive.HALF);
+        columns = new byte[(int) record.row];
+      }
     }
 
     /** Moves to the next changed element; false after the last. */
@@ -341,6 +372,25 @@ final class Records {
           }
           position++;
         } while (positions.bit() == 0);
+      } else if (record.coding == Format.COLUMNS) {
+        // one bit per element under its column's and row's counts of changes
+        int bit;
+        do {
+          if (scan >= record.count) {
+            throw bad("a column code marks " + index + " of " + record.changed
+                + " elements before the buffer ends");
+          }
+          bit = adaptivePositions.bit(columnModel, columns[column] * 3 + inRow);
+          position = scan++;
+          if (bit == 1) {
+            columns[column] = (byte) Math.min(2, columns[column] + 1);
+            inRow = Math.min(2, inRow + 1);
+          }
+          if (++column == record.row) {
+            column = 0;
+            inRow = 0;
+          }
+        } while (bit == 0);
       } else if (adaptivePositions != null) {
         position = position + 1
             + adaptivePositions.ladder(positionModel, record.count - position - 1);
@@ -353,6 +403,17 @@ final class Records {
       }
       if (record.valueCoding == Format.VALUES_DELTA) {
         zigzag = values.rice(record.valueK, 1L << (8 * record.size));
+      } else if (record.valueCoding == Format.VALUES_SATURATING) {
+        // the sign of new - old, "the new value is that end of the int8
+        // range", then (otherwise) |new - old| - 1 up to 254, modulo 2^8
+        lastSign = adaptiveValues.bit(signModel, lastSign);
+        lastEnd = adaptiveValues.bit(endModel, 2 * lastEnd + lastSign);
+        zigzag = 0;
+        if (lastEnd == 0) {
+          long magnitude = adaptiveValues.ladder(valueModel, 255) + 1;
+          long wrapped = (lastSign == 1 ? 256 - magnitude : magnitude) & 0xff;
+          zigzag = wrapped >= 128 ? 2 * (256 - wrapped) - 1 : 2 * wrapped;
+        }
       } else if (adaptiveValues != null) {
         // |delta| - 1 as a ladder, then the sign under the previous one's
         long width = 1L << (8 * record.size);
@@ -386,6 +447,10 @@ final class Records {
       int size = record.size;
       if (record.valueCoding == Format.VALUES_RAW) {
         System.arraycopy(patch, (int) (record.valuesAt + index * size), out, at, size);
+        return;
+      }
+      if (record.valueCoding == Format.VALUES_SATURATING && lastEnd == 1) {
+        out[at] = (byte) (lastSign == 1 ? -127 : 127);
         return;
       }
       // (new - old) modulo the element width, zigzag-mapped: 0, -1, 1, -2, ...
