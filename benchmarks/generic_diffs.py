@@ -11,9 +11,10 @@ from the base byte for byte.
     python -m benchmarks.generic_diffs --out=benchmarks/results/generic_diffs
 
 runs the quick benchmark's DPU run (MNIST MLP, k = 1 %, 8 rounds of 10
-epochs, seed 1, the int8 export) and writes, per round, our patch (format
-4, and the same update in format 3) against every tool, and each applier's
-throughput on the last round in both formats (OUT.json, OUT.md);
+epochs, seed 1, the int8 export) and writes, per round, our patch (the
+default format, and the same update in format 3) against every tool, and
+each applier's throughput on the last round in every format (OUT.json,
+OUT.md);
 `python -m benchmarks --quick` measures the same table inside its run.
 """
 
@@ -146,6 +147,7 @@ def main(argv) -> int:
     from tf_dpu.config import RunConfig  # pylint: disable=import-outside-toplevel
     from tf_dpu.data import load_dataset  # pylint: disable=import-outside-toplevel
     from tflite_edge.create import create_patch  # pylint: disable=import-outside-toplevel
+    from tflite_edge import patch_format  # pylint: disable=import-outside-toplevel
     values = flags.FLAGS
     data = load_dataset("mnist", 300, seed=1)
     with tempfile.TemporaryDirectory() as folder:
@@ -154,12 +156,11 @@ def main(argv) -> int:
                            out_dir=os.path.join(folder, "dpu"))
         _, files, patches = patch_size.run_files(config, data)
     table = patch_size.compare(files, patches)
-    # Apply throughput of each applier on the last round, in both formats.
+    # Apply throughput of each applier on the last round, in every format.
     last = max(r for r in range(1, len(files)) if patches[r] is not None)
     speeds = {f"format_{v}": patch_size.apply_speed(
-        files[last - 1], patches[last] if v == 4 else create_patch(files[last - 1], files[last],
-                                                                   last, version=3))
-        for v in (3, 4)}
+        files[last - 1], create_patch(files[last - 1], files[last], last, version=v))
+        for v in patch_format.VERSIONS}
     results = {"rounds": values.rounds, "epochs": values.epochs, **patch_size.ratios(table),
                "apply_speed": speeds, "bytes_table": table}
     text = patch_size.markdown(table) + "\nApply throughput (model MB per second, round " \

@@ -171,7 +171,8 @@ def apply_speed(base: bytes, patch: bytes, repeats: int = 20) -> dict:
 
 
 def markdown(table: dict) -> str:
-    lines = ["| round | patch (format 4) | format 3 | whole .tflite | gzip -9 | "
+    lines = [f"| round | patch (format {patch_format.VERSION}) | format 3 | whole .tflite | "
+             "gzip -9 | "
              "detools (best setting) | bsdiff4 | zstd, base as dictionary | xz of the XOR | "
              "best generic | patch / best generic | bound |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

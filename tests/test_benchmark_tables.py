@@ -167,7 +167,7 @@ def test_the_codec_comparison_decode_checks_every_codec_on_a_real_pair():
     other[1, 3] = 6
     assert codecs._nnc_decodes(deep, tools_off, stream, delta, delta, 1, 0, 0, 0)  # pylint: disable=protected-access
     assert not codecs._nnc_decodes(deep, tools_off, stream, other, other, 1, 0, 0, 0)  # pylint: disable=protected-access
-    assert "4 / NNCodec" in codecs.markdown([dict(row, pair="tiny", round=1)], figures)
+    assert "payload / NNCodec" in codecs.markdown([dict(row, pair="tiny", round=1)], figures)
 
 
 def test_modules_the_tests_import_define_no_flags():

@@ -308,7 +308,8 @@ def decode_values(data: bytes, changed: int, element_size: int) -> np.ndarray:
 # the row length is bounded (MAX_COLUMNS, which sets the C applier's RAM).
 MAX_COLUMNS = 2048
 COUNT_CAP = 2
-COLUMN_CONTEXTS = (COUNT_CAP + 1) ** 2
+ROW_COUNTS = COUNT_CAP + 1           # a row's count of changes: 0, 1 or 2
+COLUMN_CONTEXTS = ROW_COUNTS ** 2
 
 
 def encode_columns(positions: Sequence[int], row: int) -> bytes:
@@ -326,7 +327,7 @@ def encode_columns(positions: Sequence[int], row: int) -> bytes:
     last = max(changed)
     for p in range(last + 1):
         bit = 1 if p in changed else 0
-        encoder.bit(contexts, columns[column] * (COUNT_CAP + 1) + in_row, bit)
+        encoder.bit(contexts, columns[column] * ROW_COUNTS + in_row, bit)
         if bit:
             columns[column] = min(COUNT_CAP, columns[column] + 1)
             in_row = min(COUNT_CAP, in_row + 1)
@@ -347,26 +348,47 @@ def decode_columns(data: bytes, count: int, changed: int, row: int) -> np.ndarra
         raise PatchError(f"a column code's row of {row} elements is outside "
                          f"1..{min(count, MAX_COLUMNS)}")
     decoder, contexts = Decoder(data), [HALF] * COLUMN_CONTEXTS
+    # A column's count times ROW_COUNTS, so that adding the row's count names the context.
     columns, in_row, column = [0] * row, 0, 0
-    out = np.empty(changed, np.int64)
-    found = p = 0
-    while found < changed:
+    out = []
+    p = 0
+    # The range decoder inline, its state in locals (as in `Decoder.ladder`):
+    # this loop runs once per element up to the last change.
+    stream, at, end = decoder.data, decoder.at, len(decoder.data)
+    code, range_ = decoder.code, decoder.range
+    while len(out) < changed:
         if p >= count:
-            raise PatchError(f"a column code marks {found} of {changed} elements before the "
-                             "buffer ends")
-        if decoder.bit(contexts, columns[column] * (COUNT_CAP + 1) + in_row):
-            out[found] = p
-            found += 1
-            if columns[column] < COUNT_CAP:
-                columns[column] += 1
+            raise PatchError(f"a column code marks {len(out)} of {changed} elements before "
+                             "the buffer ends")
+        counted = columns[column]
+        index = counted + in_row
+        probability = contexts[index]
+        bound = (range_ >> PROBABILITY_BITS) * probability
+        if code < bound:
+            range_ = bound
+            contexts[index] = probability + ((ONE - probability) >> ADAPT_SHIFT)
+        else:
+            code -= bound
+            range_ -= bound
+            contexts[index] = probability - (probability >> ADAPT_SHIFT)
+            out.append(p)
+            if counted < ROW_COUNTS * COUNT_CAP:
+                columns[column] = counted + ROW_COUNTS
             if in_row < COUNT_CAP:
                 in_row += 1
+        while range_ < TOP:
+            if at >= end:
+                raise PatchError("an adaptive stream ends before its last code")
+            range_ = (range_ << 8) & MASK32
+            code = ((code << 8) | stream[at]) & MASK32
+            at += 1
         p += 1
         column += 1
         if column == row:
             column = in_row = 0
+    decoder.at, decoder.code, decoder.range = at, code, range_
     decoder.finish()
-    return out
+    return np.array(out, np.int64)
 
 
 # Version 5's saturating values, for int8 elements. Fine-tuning drives many
