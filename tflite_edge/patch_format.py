@@ -248,7 +248,7 @@ def encode_record(record: Record, version: int = VERSION) -> bytes:
         return ROTATION_RECORD.pack(KIND_ROTATION, record.raw)
     if version not in VERSIONS:
         raise PatchError(f"cannot write patch format version {version} (versions "
-                         f"{' and '.join(map(str, VERSIONS))} exist)")
+                         f"{VERSIONS[0]} to {VERSIONS[-1]} exist)")
     pos = np.asarray(record.positions, np.int64)
     if record.forced:
         return _encode_forced(record, pos, version)
@@ -478,7 +478,7 @@ def parse_header(data) -> Header:
         raise PatchError("not a DPU patch (bad magic)")
     if version not in VERSIONS:
         raise PatchError(f"patch format version {version} is not supported (this applier "
-                         f"reads versions {' and '.join(map(str, VERSIONS))})")
+                         f"reads versions {VERSIONS[0]} to {VERSIONS[-1]})")
     if flags & ~FLAG_SIGNED:
         raise PatchError(f"unknown patch flags 0x{flags:x}")
     if not flags & FLAG_SIGNED and any(key_id):

@@ -1,5 +1,5 @@
 /*
- * dpu_patch: applies a DPU model patch (formats 3 and 4, see ../PATCH_FORMAT.md)
+ * dpu_patch: applies a DPU model patch (formats 3 to 5, see ../PATCH_FORMAT.md)
  * on a microcontroller.
  *
  * - C99, no dynamic allocation, no recursion, no libc beyond <string.h>.

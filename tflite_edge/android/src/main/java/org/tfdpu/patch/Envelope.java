@@ -34,7 +34,7 @@ final class Envelope {
     int version = Format.u16(patch, 4);
     if (version < Format.OLDEST_VERSION || version > Format.VERSION) {
       throw format("patch format version " + version + " is not supported (this applier "
-          + "reads versions 3 and 4)");
+          + "reads versions " + Format.OLDEST_VERSION + " to " + Format.VERSION + ")");
     }
     int flags = Format.u16(patch, 6);
     if ((flags & ~Format.FLAG_SIGNED) != 0) {

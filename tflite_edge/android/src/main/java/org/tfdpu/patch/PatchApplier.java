@@ -15,7 +15,7 @@ import java.util.List;
 
 /**
  * Verifies a DPU model patch and applies it to a `.tflite` file, as the Python
- * and C appliers do (PATCH_FORMAT.md, versions 3 and 4).
+ * and C appliers do (PATCH_FORMAT.md, versions 3 to 5).
  *
  * <pre>
  * PatchApplier.Options options = new PatchApplier.Options()
