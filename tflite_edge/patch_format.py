@@ -320,7 +320,7 @@ def _column_estimate(pos: np.ndarray, row: int) -> float:
     cap = adaptive.COUNT_CAP
     column = np.minimum(np.cumsum(grid, axis=0) - grid, cap)
     in_row = np.minimum(np.cumsum(grid, axis=1) - grid, cap)
-    context = (column * (cap + 1) + in_row).ravel()[:end]
+    context = (column * adaptive.ROW_COUNTS + in_row).ravel()[:end]
     bits = grid.ravel()[:end]
     total = 0.0
     for c in range(adaptive.COLUMN_CONTEXTS):
