@@ -17,10 +17,10 @@ k = 1 ... 10 %), RPU at 1 %, DPU with `--rank=per_bit` at 1 %, and
 `--target_confidence=1`, and with one fine-tuning per round,
 `--target_search_steps=1`) and 1 point. Partial methods export int8 files
 and send real patches (training inside the int8 range, as deployed); FU is
-the server's float model and its whole file each round. Writes `<out>.json`, `<out>.md` (per method:
-bytes over rounds 1-7 and the gap to the better FU over rounds 1-7, mean ±
-standard error over seeds) and `<out>_<setting>.png` (accuracy against
-cumulative kilobytes).
+the server's float model and its whole file each round. Writes
+`<out>.json`, `<out>.md` (per method: bytes over rounds 1-7 and the gap to
+the better FU over rounds 1-7, mean ± standard error over seeds) and
+`<out>_<setting>.png` (accuracy against cumulative kilobytes).
 
 Keys: `bytes_target_vs_fixed_k` = bytes of `--target_gap=0.5` over the
 bytes of the cheapest fixed-k DPU whose gap is the same or smaller (means

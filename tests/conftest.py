@@ -146,6 +146,27 @@ def round_folders(result):
     return [os.path.join(result.out_dir, f"round_{r['round']:03d}") for r in result.rounds]
 
 
+def patches_in_formats(files, versions):
+    """For each round whose file changed: ({version: patch}, {version: its records}).
+
+    Every patch is checked to carry its version and to rebuild the round's
+    file from the last one.
+    """
+    from tflite_edge import patch_format  # pylint: disable=import-outside-toplevel
+    from tflite_edge.apply import apply_patch  # pylint: disable=import-outside-toplevel
+    from tflite_edge.create import create_patch  # pylint: disable=import-outside-toplevel
+    for r in range(1, len(files)):
+        base, target = files[r - 1], files[r]
+        if base == target:
+            continue
+        patches = {v: create_patch(base, target, r, version=v) for v in versions}
+        for version, patch in patches.items():
+            assert patch_format.decode(patch).header.version == version
+            assert apply_patch(base, patch, allow_unsigned=True) == target
+        yield patches, {v: patch_format.decode(patch, base).records
+                        for v, patch in patches.items()}
+
+
 @pytest.fixture(scope="session")
 def exported_files(exported_run):
     """The bytes of `exported_run`'s int8 file after every round."""

@@ -18,6 +18,7 @@ more, and its first byte is zero. `PATCH_FORMAT.md` ("Adaptive codes") is
 the specification the C and JVM appliers implement bit for bit.
 """
 
+import math
 from typing import List, Sequence
 
 import numpy as np
@@ -312,6 +313,30 @@ ROW_COUNTS = COUNT_CAP + 1           # a row's count of changes: 0, 1 or 2
 COLUMN_CONTEXTS = ROW_COUNTS ** 2
 
 
+def column_contexts(positions: Sequence[int], row: int):
+    """The column code's bits and their contexts, per element up to the last change.
+
+    Element p's context is ROW_COUNTS x (changes before it in its column,
+    up to COUNT_CAP) + (changes before it in its row, up to COUNT_CAP): what a
+    decoder knows when it reaches p.
+
+    Args:
+      positions: sorted distinct changed positions (at least one).
+      row: the row length R: element p is column p % R.
+
+    Returns:
+      (bits, contexts), two arrays of length last position + 1.
+    """
+    positions = np.asarray(positions, np.int64)
+    end = int(positions[-1]) + 1
+    grid = np.zeros(-(-end // row) * row, np.int8)
+    grid[positions] = 1
+    grid = grid.reshape(-1, row)
+    column = np.minimum(np.cumsum(grid, axis=0) - grid, COUNT_CAP)
+    in_row = np.minimum(np.cumsum(grid, axis=1) - grid, COUNT_CAP)
+    return grid.ravel()[:end], (column * ROW_COUNTS + in_row).ravel()[:end]
+
+
 def encode_columns(positions: Sequence[int], row: int) -> bytes:
     """Sorted distinct positions as per-element bits under column and row contexts.
 
@@ -321,20 +346,28 @@ def encode_columns(positions: Sequence[int], row: int) -> bytes:
     """
     if not 1 <= row <= MAX_COLUMNS:
         raise ValueError(f"a row of {row} elements is outside 1..{MAX_COLUMNS}")
-    encoder, contexts = Encoder(), [HALF] * COLUMN_CONTEXTS
-    columns, in_row, column = [0] * row, 0, 0
-    changed = set(np.asarray(positions, np.int64).tolist())
-    last = max(changed)
-    for p in range(last + 1):
-        bit = 1 if p in changed else 0
-        encoder.bit(contexts, columns[column] * ROW_COUNTS + in_row, bit)
-        if bit:
-            columns[column] = min(COUNT_CAP, columns[column] + 1)
-            in_row = min(COUNT_CAP, in_row + 1)
-        column += 1
-        if column == row:
-            column = in_row = 0
+    encoder, probabilities = Encoder(), [HALF] * COLUMN_CONTEXTS
+    bits, contexts = column_contexts(positions, row)
+    for bit, context in zip(bits.tolist(), contexts.tolist()):
+        encoder.bit(probabilities, context, bit)
     return encoder.finish()
+
+
+def estimate_columns(positions: Sequence[int], row: int) -> float:
+    """Bytes the column code would take with its probabilities fixed per context.
+
+    Trying the code itself costs a range-coded bit per element in Python; a
+    writer screens row lengths with this first.
+    """
+    bits, contexts = column_contexts(positions, row)
+    total = 0.0
+    for context in range(COLUMN_CONTEXTS):
+        chosen = bits[contexts == context]
+        n, ones = len(chosen), int(chosen.sum())
+        if 0 < ones < n:
+            p = ones / n
+            total -= n * (p * math.log2(p) + (1 - p) * math.log2(1 - p))
+    return total / 8
 
 
 def decode_columns(data: bytes, count: int, changed: int, row: int) -> np.ndarray:

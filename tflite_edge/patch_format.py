@@ -19,7 +19,6 @@ buffers.
 
 import dataclasses
 import hashlib
-import math
 import os
 import struct
 import time
@@ -298,38 +297,16 @@ def _rows_worth_trying(record: Record, pos: np.ndarray, best: int) -> List[int]:
     """Row lengths for the column code that a quick estimate says may beat `best` bytes.
 
     The code is one range-coded bit per element up to the last change, which
-    is slow to try in Python on large buffers; a static estimate (each
-    context's empirical entropy) screens the candidates first.
+    is slow to try in Python on large buffers; its static estimate screens
+    the candidates first.
     """
     out = []
     for row in sorted(set(record.rows)):
         if not 1 <= row <= min(record.count, adaptive.MAX_COLUMNS) or row == record.count:
             continue
-        if _column_estimate(pos, row) < 0.97 * best:
+        if adaptive.estimate_columns(pos, row) < 0.97 * best:
             out.append(row)
     return out
-
-
-def _column_estimate(pos: np.ndarray, row: int) -> float:
-    """Bytes the column code would take with probabilities fixed per context."""
-    end = int(pos[-1]) + 1
-    rows = -(-end // row)
-    grid = np.zeros(rows * row, np.int8)
-    grid[pos] = 1
-    grid = grid.reshape(rows, row)
-    cap = adaptive.COUNT_CAP
-    column = np.minimum(np.cumsum(grid, axis=0) - grid, cap)
-    in_row = np.minimum(np.cumsum(grid, axis=1) - grid, cap)
-    context = (column * adaptive.ROW_COUNTS + in_row).ravel()[:end]
-    bits = grid.ravel()[:end]
-    total = 0.0
-    for c in range(adaptive.COLUMN_CONTEXTS):
-        chosen = bits[context == c]
-        n, ones = len(chosen), int(chosen.sum())
-        if 0 < ones < n:
-            p = ones / n
-            total -= n * (p * math.log2(p) + (1 - p) * math.log2(1 - p))
-    return total / 8
 
 
 def _encode_forced(record: Record, pos: np.ndarray, version: int) -> bytes:

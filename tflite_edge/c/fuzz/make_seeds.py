@@ -48,6 +48,7 @@ def seed_patches():
     from tflite_edge import positions as codes  # pylint: disable=import-outside-toplevel
     from tflite_edge.create import create_patch, diff_records  # pylint: disable=import-outside-toplevel
     from tflite_edge.create import create_whole_file_patch  # pylint: disable=import-outside-toplevel
+    from tflite_edge.model_file import INT8  # pylint: disable=import-outside-toplevel
     from tflite_edge.regions import writable_regions  # pylint: disable=import-outside-toplevel
     from tflite_edge.source import Source  # pylint: disable=import-outside-toplevel
     rng = np.random.RandomState(0)
@@ -67,7 +68,7 @@ def seed_patches():
             else:
                 positions = np.sort(rng.choice(region.count, 2, replace=False))  # sparse: Rice
             _change(base, target, region, positions, rng, small=variant % 3 != 1)
-            if variant in (3, 4) and region.type == 9:
+            if variant in (3, 4) and region.type == INT8:
                 # int8 changes to the ends of the range: version 5's saturating code
                 view = np.frombuffer(target, np.int8, region.count, region.offset)
                 ends = positions[::2]
@@ -93,8 +94,8 @@ def seed_patches():
                 record.coding = codes.ALL
             else:
                 record.coding, record.row = codes.COLUMNS, min(record.count, variant + 1)
-            record.value_coding = patch_format.VALUES_SATURATING if record.element_type == 9 \
-                else patch_format.VALUES_ADAPTIVE
+            record.value_coding = patch_format.VALUES_SATURATING \
+                if record.element_type == INT8 else patch_format.VALUES_ADAPTIVE
         patches.append(patch_format.encode(variant + 1, base, bytes(target), records, version=5))
     whole = bytearray(base)
     whole[100:104] = b"\x01\x02\x03\x04"   # anywhere at all: a whole file may differ
